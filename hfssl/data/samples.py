@@ -1,0 +1,96 @@
+"""Embedded default datasets that exist on any machine where hfssl is installed.
+
+Text: English prose from the installed Python standard library: its language reference
+(`pydoc_data/topics.py`, the text behind `help("assert")`) and its docstrings, both read with
+`ast` (nothing is imported or executed). Images: scikit-learn's bundled handwritten digits.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sysconfig
+from itertools import chain
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["DEFAULT_TEXT_NAME", "DEFAULT_IMAGE_NAME", "python_docs_corpus", "digits_images"]
+
+DEFAULT_TEXT_NAME = "python-stdlib-docstrings"
+DEFAULT_IMAGE_NAME = "sklearn-digits"
+
+# Test suites and bundled third-party code are not prose written for readers.
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo", "__pycache__"}
+_CODE_LINE = re.compile(r"^\s*(>>>|\.\.\.|\$ |[{}\[\]()])")
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """Split a docstring into prose paragraphs, dropping doctests, signatures and tables."""
+    out = []
+    for block in re.split(r"\n\s*\n", doc):
+        raw_lines = [ln for ln in block.splitlines() if ln.strip()]
+        if not raw_lines or raw_lines[0][0].isspace():  # indented: code, grammar or a table
+            continue
+        lines = [ln.strip() for ln in raw_lines]
+        if any(_CODE_LINE.match(ln) for ln in lines):
+            continue
+        text = " ".join(lines)
+        letters = sum(c.isalpha() or c.isspace() for c in text)
+        if len(text) >= 60 and letters / len(text) > 0.85 and len(text.split()) >= 10:
+            out.append(text)
+    return out
+
+
+def _reference_topics(stdlib: Path) -> list[str]:
+    """The language reference texts that pydoc shows, from the dict literal in pydoc_data/topics.py."""
+    path = stdlib / "pydoc_data" / "topics.py"
+    if not path.is_file():
+        return []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            topics = ast.literal_eval(node.value)
+            return [topics[k] for k in sorted(topics)]
+    return []
+
+
+def _docstrings(stdlib: Path) -> Iterator[str]:
+    for path in sorted(stdlib.rglob("*.py")):
+        if _SKIP_DIRS.intersection(path.relative_to(stdlib).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    yield doc
+
+
+def python_docs_corpus(max_documents: int | None = None) -> list[str]:
+    """Prose paragraphs from the standard library's reference and docstrings, in a fixed order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    docs: list[str] = []
+    for text in chain(_reference_topics(stdlib), _docstrings(stdlib)):
+        for para in _paragraphs(text):
+            if para not in seen:
+                seen.add(para)
+                docs.append(para)
+                if max_documents is not None and len(docs) >= max_documents:
+                    return docs
+    if not docs:
+        raise RuntimeError(f"No documentation found under {stdlib}; pass --train_file to use your own text.")
+    return docs
+
+
+def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The 1,797 8x8 handwritten digits as uint8 images (N, 8, 8), labels (N,), and class names."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, digits.target.astype(np.int64), [str(c) for c in digits.target_names]

