@@ -21,10 +21,18 @@ from transformers import HfArgumentParser, TrainingArguments
 T = TypeVar("T")
 
 __all__ = [
+    "ClassifierModelArguments",
+    "ImageClassificationDataArguments",
+    "ImageDataArguments",
     "MaskingArguments",
+    "PatchMaskingArguments",
+    "ProbeArguments",
     "RunArguments",
+    "TextClassificationDataArguments",
     "TextDataArguments",
     "TextModelArguments",
+    "TransferArguments",
+    "VisionModelArguments",
     "default_output_dir",
     "options_table",
     "parse_args",
@@ -130,7 +138,7 @@ class TextModelArguments:
         metadata={"help": "A Hub id or local path of a BERT-like checkpoint to continue pretraining (domain adaptation)."},
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build a BERT encoder from scratch at this size: tiny | mini | small | base."}
+        default=None, metadata={"help": "Build a BERT encoder from scratch at this size: tiny | mini | small | base (default: tiny)."}
     )
     config_overrides: str | None = field(
         default=None,
@@ -253,3 +261,340 @@ def options_table(types: Sequence[type], skip: type | None = None) -> str:
             default = f.default if f.default is not dataclasses.MISSING else "-"
             rows.append(f"| `--{f.name}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+@dataclass
+class ImageDataArguments:
+    """Which images to read, how to hold some out, and the light augmentation applied per batch."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub image dataset name (or a local dataset dir)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder of images (any format Pillow reads). With one subfolder per class, the folder "
+                          "names are the labels (used only by the kNN / linear-probe evaluation)."},
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "--dataset_name: the column holding the images (default: 'image', 'img' or the only image column)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label' or 'labels' if present)."}
+    )
+    validation_split_percentage: int = field(
+        default=10, metadata={"help": "Percent of the training images held out when the data has no validation or test split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this many images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the held-out set to this many images."})
+    skip_corrupt_images: bool = field(
+        default=False,
+        metadata={"help": "An unreadable or corrupt image file stops the run before training with an error naming it "
+                          "(default); pass true to skip such files instead (the summary and hfssl.json count them)."},
+    )
+    crop_min_scale: float = field(
+        default=0.6,
+        metadata={"help": "Random resized crop: the smallest fraction of the image area a crop keeps (1 turns cropping off)."},
+    )
+    horizontal_flip: bool = field(
+        default=False, metadata={"help": "Mirror half of the training images left-right (off: it changes what digits and text mean)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataset_name and self.train_dir:
+            raise ValueError("Pass either --dataset_name or --train_dir, not both.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            _check_positive(name, getattr(self, name))
+        if not 0 < self.crop_min_scale <= 1:
+            raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}. Pass e.g. 0.6, or 1 to turn cropping off.")
+
+
+@dataclass
+class VisionModelArguments:
+    """Which ViT to start from, or its size and image geometry when built from scratch."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A Hub id or local path of a ViT or ViT-MAE checkpoint to continue pretraining "
+                          "(its encoder is reused; a decoder of the chosen --method is kept when present)."},
+    )
+    model_preset: str | None = field(
+        default=None, metadata={"help": "Build a ViT from scratch at this size: tiny | small | base (default: tiny)."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "From scratch: image side in pixels (default: the preset's; tiny 16, small/base 224)."}
+    )
+    patch_size: int | None = field(
+        default=None, metadata={"help": "From scratch: patch side in pixels; must divide --image_size (default: tiny 4, small/base 16)."}
+    )
+    num_channels: int | None = field(
+        default=None, metadata={"help": "From scratch: 1 (grayscale) or 3 (RGB) (default: 1 when every training image is grayscale, else 3)."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+
+    def __post_init__(self) -> None:
+        from hfssl.models import VISION_PRESETS
+
+        if self.model_name_or_path and self.model_preset:
+            raise ValueError("Pass either --model_name_or_path (continue pretraining) or --model_preset (from scratch), not both.")
+        if self.model_name_or_path:
+            given = [f"--{n}" for n in ("image_size", "patch_size", "num_channels") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to a from-scratch model (--model_preset); "
+                                 f"--model_name_or_path {self.model_name_or_path} brings its own. Drop them.")
+            return
+        self.model_preset = self.model_preset or "tiny"
+        if self.model_preset not in VISION_PRESETS:
+            raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
+        for name in ("image_size", "patch_size"):
+            _check_positive(name, getattr(self, name))
+            if getattr(self, name) is None:
+                setattr(self, name, VISION_PRESETS[self.model_preset][name])
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"--image_size {self.image_size} is not divisible by --patch_size {self.patch_size}. Pick a --patch_size "
+                f"that divides it (e.g. {_divisor_near(self.image_size, self.patch_size)}) or a multiple of it as --image_size."
+            )
+        if self.num_channels not in (None, 1, 3):
+            raise ValueError(f"--num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels}.")
+
+
+def _divisor_near(n: int, target: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - target))
+
+
+@dataclass
+class PatchMaskingArguments:
+    """How patches are hidden for the masked-image pretext (names as in transformers' run_mae.py / run_mim.py)."""
+
+    method: str = field(
+        default="mae",
+        metadata={"help": "mae: the encoder sees only the visible patches, a small decoder predicts the rest (ViTMAEForPreTraining). "
+                          "simmim: masked patches become a learned token, a linear head predicts their pixels (ViTForMaskedImageModeling)."},
+    )
+    mask_ratio: float | None = field(
+        default=None, metadata={"help": "Fraction of patches masked, in [0, 1) (default: mae 0.75, simmim 0.6)."}
+    )
+    mask_type: str = field(
+        default="random",
+        metadata={"help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random rectangles)."},
+    )
+    mask_patch_size: int | None = field(
+        default=None,
+        metadata={"help": "simmim: side in pixels of the square unit masked together; a multiple of the patch size that "
+                          "divides the image size (default: the patch size; run_mim.py uses 32 at 192 pixels)."},
+    )
+    norm_pix_loss: bool = field(
+        default=False, metadata={"help": "mae: predict each patch's pixels normalised by its own mean and std (the MAE paper's better targets)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in ("mae", "simmim"):
+            raise ValueError(f"--method must be 'mae' or 'simmim', got {self.method!r}.")
+        if self.mask_ratio is None:
+            self.mask_ratio = 0.75 if self.method == "mae" else 0.6
+        if not 0 <= self.mask_ratio < 1:
+            raise ValueError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}. Pass e.g. 0.75 (mae) or 0.6 (simmim).")
+        if self.mask_type not in ("random", "block"):
+            raise ValueError(f"--mask_type must be 'random' or 'block', got {self.mask_type!r}.")
+        if self.method == "mae":
+            simmim_only = [f"--{n}" for n, on in (("mask_patch_size", self.mask_patch_size is not None),
+                                                  ("mask_type block", self.mask_type == "block")) if on]
+            if simmim_only:
+                raise ValueError(f"{', '.join(simmim_only)} only apply to --method simmim (MAE masks single patches at random).")
+        elif self.norm_pix_loss:
+            raise ValueError("--norm_pix_loss only applies to --method mae.")
+        _check_positive("mask_patch_size", self.mask_patch_size)
+
+
+@dataclass
+class ProbeArguments:
+    """How the encoder's features are scored with labels it never trained on (kNN and linear probe)."""
+
+    knn_k: int = field(default=20, metadata={"help": "Neighbours in the kNN vote (cosine similarity, weighted by exp(similarity / 0.07))."})
+    probe_samples: int = field(
+        default=5000, metadata={"help": "At most this many labeled training images are encoded to fit the kNN and linear probe."}
+    )
+
+    def __post_init__(self) -> None:
+        _check_positive("knn_k", self.knn_k)
+        _check_positive("probe_samples", self.probe_samples)
+
+
+def _check_labeled_sampling(args: Any) -> None:
+    """Checks shared by the labeled-data options of both transfer recipes."""
+    for name in ("max_train_samples", "max_eval_samples", "train_samples_per_class"):
+        _check_positive(name, getattr(args, name))
+    if args.max_train_samples is not None and args.train_samples_per_class is not None:
+        raise ValueError("Pass either --max_train_samples or --train_samples_per_class (a stratified subset), not both.")
+
+
+@dataclass
+class TextClassificationDataArguments:
+    """Which labeled text to read (names as in transformers' run_classification.py) and how much of it."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset dir)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "Labeled training data: a .csv/.json/.jsonl/.parquet file (or a glob)."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Labeled evaluation data in the same format (default: the data's validation/test split, else a held-out part)."}
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: 'text', else the only string column)."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class labels (names or ids)."})
+    validation_split_percentage: int = field(
+        default=20, metadata={"help": "Percent of the training data held out (stratified by label) when there is no evaluation data."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this many examples."})
+    train_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Few-label experiments: keep this many training examples per class, drawn at random (stratified)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set to this many examples."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens (default: min(128, the model's positions))."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+
+    def __post_init__(self) -> None:
+        if self.dataset_name and self.train_file:
+            raise ValueError("Pass either --dataset_name or --train_file, not both.")
+        if self.validation_file and not (self.dataset_name or self.train_file):
+            raise ValueError("--validation_file needs --train_file or --dataset_name (the embedded default brings its own split).")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}.")
+        _check_labeled_sampling(self)
+        for name in ("max_seq_length", "preprocessing_num_workers"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass
+class ImageClassificationDataArguments(ImageDataArguments):
+    """Which labeled images to read, how much of them, and the light augmentation applied per batch."""
+
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of images with one subfolder per class; the folder names are the labels."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label' or 'labels')."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A folder of evaluation images laid out like --train_dir (default: a held-out part of the training images)."}
+    )
+    train_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Few-label experiments: keep this many training images per class, drawn at random (stratified)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.validation_dir and not self.train_dir:
+            raise ValueError("--validation_dir needs --train_dir.")
+        _check_labeled_sampling(self)
+
+
+@dataclass
+class ClassifierModelArguments:
+    """Which pretrained encoder the classifier starts from, or the same architecture with random weights."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The starting checkpoint: the output of mlm.py / mim.py, or any Hub id or local path of a "
+                          "BERT-like encoder, ViT or CNN (finetune_text.py default: the packaged MiniLM)."},
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Same architecture and tokenizer / image processor, random weights: the control arm of "
+                          "a 'does pretraining help?' comparison."},
+    )
+    model_preset: str | None = field(
+        default=None,
+        metadata={"help": "finetune_image.py without --model_name_or_path: a ViT built from scratch at this size "
+                          "(tiny | small | base; default tiny)."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+
+    def __post_init__(self) -> None:
+        from hfssl.models import VISION_PRESETS
+
+        if self.model_name_or_path and self.model_preset:
+            raise ValueError("Pass either --model_name_or_path or --model_preset (a ViT from scratch), not both.")
+        if self.model_preset is not None and self.model_preset not in VISION_PRESETS:
+            raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
+
+
+@dataclass
+class TransferArguments:
+    """How the pretrained weights are adapted to the labeled task, and how often the run is repeated."""
+
+    strategy: str = field(
+        default="full",
+        metadata={"help": "full: train everything | lora: low-rank adapters (peft) + the classifier | linear_probe: "
+                          "backbone frozen | freeze: the bottom --freeze_layers layers frozen | lp_ft: linear probe, then full."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module names LoRA wraps (default: detected per architecture, e.g. query,value)."},
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "lora: also write the adapters merged into a plain model, in merged/."})
+    freeze_layers: int | None = field(
+        default=None, metadata={"help": "freeze: how many of the bottom layers to freeze, the embeddings included."}
+    )
+    lp_fraction: float = field(default=0.3, metadata={"help": "lp_ft: the fraction of the training steps spent on the linear probe."})
+    lp_learning_rate: float | None = field(
+        default=None, metadata={"help": "lp_ft: learning rate of the linear-probe stage (default: 10 x --learning_rate)."}
+    )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={"help": "Layer-wise learning-rate decay in (0, 1]: layer l of L trains at lr x decay^(L + 1 - l), "
+                          "the embeddings lowest, the head at lr (e.g. 0.75, as BEiT / ELECTRA)."},
+    )
+    l2sp_alpha: float = field(
+        default=0.0,
+        metadata={"help": "L2-SP: add alpha / 2 x ||w - w_pretrained||^2 over the trainable pretrained weights to the "
+                          "loss (Li et al. 2018), so fine-tuning stays near the starting point; 0 turns it off."},
+    )
+    class_weights: str = field(
+        default="none",
+        metadata={"help": "none | balanced: weight each class's loss by n / (classes x its count) for imbalanced labels."},
+    )
+    seeds: str | None = field(
+        default=None, metadata={"help": "Comma-separated seeds, e.g. 1,2,3: repeat the run and report mean and std (the first seed's model is saved)."}
+    )
+
+    def __post_init__(self) -> None:
+        from hfssl.transfer.strategies import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
+        if (self.strategy == "freeze") != (self.freeze_layers is not None):
+            raise ValueError("--strategy freeze needs --freeze_layers N (and --freeze_layers only applies to it).")
+        if self.freeze_layers is not None and self.freeze_layers < 0:
+            raise ValueError(f"--freeze_layers must be 0 or more, got {self.freeze_layers}.")
+        if self.merge_lora and self.strategy != "lora":
+            raise ValueError("--merge_lora only applies to --strategy lora.")
+        for name in ("lora_r", "lora_alpha"):
+            _check_positive(name, getattr(self, name))
+        _check_fraction("lora_dropout", self.lora_dropout, high_open=True, low_open=False)
+        _check_fraction("lp_fraction", self.lp_fraction)
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer_decay must be in (0, 1], got {self.layer_decay}. Pass e.g. 0.75.")
+        if self.l2sp_alpha < 0:
+            raise ValueError(f"--l2sp_alpha must be 0 or more, got {self.l2sp_alpha}.")
+        if self.l2sp_alpha and self.strategy in ("lora", "linear_probe"):
+            raise ValueError(f"--l2sp_alpha has nothing to pull with --strategy {self.strategy}: no pretrained weight is trained.")
+        if self.class_weights not in ("none", "balanced"):
+            raise ValueError(f"--class_weights must be 'none' or 'balanced', got {self.class_weights!r}.")
+        self.seed_list()
+
+    def seed_list(self) -> list[int] | None:
+        """--seeds as integers, or None when the run is not repeated."""
+        if self.seeds is None:
+            return None
+        try:
+            seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers such as 1,2,3, got {self.seeds!r}.") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seeds must list distinct integers such as 1,2,3, got {self.seeds!r}.")
+        return seeds

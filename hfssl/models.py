@@ -1,18 +1,37 @@
 """Model size presets and building/loading of the encoders hfssl pretrains.
 
-Presets follow the BERT miniatures of Turc et al. (2019), "Well-Read Students Learn Better"
-(tiny 2x128, mini 4x256, small 4x512, base 12x768).
+Text presets follow the BERT miniatures of Turc et al. (2019), "Well-Read Students Learn Better"
+(tiny 2x128, mini 4x256, small 4x512, base 12x768). Vision presets: small and base are ViT-S/16
+and ViT-B/16 with the MAE paper's decoder widths; tiny is a 4-layer ViT at CIFAR-like 32 pixels,
+small enough to pretrain in minutes on a laptop CPU.
+
+In transformers 5, ViT and ViT-MAE encoders share their module names (embeddings, layers.N,
+layernorm), so one encoder's weights load into the other: MAE and SimMIM can start from either
+kind of checkpoint, and every pretrained encoder is saved as a stock `ViTModel`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, PreTrainedModel
 
-__all__ = ["TEXT_PRESETS", "build_masked_lm", "check_model_path", "load_config", "mlm_config", "usable_positions"]
+__all__ = [
+    "TEXT_PRESETS",
+    "VISION_PRESETS",
+    "build_masked_image_model",
+    "build_masked_lm",
+    "check_model_path",
+    "load_config",
+    "masked_image_config",
+    "mlm_config",
+    "usable_positions",
+    "vit_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +41,25 @@ TEXT_PRESETS: dict[str, dict[str, int]] = {
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
+
+_DECODERS = {  # MAE decoders: narrow and shallow, since the encoder alone is kept
+    "tiny": dict(decoder_num_hidden_layers=2, decoder_hidden_size=128, decoder_num_attention_heads=4, decoder_intermediate_size=512),
+    "small": dict(decoder_num_hidden_layers=4, decoder_hidden_size=256, decoder_num_attention_heads=8, decoder_intermediate_size=1024),
+    "base": dict(decoder_num_hidden_layers=8, decoder_hidden_size=512, decoder_num_attention_heads=16, decoder_intermediate_size=2048),
+}
+VISION_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(num_hidden_layers=4, hidden_size=192, num_attention_heads=3, intermediate_size=768,
+                 image_size=16, patch_size=4, **_DECODERS["tiny"]),
+    "small": dict(num_hidden_layers=12, hidden_size=384, num_attention_heads=6, intermediate_size=1536,
+                  image_size=224, patch_size=16, **_DECODERS["small"]),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                 image_size=224, patch_size=16, **_DECODERS["base"]),
+}
+# Config fields that describe the encoder, the same in ViTConfig and ViTMAEConfig.
+_ENCODER_FIELDS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act", "hidden_dropout_prob",
+    "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+)
 
 
 def check_model_path(path: str, option: str = "model_name_or_path") -> None:
@@ -130,3 +168,78 @@ def load_config(model_name_or_path: str, trust_remote_code: bool = False, cache_
     except (OSError, ValueError) as err:
         raise ValueError(f"--model_name_or_path {model_name_or_path}: cannot load a model config ({err}).") from None
 
+
+
+def masked_image_config(model_args: Any, masking: Any) -> Any:
+    """ViTMAEConfig (mae) or ViTConfig (simmim): a checkpoint's encoder or a preset, with the pretext's settings.
+
+    A from-scratch config has 3 channels until the recipe sets `num_channels` from the data.
+    """
+    from transformers import ViTConfig, ViTMAEConfig
+
+    if model_args.model_name_or_path:
+        check_model_path(model_args.model_name_or_path)
+        source = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+        if source.model_type not in ("vit", "vit_mae"):
+            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {source.model_type!r} model; "
+                             "masked-image pretraining needs a ViT or ViT-MAE checkpoint.")
+        encoder = {f: getattr(source, f) for f in _ENCODER_FIELDS}
+        nearest = min(_DECODERS, key=lambda p: abs(VISION_PRESETS[p]["hidden_size"] - source.hidden_size))
+        decoder = {f: getattr(source, f, v) for f, v in _DECODERS[nearest].items()}
+    else:
+        preset = VISION_PRESETS[model_args.model_preset]
+        encoder = {f: preset[f] for f in _ENCODER_FIELDS if f in preset}
+        encoder.update(image_size=model_args.image_size, patch_size=model_args.patch_size, num_channels=model_args.num_channels or 3)
+        decoder = _DECODERS[model_args.model_preset]
+    _check_mask_geometry(encoder["image_size"], encoder["patch_size"], masking)
+    if masking.method == "mae":
+        return ViTMAEConfig(**encoder, **decoder, mask_ratio=masking.mask_ratio, norm_pix_loss=masking.norm_pix_loss)
+    return ViTConfig(**encoder, encoder_stride=encoder["patch_size"])
+
+
+def _check_mask_geometry(image_size: int, patch_size: int, masking: Any) -> None:
+    """Masks must tile the image and hide at least one patch while leaving one visible."""
+    if image_size % patch_size:
+        raise ValueError(f"The model's image size {image_size} is not divisible by its patch size {patch_size}.")
+    unit = masking.mask_patch_size or patch_size
+    if unit % patch_size or image_size % unit:
+        raise ValueError(f"--mask_patch_size {unit} must be a multiple of the patch size ({patch_size}) that divides the "
+                         f"image size ({image_size}), e.g. {patch_size} or {2 * patch_size if image_size % (2 * patch_size) == 0 else patch_size}.")
+    units = (image_size // unit) ** 2
+    masked = math.ceil(units * masking.mask_ratio) if masking.method == "simmim" else units - int(units * (1 - masking.mask_ratio))
+    if not 0 < masked < units:
+        raise ValueError(f"--mask_ratio {masking.mask_ratio} masks {masked} of the {units} mask units: raise it to at least "
+                         f"{1 / units:.3g} (and keep it below 1) so that some, not all, patches are hidden.")
+
+
+def build_masked_image_model(config: Any, model_name_or_path: str | None = None, cache_dir: str | None = None) -> PreTrainedModel:
+    """ViTMAEForPreTraining or ViTForMaskedImageModeling: from scratch, or with a checkpoint's encoder (and decoder if same kind)."""
+    from transformers import AutoModel, ViTForMaskedImageModeling, ViTMAEForPreTraining
+
+    cls = ViTMAEForPreTraining if config.model_type == "vit_mae" else ViTForMaskedImageModeling
+    if model_name_or_path is None:
+        return cls(config)
+    if load_config(model_name_or_path, cache_dir=cache_dir).model_type == config.model_type:
+        return cls.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir)
+    model = cls(config)
+    source = AutoModel.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+    missing, unexpected = model.vit.load_state_dict(source.state_dict(), strict=False)
+    missing = [k for k in missing if k != "embeddings.mask_token"]  # SimMIM's learned token starts fresh
+    unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+    if missing or unexpected:
+        raise ValueError(f"--model_name_or_path {model_name_or_path}: its encoder does not match a ViT encoder "
+                         f"(missing {missing[:4]}, unexpected {unexpected[:4]}).")
+    return model
+
+
+def vit_encoder(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder of an MAE or SimMIM model as a stock `ViTModel` (no pooler) sharing its weights, not copying them."""
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(**{f: getattr(model.config, f) for f in _ENCODER_FIELDS})
+    config._attn_implementation = model.config._attn_implementation
+    with torch.device("meta"):
+        encoder = ViTModel(config, add_pooling_layer=False)
+    weights = {k: v for k, v in model.vit.state_dict().items() if k != "embeddings.mask_token"}
+    encoder.load_state_dict(weights, strict=True, assign=True)
+    return encoder.eval()

@@ -8,6 +8,7 @@ transformers fast tokenizer that `save_pretrained`/`AutoTokenizer` round-trip.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -79,8 +80,14 @@ def load_tokenizer(name_or_path: str, option: str, trust_remote_code: bool = Fal
         raise ValueError(f"--{option} {name_or_path}: cannot load a tokenizer ({err}).") from None
 
 
-def resolve_tokenizer(model_args: Any, train: Any, text_column: str) -> PreTrainedTokenizerFast:
-    """The tokenizer asked for: --tokenizer_name, the model's own, or one trained on the training split."""
+def resolve_tokenizer(model_args: Any, train: Any, text_column: str, resume: str | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer asked for: --tokenizer_name, the model's own, or one trained on the training split.
+
+    A resumed run reuses the tokenizer saved in its checkpoint: `tokenizers` training is not
+    bit-reproducible (ties in its hash maps), and a new vocabulary would scramble the embeddings.
+    """
+    if resume is not None and os.path.isfile(os.path.join(resume, "tokenizer_config.json")):
+        return load_tokenizer(resume, "resume_from_checkpoint")
     if model_args.tokenizer_name:
         return load_tokenizer(model_args.tokenizer_name, "tokenizer_name", model_args.trust_remote_code)
     train_new = model_args.train_tokenizer

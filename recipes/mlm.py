@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 
+from transformers import set_seed
+
 from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
 from hfssl.cards import masked_lm_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.models import build_masked_lm, mlm_config, usable_positions
-from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_collator, fill_mask_examples, masked_lm_metrics
+from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 from hfssl.training import (
     LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
@@ -22,7 +24,6 @@ from hfssl.training import (
 
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"),
-    model_preset="tiny",  # on a CPU budget many cheap steps beat a bigger model (see README results)
     max_seq_length=128,
     per_device_train_batch_size=64,
     per_device_eval_batch_size=64,
@@ -54,10 +55,11 @@ def main(argv: list[str] | None = None) -> dict:
                         model_args.trust_remote_code, model_args.cache_dir)
     raw = load_text_datasets(data_args, seed=run_args.seed)
     text_column = resolve_text_column(raw["train"], data_args.text_column)
-    tokenizer = resolve_tokenizer(model_args, raw["train"], text_column)
+    tokenizer = resolve_tokenizer(model_args, raw["train"], text_column, resume)
     check_mask_token(tokenizer, model_args.tokenizer_name or model_args.model_name_or_path or "--train_tokenizer")
     max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
 
+    set_seed(run_args.seed)  # model initialisation, masks and dropout all follow --seed
     model = build_masked_lm(config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
     with run_args.main_process_first(desc="tokenizing"):
         blocks = tokenize_and_pack(raw, tokenizer, text_column, max_seq_length, data_args.line_by_line,
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = LossHistory()
     trainer = MaskedLMTrainer(
         model=model, args=run_args, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
-        data_collator=build_collator(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
+        masker=build_masker(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
         compute_metrics=masked_lm_metrics, callbacks=[history], sparse=model_args.sparse_head,
     )
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from transformers import (
 
 from hfssl.args import MaskingArguments
 from hfssl.data.text import tokenize_and_pack
-from hfssl.pretext.masked_tokens import build_collator, masked_lm_metrics, mlm_head_module, sparse_head
+from hfssl.pretext.masked_tokens import build_masker, masked_lm_metrics, mlm_head_module, sparse_head
 
 TEXT = ["Serialization of hierarchical configurations uncovers unexpectedly idiosyncratic incompatibilities."] * 8
 
@@ -31,7 +31,7 @@ def test_whole_word_masking_masks_all_pieces_together(request, tokenizer_name, l
     enc = tok(TEXT[0], add_special_tokens=False)
     pieces_per_word = np.bincount([w for w in enc.word_ids() if w is not None])
     assert pieces_per_word.max() > 1, "the test text must contain multi-piece words"
-    collate = build_collator(tok, MaskingArguments(mlm_probability=0.3, whole_word_mask=True), seed=0)
+    collate = build_masker(tok, MaskingArguments(mlm_probability=0.3, whole_word_mask=True), seed=0)
     masked_words = partial_words = 0
     for _ in range(20):
         batch = collate([dict(ex) for ex in ds])
@@ -48,7 +48,7 @@ def test_whole_word_masking_masks_all_pieces_together(request, tokenizer_name, l
 
 def test_masking_rates_follow_the_options(wordpiece):
     ids = wordpiece(" ".join(TEXT * 4), truncation=True, max_length=128)["input_ids"]
-    collate = build_collator(wordpiece, MaskingArguments(mlm_probability=0.3, mask_replace_prob=0.5, random_replace_prob=0.25), seed=0)
+    collate = build_masker(wordpiece, MaskingArguments(mlm_probability=0.3, mask_replace_prob=0.5, random_replace_prob=0.25), seed=0)
     batch = collate([{"input_ids": ids} for _ in range(64)])
     selected = batch["labels"] != -100
     assert abs(selected.float().mean().item() - 0.3) < 0.03

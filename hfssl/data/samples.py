@@ -16,10 +16,22 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["DEFAULT_TEXT_NAME", "DEFAULT_IMAGE_NAME", "python_docs_corpus", "digits_images"]
+__all__ = [
+    "DEFAULT_IMAGE_NAME",
+    "DEFAULT_TEXT_LABELED_NAME",
+    "DEFAULT_TEXT_NAME",
+    "DOCSTRING_FAMILIES",
+    "digits_images",
+    "python_docs_corpus",
+    "python_docs_labeled",
+]
 
 DEFAULT_TEXT_NAME = "python-stdlib-docstrings"
+DEFAULT_TEXT_LABELED_NAME = "python-stdlib-docstring-packages"
 DEFAULT_IMAGE_NAME = "sklearn-digits"
+# Large, distinct standard-library packages (present in every Python >= 3.10): the labels of
+# the embedded text-classification task, "which package does this docstring paragraph document?"
+DOCSTRING_FAMILIES = ("asyncio", "email", "http", "importlib", "logging", "tkinter", "unittest", "xml")
 
 # Test suites and bundled third-party code are not prose written for readers.
 _SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "ensurepip", "turtledemo", "__pycache__"}
@@ -56,6 +68,12 @@ def _reference_topics(stdlib: Path) -> list[str]:
 
 
 def _docstrings(stdlib: Path) -> Iterator[str]:
+    for _, doc in _file_docstrings(stdlib):
+        yield doc
+
+
+def _file_docstrings(stdlib: Path) -> Iterator[tuple[Path, str]]:
+    """(file, docstring) pairs, files in sorted order, skipping tests and bundled code."""
     for path in sorted(stdlib.rglob("*.py")):
         if _SKIP_DIRS.intersection(path.relative_to(stdlib).parts):
             continue
@@ -67,7 +85,7 @@ def _docstrings(stdlib: Path) -> Iterator[str]:
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc:
-                    yield doc
+                    yield path, doc
 
 
 def python_docs_corpus(max_documents: int | None = None) -> list[str]:
@@ -85,6 +103,26 @@ def python_docs_corpus(max_documents: int | None = None) -> list[str]:
     if not docs:
         raise RuntimeError(f"No documentation found under {stdlib}; pass --train_file to use your own text.")
     return docs
+
+
+def python_docs_labeled(families: tuple[str, ...] = DOCSTRING_FAMILIES) -> tuple[list[str], list[int], list[str]]:
+    """Docstring paragraphs labeled by the package they document: a real labeled text task that needs no download.
+
+    Returns (texts, labels, label names). A paragraph found in two packages is dropped as ambiguous.
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    owner: dict[str, int | None] = {}
+    for path, doc in _file_docstrings(stdlib):
+        top = path.relative_to(stdlib).parts[0]
+        if top not in families:
+            continue
+        label = families.index(top)
+        for para in _paragraphs(doc):
+            owner[para] = label if owner.get(para, label) == label else None
+    pairs = [(text, label) for text, label in owner.items() if label is not None]
+    if len({label for _, label in pairs}) < 2:
+        raise RuntimeError(f"Too few documented packages under {stdlib}; pass --train_file to use your own labeled text.")
+    return [t for t, _ in pairs], [label for _, label in pairs], list(families)
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -11,7 +11,9 @@ hidden states of the masked positions only, so the saved model is the stock one.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,7 +24,7 @@ from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTra
 
 from hfssl.args import MaskingArguments
 
-__all__ = ["MaskedLMTrainer", "build_collator", "fill_mask_examples", "masked_lm_metrics", "mlm_head_module", "sparse_head"]
+__all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "mlm_head_module", "sparse_head"]
 
 # The first module of each architecture's MLM head; everything after it is position-wise.
 _HEAD_MODULES = {
@@ -41,17 +43,49 @@ _HEAD_MODULES = {
 }
 
 
-def build_collator(tokenizer: Any, masking: MaskingArguments, seed: int | None = None) -> DataCollatorForLanguageModeling:
-    """transformers' MLM collator with hfssl's options (whole-word spans come from the data, see data/text.py)."""
+def build_masker(tokenizer: Any, masking: MaskingArguments, seed: int = 42) -> DataCollatorForLanguageModeling:
+    """transformers' MLM collator with hfssl's options; MaskedLMTrainer calls its `torch_mask_tokens`.
+
+    Whole-word spans come from the data (see data/text.py). The masker has its own generator,
+    saved in every checkpoint, and masks are drawn when a batch is consumed by a training step
+    rather than when the data loader collates it (accelerate's loader fetches one batch ahead):
+    so a resumed run masks exactly as an uninterrupted one.
+    """
     return DataCollatorForLanguageModeling(
         tokenizer=tokenizer,
         mlm_probability=masking.mlm_probability,
         mask_replace_prob=masking.mask_replace_prob,
         random_replace_prob=masking.random_replace_prob,
         whole_word_mask=masking.whole_word_mask,
-        pad_to_multiple_of=8,
         seed=seed,
     )
+
+
+@dataclass
+class PadForMasking:
+    """Batch examples for later masking: pads input_ids, attention/special-token masks and word spans.
+
+    Hand-written because transformers' padding does not know `offset_mapping` (the word spans).
+    """
+
+    tokenizer: Any
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ex["input_ids"]) for ex in examples)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        fill = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+        batch: dict[str, torch.Tensor] = {}
+        for key in examples[0]:
+            if key not in fill:
+                continue
+            rows = [list(ex[key]) + [fill[key]] * (width - len(ex[key])) for ex in examples]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        if longest != width or any(len(ex["input_ids"]) != longest for ex in examples):
+            batch["attention_mask"] = torch.tensor(
+                [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in examples], dtype=torch.long
+            )
+        return batch
 
 
 def mlm_head_module(model: PreTrainedModel) -> nn.Module | None:
@@ -87,12 +121,63 @@ class MaskedLMTrainer(Trainer):
 
     The loss equals the model's own dense loss (mean over tokens with label != -100); with
     gradient accumulation it is normalised by the masked tokens of the whole accumulated batch.
+    Masks come from the masker's own generator at step time, saved with each checkpoint; evaluation always
+    uses the same fixed masks, so eval losses are comparable across steps and runs.
     """
 
-    def __init__(self, *args: Any, sparse: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, masker: DataCollatorForLanguageModeling, sparse: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("data_collator", PadForMasking(masker.tokenizer))
         super().__init__(*args, **kwargs)
+        self.masker = masker
         self.sparse = sparse
         self.eval_seconds = 0.0
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys(self._signature_columns + ["special_tokens_mask", "offset_mapping"]))
+
+    def _masking_rng(self) -> torch.Generator:
+        masker = self.masker
+        if not isinstance(masker.generator, torch.Generator) or masker._generator_pid != os.getpid():
+            masker.generator = torch.Generator().manual_seed(masker.seed + self.args.process_index)
+            masker._generator_pid = os.getpid()
+        return masker.generator
+
+    def _mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Draw this batch's masks now, in step order: (B, T) input_ids -> masked input_ids and labels."""
+        if "labels" in batch:
+            return batch
+        self._masking_rng()
+        device = batch["input_ids"].device
+        special = batch.pop("special_tokens_mask").cpu()
+        offsets = batch.pop("offset_mapping", None)
+        ids, labels = self.masker.torch_mask_tokens(
+            batch["input_ids"].cpu().clone(), special_tokens_mask=special,
+            offset_mapping=None if offsets is None else offsets.cpu(),
+        )
+        batch["input_ids"], batch["labels"] = ids.to(device), labels.to(device)
+        return batch
+
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device) -> tuple[list, Any]:
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(self._mask(next(epoch_iterator)))
+            except StopIteration:
+                break
+        return batches, self._get_num_items_in_batch(batches, device)
+
+    def _rng_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, f"masking_rng_{self.args.process_index}.pt")
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self._masking_rng().get_state(), self._rng_file(output_dir))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        if isinstance(resume_from_checkpoint, str) and os.path.isfile(self._rng_file(resume_from_checkpoint)):
+            self._masking_rng().set_state(torch.load(self._rng_file(resume_from_checkpoint), weights_only=True))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _masked_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, vocab) logits and (N,) targets at the masked positions of `inputs`."""
@@ -123,7 +208,7 @@ class MaskedLMTrainer(Trainer):
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Loss plus, per masked token, (predicted id, negative log-likelihood): no vocab-sized tensor is kept."""
-        inputs = self._prepare_inputs(inputs)
+        inputs = self._mask(self._prepare_inputs(inputs))
         with torch.no_grad(), self.compute_loss_context_manager():
             logits, targets = self._masked_logits(model, dict(inputs))
             nll = F.cross_entropy(logits.float(), targets, reduction="none")
@@ -134,10 +219,13 @@ class MaskedLMTrainer(Trainer):
         return loss, preds, targets
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        start = time.perf_counter()
+        start, rng = time.perf_counter(), self._masking_rng()
+        training_state = rng.get_state()
+        rng.manual_seed(self.args.seed + 1_000_003)  # the same eval masks every time
         try:
             return super().evaluate(*args, **kwargs)
         finally:
+            rng.set_state(training_state)
             self.eval_seconds += time.perf_counter() - start
 
 
