@@ -259,7 +259,8 @@ def options_table(types: Sequence[type], skip: type | None = None) -> str:
             if not f.init or f.name in skipped or "help" not in f.metadata:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else "-"
-            rows.append(f"| `--{f.name}` | `{default}` | {f.metadata['help']} |")
+            help_text = f.metadata["help"].replace("|", "\\|")
+            rows.append(f"| `--{f.name}` | `{default}` | {help_text} |")
     return "\n".join(rows)
 
 

@@ -22,6 +22,7 @@ from hfssl.training import (
     LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
 )
 
+OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"),
     max_seq_length=128,
@@ -43,9 +44,7 @@ DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, masking, run_args = parse_args(
-        (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments), argv, DEFAULTS
-    )
+    data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
