@@ -31,6 +31,7 @@ DEFAULTS = dict(
     learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup
     warmup_steps=0.06,
     weight_decay=0.01,
+    optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
     max_steps=600,
     eval_strategy="steps",
     eval_steps=200,

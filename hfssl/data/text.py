@@ -194,7 +194,7 @@ def tokenize_and_pack(
 
     def tokenize_and_group(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
-        enc = tokenizer(texts, add_special_tokens=False)
+        enc = tokenizer(texts, add_special_tokens=False, verbose=False)  # long documents are cut into blocks below
         stream: list[int] = []
         words: list[tuple[int, int]] = []
         word_base = 1

