@@ -1,0 +1,38 @@
+"""Every shipped YAML is loaded and validated (found recursively, so none is forgotten)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hfssl.args import parse_args
+
+from conftest import ROOT, load_recipe
+
+CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))
+RECIPE_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
+ACCELERATE_CONFIGS = [p for p in CONFIGS if "accelerate" in p.parts]
+
+
+def test_configs_exist():
+    assert RECIPE_CONFIGS and len(ACCELERATE_CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: p.name)
+def test_recipe_config_parses_and_validates(path, tmp_path):
+    first = path.read_text().splitlines()[0]
+    match = re.search(r"recipes/(\w+)\.py", first)
+    assert first.startswith("#") and match, f"{path.name} must open with the command that runs it"
+    recipe = load_recipe(match.group(1))
+    parsed = parse_args(recipe.OPTION_TYPES, [str(path), "--output_dir", str(tmp_path / "out")], recipe.DEFAULTS)
+    assert len(parsed) == len(recipe.OPTION_TYPES)
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_config_loads(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 2
+    assert path.read_text().startswith("# accelerate launch --config_file")
