@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -164,6 +165,11 @@ class TextModelArguments:
         default=True,
         metadata={"help": "Run the MLM head and loss only at masked positions (same loss, far less compute)."},
     )
+    pretraining_dropout: float | None = field(
+        default=0.0,
+        metadata={"help": "Dropout probability of every dropout layer while pretraining; the saved config keeps the "
+                  "model's own values for fine-tuning. 'none' keeps the model's. 0 as in Cramming (Geiping & Goldstein 2023)."},
+    )
 
     def __post_init__(self) -> None:
         from hfssl.models import TEXT_PRESETS
@@ -174,6 +180,8 @@ class TextModelArguments:
             raise ValueError(f"--model_preset must be one of {', '.join(TEXT_PRESETS)}, got {self.model_preset!r}.")
         if self.tokenizer_type not in ("wordpiece", "bpe"):
             raise ValueError(f"--tokenizer_type must be 'wordpiece' or 'bpe', got {self.tokenizer_type!r}.")
+        if self.pretraining_dropout is not None and not 0 <= self.pretraining_dropout < 1:
+            raise ValueError(f"--pretraining_dropout must be in [0, 1), got {self.pretraining_dropout}.")
         if self.vocab_size < 64:
             raise ValueError(f"--vocab_size must be at least 64, got {self.vocab_size}.")
         if self.model_name_or_path and self.config_overrides:
@@ -236,6 +244,20 @@ def parse_args(
         if unknown:
             raise ValueError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}. See `--help` for valid names.")
         merged.update(from_yaml)
+    # `--key none` sets an optional option to None (argparse would try float("none")).
+    # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
+    optional = {name for t in types for name, hint in typing.get_type_hints(t).items() if type(None) in typing.get_args(hint)}
+    kept: list[str] = []
+    i = 0
+    while i < len(argv):
+        key = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
+        if key in optional and i + 1 < len(argv) and argv[i + 1].lower() in ("none", "null"):
+            merged[key] = None
+            i += 2
+            continue
+        kept.append(argv[i])
+        i += 1
+    argv = kept
     try:
         namespace = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -331,6 +353,10 @@ class VisionModelArguments:
     num_channels: int | None = field(
         default=None, metadata={"help": "From scratch: 1 (grayscale) or 3 (RGB) (default: 1 when every training image is grayscale, else 3)."}
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated config changes for a from-scratch model, e.g. 'num_hidden_layers=2,decoder_hidden_size=64'."},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
 
@@ -340,7 +366,7 @@ class VisionModelArguments:
         if self.model_name_or_path and self.model_preset:
             raise ValueError("Pass either --model_name_or_path (continue pretraining) or --model_preset (from scratch), not both.")
         if self.model_name_or_path:
-            given = [f"--{n}" for n in ("image_size", "patch_size", "num_channels") if getattr(self, n) is not None]
+            given = [f"--{n}" for n in ("image_size", "patch_size", "num_channels", "config_overrides") if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to a from-scratch model (--model_preset); "
                                  f"--model_name_or_path {self.model_name_or_path} brings its own. Drop them.")

@@ -29,6 +29,7 @@ __all__ = [
     "load_config",
     "masked_image_config",
     "mlm_config",
+    "set_dropout",
     "usable_positions",
     "vit_encoder",
 ]
@@ -161,6 +162,15 @@ def build_masked_lm(
     return model
 
 
+def set_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Set every dropout layer's probability (the config, saved for fine-tuning, is left alone)."""
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
 def load_config(model_name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None) -> Any:
     """Load a config, turning 'not found' into an error that names the option."""
     try:
@@ -191,10 +201,13 @@ def masked_image_config(model_args: Any, masking: Any) -> Any:
         encoder = {f: preset[f] for f in _ENCODER_FIELDS if f in preset}
         encoder.update(image_size=model_args.image_size, patch_size=model_args.patch_size, num_channels=model_args.num_channels or 3)
         decoder = _DECODERS[model_args.model_preset]
-    _check_mask_geometry(encoder["image_size"], encoder["patch_size"], masking)
     if masking.method == "mae":
-        return ViTMAEConfig(**encoder, **decoder, mask_ratio=masking.mask_ratio, norm_pix_loss=masking.norm_pix_loss)
-    return ViTConfig(**encoder, encoder_stride=encoder["patch_size"])
+        config = ViTMAEConfig(**encoder, **decoder, mask_ratio=masking.mask_ratio, norm_pix_loss=masking.norm_pix_loss)
+    else:
+        config = ViTConfig(**encoder, encoder_stride=encoder["patch_size"])
+    _apply_overrides(config, model_args.config_overrides)
+    _check_mask_geometry(config.image_size, config.patch_size, masking)
+    return config
 
 
 def _check_mask_geometry(image_size: int, patch_size: int, masking: Any) -> None:
@@ -218,7 +231,10 @@ def build_masked_image_model(config: Any, model_name_or_path: str | None = None,
 
     cls = ViTMAEForPreTraining if config.model_type == "vit_mae" else ViTForMaskedImageModeling
     if model_name_or_path is None:
-        return cls(config)
+        model = cls(config)
+        if config.model_type == "vit_mae":
+            _restore_mae_init(model)
+        return model
     if load_config(model_name_or_path, cache_dir=cache_dir).model_type == config.model_type:
         return cls.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir)
     model = cls(config)
@@ -230,6 +246,21 @@ def build_masked_image_model(config: Any, model_name_or_path: str | None = None,
         raise ValueError(f"--model_name_or_path {model_name_or_path}: its encoder does not match a ViT encoder "
                          f"(missing {missing[:4]}, unexpected {unexpected[:4]}).")
     return model
+
+
+def _restore_mae_init(model: PreTrainedModel) -> None:
+    """Re-run MAE's own initialisers where transformers 5 skips them, leaving frozen all-zero position embeddings.
+
+    In `ViTMAEPreTrainedModel._init_weights` the encoder's sin-cos init returns early once the patch
+    projection is marked initialised, and the decoder's sin-cos table is then zeroed: a model built
+    from a config cannot tell one patch position from another and learns only the mean image.
+    """
+    embeddings, decoder = model.vit.embeddings, model.decoder
+    if not embeddings.position_embeddings.any():
+        embeddings.patch_embeddings.projection._is_hf_initialized = False  # lets initialize_weights run
+        embeddings.initialize_weights()  # sin-cos positions, xavier patch projection, CLS token
+    if not decoder.decoder_pos_embed.any():
+        decoder.initialize_weights(embeddings.patch_embeddings.num_patches)
 
 
 def vit_encoder(model: PreTrainedModel) -> PreTrainedModel:

@@ -52,3 +52,9 @@ def test_bad_options_name_the_flag(tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
         parse_args(TYPES, flags + ["--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_none_on_the_command_line_sets_an_optional_option_to_none(tmp_path):
+    _, model, _, _ = parse_args(TYPES, ["--pretraining_dropout", "none", "--output_dir", str(tmp_path)],
+                                defaults={"pretraining_dropout": 0.0})
+    assert model.pretraining_dropout is None

@@ -104,3 +104,15 @@ def test_masked_lm_metrics_are_token_weighted():
     assert m["mlm_loss"] == pytest.approx(1.0)
     assert m["perplexity"] == pytest.approx(np.e)
     assert m["masked_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_pretraining_dropout_changes_layers_not_the_saved_config(tmp_path):
+    from hfssl.models import set_dropout
+
+    model = AutoModelForMaskedLM.from_config(CONFIGS["bert"]())
+    set_dropout(model, 0.0)
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
+    assert reloaded.config.hidden_dropout_prob == 0.1  # fine-tuning gets the architecture's dropout back
+    assert any(m.p == 0.1 for m in reloaded.modules() if isinstance(m, torch.nn.Dropout))
