@@ -2,10 +2,13 @@
 
     hfssl mlm [config.yaml] [--key value ...]      same as: accelerate launch recipes/mlm.py ...
     hfssl options mlm                              the recipe's options as a Markdown table
+    hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
+                                                   upload a finished output directory (token: HF_TOKEN or `hf auth login`)
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -28,12 +31,39 @@ def load_recipe(name: str) -> ModuleType:
     return module
 
 
+def push(argv: list[str]) -> None:
+    """`hfssl push`: upload an output directory; failures exit with the reason and the command to retry."""
+    parser = argparse.ArgumentParser(
+        prog="hfssl push",
+        description="Upload a finished output directory to the Hugging Face Hub (checkpoint-* folders left out). "
+        "The repo is created if needed and ends up mirroring the directory. The token comes from HF_TOKEN or "
+        "`hf auth login`; it is never printed.",
+    )
+    parser.add_argument("output_dir", help="a directory a recipe finished writing (it holds hfssl.json)")
+    parser.add_argument("--repo-id", "--repo_id", required=True, help="NAMESPACE/NAME, or NAME for your own namespace")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo private (an existing repo keeps its visibility)")
+    parser.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
+    parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
+    args = parser.parse_args(argv)
+
+    from hfssl.hub import PushError, push_output
+
+    try:
+        url = push_output(args.output_dir, args.repo_id, private=args.private, revision=args.revision, endpoint=args.endpoint)
+    except (PushError, ValueError) as err:
+        raise SystemExit(f"hfssl push: {err}") from None
+    print(f"Pushed {args.output_dir} to {url}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
+    if command == "push":
+        push(rest)
+        return
     if command == "options":
         from transformers import TrainingArguments
 

@@ -72,9 +72,10 @@ def _docstrings(stdlib: Path) -> Iterator[str]:
         yield doc
 
 
-def _file_docstrings(stdlib: Path) -> Iterator[tuple[Path, str]]:
-    """(file, docstring) pairs, files in sorted order, skipping tests and bundled code."""
-    for path in sorted(stdlib.rglob("*.py")):
+def _file_docstrings(stdlib: Path, packages: tuple[str, ...] | None = None) -> Iterator[tuple[Path, str]]:
+    """(file, docstring) pairs, files in sorted order (only under `packages` when given), skipping tests and bundled code."""
+    roots = [stdlib] if packages is None else [stdlib / p for p in sorted(packages)]
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
         if _SKIP_DIRS.intersection(path.relative_to(stdlib).parts):
             continue
         try:
@@ -112,11 +113,8 @@ def python_docs_labeled(families: tuple[str, ...] = DOCSTRING_FAMILIES) -> tuple
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     owner: dict[str, int | None] = {}
-    for path, doc in _file_docstrings(stdlib):
-        top = path.relative_to(stdlib).parts[0]
-        if top not in families:
-            continue
-        label = families.index(top)
+    for path, doc in _file_docstrings(stdlib, families):
+        label = families.index(path.relative_to(stdlib).parts[0])
         for para in _paragraphs(doc):
             owner[para] = label if owner.get(para, label) == label else None
     pairs = [(text, label) for text, label in owner.items() if label is not None]

@@ -1,0 +1,98 @@
+"""Publishing a finished output directory to the Hugging Face Hub, retried, with the token kept secret.
+
+The repo ends up holding exactly the output directory (checkpoints and the staging folder left out),
+so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
+
+from hfssl.training import RECORD_FILE, STAGING_DIR
+
+__all__ = ["PushError", "push_output"]
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait before each new attempt after a transient failure. huggingface_hub already retries
+# most single requests (preupload, LFS, commit) on 5xx; creating the repo, validating the card and a
+# dropped connection are not retried there, and a whole-push retry is cheap: unchanged files are skipped.
+RETRY_WAITS = (2.0, 10.0, 30.0)
+LEFT_OUT = ["checkpoint-*/", f"{STAGING_DIR}/"]  # resumable training state, and a save in progress
+
+
+class PushError(RuntimeError):
+    """A push that failed; the message says why (token removed) and how to retry."""
+
+
+def push_output(
+    output_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Create `repo_id` if needed and make it (or branch `revision`) mirror `output_dir`; return the repo URL.
+
+    The token is `token`, else `HF_TOKEN`, else the huggingface_hub login. Local files are never modified.
+    """
+    out = Path(output_dir)
+    if not (out / RECORD_FILE).is_file():
+        raise ValueError(
+            f"{out} has no {RECORD_FILE}, so it is not a finished hfssl output (still training, or interrupted?). "
+            "Push a directory that a recipe finished writing."
+        )
+    retry = _retry_hint(out, repo_id, revision, endpoint)
+    secret = token or get_token()
+    if not secret:
+        raise PushError(f"No Hub token: set HF_TOKEN or run `hf auth login`, then {retry}.")
+    api = HfApi(endpoint=endpoint, token=secret)
+    attempt = 0
+    while True:
+        try:
+            return _push(api, out, repo_id, private, revision, commit_message or f"Upload {out.name} with hfssl")
+        except Exception as err:  # reported below, outside this block, so the original (with headers) is not chained
+            reason, transient = _scrub(f"{type(err).__name__}: {err}", secret), _is_transient(err)
+        if not transient or attempt == len(RETRY_WAITS):
+            raise PushError(f"Pushing {out} to {repo_id} failed: {reason}\nThe local output is intact; {retry}.")
+        logger.warning("Push to %s failed (%s); retrying in %.0f s.", repo_id, reason.splitlines()[0], RETRY_WAITS[attempt])
+        time.sleep(RETRY_WAITS[attempt])
+        attempt += 1
+
+
+def _push(api: HfApi, out: Path, repo_id: str, private: bool | None, revision: str | None, message: str) -> str:
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = url.repo_id  # a bare name lands in the token owner's namespace
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id, folder_path=out, revision=revision, commit_message=message,
+        ignore_patterns=list(LEFT_OUT), delete_patterns="*",  # remote files gone from the output go too
+    )
+    logger.info("Pushed %s to %s", out, url)
+    return str(url)
+
+
+def _is_transient(err: Exception) -> bool:
+    """Server errors and lost connections may pass on retry; 4xx answers and local errors will not."""
+    if isinstance(err, HfHubHTTPError):
+        return err.response is not None and (err.response.status_code >= 500 or err.response.status_code in (408, 429))
+    return isinstance(err, httpx.TransportError)
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "<HF_TOKEN>")
+
+
+def _retry_hint(out: Path, repo_id: str, revision: str | None, endpoint: str | None) -> str:
+    flags = "".join(f" {flag} {value}" for flag, value in (("--revision", revision), ("--endpoint", endpoint)) if value)
+    return f"retry with `hfssl push {out} --repo-id {repo_id}{flags}`"

@@ -1,0 +1,1 @@
+"""Evaluation that works offline: probes of frozen features (kNN, linear), and metric modules."""

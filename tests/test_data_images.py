@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfssl.args import ImageDataArguments
+from hfssl.data.images import (
+    ImageBatchCollator,
+    data_channels,
+    decode_images,
+    image_processor,
+    load_image_sources,
+    normalize,
+    random_resized_crop,
+)
+from hfssl.data.samples import digits_images
+
+
+class Geometry:
+    """The fields of a model config that image_processor reads."""
+
+    def __init__(self, image_size: int = 16, num_channels: int = 1) -> None:
+        self.image_size, self.num_channels = image_size, num_channels
+
+
+def write_images(folder, classes: dict[str, int] | None, n: int = 6, rgb_every: int = 0) -> list:
+    """`n` PNGs per class folder (or directly in `folder` when classes is None); every rgb_every-th one in colour."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for cls, value in (classes or {"": 128}).items():
+        target = folder / cls if cls else folder
+        target.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.clip(rng.normal(value, 20, (10, 12)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            if rgb_every and i % rgb_every == 0:
+                image = image.convert("RGB")
+            paths.append(target / f"img{i}.png")
+            image.save(paths[-1])
+    return paths
+
+
+def test_image_folder_with_class_subfolders_gives_labels(tmp_path):
+    write_images(tmp_path, {"cat": 40, "dog": 200}, n=10)
+    (tmp_path / "notes.txt").write_text("not an image")
+    splits = load_image_sources(ImageDataArguments(train_dir=str(tmp_path), validation_split_percentage=20))
+    assert splits.class_names == ["cat", "dog"]
+    assert (len(splits.train), len(splits.validation)) == (16, 4)
+    assert sorted(np.bincount(splits.validation.labels)) == [2, 2]  # stratified hold-out
+    train = decode_images(splits.train, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
+    assert train.pixels.shape == (16, 1, 16, 16) and train.pixels.dtype == torch.uint8
+    # the label follows the folder: "cat" images are dark, "dog" images bright
+    means = train.pixels.float().mean(dim=(1, 2, 3))
+    assert (means[train.labels == 0] < 100).all() and (means[train.labels == 1] > 150).all()
+
+
+def test_image_folder_without_class_folders_is_unlabeled(tmp_path):
+    write_images(tmp_path, None, n=10, rgb_every=3)
+    splits = load_image_sources(ImageDataArguments(train_dir=str(tmp_path), validation_split_percentage=20))
+    assert splits.class_names is None and splits.train.labels is None
+    assert len(splits.train) + len(splits.validation) == 10
+    assert data_channels(splits.train, skip_corrupt=False) == 3  # some images are RGB
+    train = decode_images(splits.train, image_processor(None, Geometry(8, 3)), 3, skip_corrupt=False)
+    assert train.pixels.shape == (8, 3, 8, 8) and train.labels is None
+
+
+def test_grayscale_folder_has_one_channel(tmp_path):
+    write_images(tmp_path, {"a": 50, "b": 150})
+    splits = load_image_sources(ImageDataArguments(train_dir=str(tmp_path)))
+    assert data_channels(splits.train, skip_corrupt=False) == 1
+
+
+def test_hub_style_dataset_by_name(tmp_path):
+    """--dataset_name goes through datasets.load_dataset; a local image-folder dataset needs no network."""
+    write_images(tmp_path, {"a": 40, "b": 200}, n=8)
+    splits = load_image_sources(ImageDataArguments(dataset_name=str(tmp_path), validation_split_percentage=25))
+    assert splits.class_names == ["a", "b"]
+    assert (len(splits.train), len(splits.validation)) == (12, 4)
+    held_out = decode_images(splits.validation, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
+    means = held_out.pixels.float().mean(dim=(1, 2, 3))
+    assert (means[held_out.labels == 0] < 100).all() and (means[held_out.labels == 1] > 150).all()
+
+
+def test_digits_are_the_default_with_a_stratified_hold_out():
+    splits = load_image_sources(ImageDataArguments(validation_split_percentage=10))
+    assert splits.description == "sklearn-digits" and splits.class_names == [str(i) for i in range(10)]
+    assert (len(splits.train), len(splits.validation)) == (1617, 180)
+    assert np.bincount(splits.validation.labels).min() >= 17
+    held_out = decode_images(splits.validation, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
+    images, labels, _ = digits_images()
+    first = splits.validation.indices[0]
+    upsampled = torch.nn.functional.interpolate(torch.tensor(images[first], dtype=torch.float32)[None, None], size=16, mode="bilinear")
+    assert held_out.labels[0] == labels[first]
+    assert torch.corrcoef(torch.stack([held_out.pixels[0].float().flatten(), upsampled.flatten()]))[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("make", ["empty", "no_images", "missing"])
+def test_folder_without_images_fails_naming_the_option(tmp_path, make):
+    folder = tmp_path / "data"
+    if make != "missing":
+        folder.mkdir()
+    if make == "no_images":
+        (folder / "readme.txt").write_text("hello")
+        (folder / ".hidden.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="--train_dir"):
+        load_image_sources(ImageDataArguments(train_dir=str(folder)))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_stops_naming_the_file_or_is_skipped(tmp_path, damage):
+    paths = write_images(tmp_path, {"a": 50, "b": 200}, n=5)
+    bad = paths[3]
+    data = bad.read_bytes()
+    bad.write_bytes(b"this is not a png" if damage == "garbage" else data[: len(data) // 2])
+    splits = load_image_sources(ImageDataArguments(train_dir=str(tmp_path), validation_split_percentage=20))
+    source = next(s for s in (splits.train, splits.validation) if str(bad) in [s.name(i) for i in s.indices])
+    processor = image_processor(None, Geometry(8, 1))
+    with pytest.raises(ValueError, match=rf"{bad.name}.*--skip_corrupt_images"):
+        decode_images(source, processor, 1, skip_corrupt=False)
+    kept = decode_images(source, processor, 1, skip_corrupt=True)
+    assert kept.skipped == [str(bad)]
+    assert len(kept) == len(source) - 1 and len(kept.labels) == len(kept)
+
+
+def test_normalize_uses_the_processor_statistics():
+    pixels = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2)
+    assert normalize(pixels, [0.5], [0.5]).flatten().tolist() == [-1.0, 1.0]
+    rgb = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+    assert torch.allclose(normalize(rgb, [0.5, 0.0, 1.0], [0.5, 1.0, 0.5]).flatten(), torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_random_resized_crop_at_full_scale_is_the_identity_and_otherwise_zooms_in():
+    pixels = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    same = random_resized_crop(pixels, min_scale=1.0, ratio=(1.0, 1.0))
+    assert torch.allclose(same, pixels, atol=1e-4)
+    # a centred bright square grows when the crop zooms in
+    square = torch.zeros(64, 1, 16, 16)
+    square[:, :, 6:10, 6:10] = 1
+    cropped = random_resized_crop(square, min_scale=0.3, generator=torch.Generator().manual_seed(0))
+    assert cropped.shape == square.shape
+    assert cropped.sum(dim=(1, 2, 3)).mean() > square[0].sum() * 1.2
+
+
+def test_collator_masks_are_fixed_in_evaluation_and_fresh_in_training():
+    def masks(n: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        return {"noise": torch.rand(n, 4, generator=generator)}
+
+    items = [{"pixel_values": torch.full((1, 8, 8), 255, dtype=torch.uint8)} for _ in range(3)]
+    train = ImageBatchCollator([0.5], [0.5], masks, crop_min_scale=0.5, horizontal_flip=True)
+    a, b = train(items), train(items)
+    assert a["pixel_values"].shape == (3, 1, 8, 8) and a["pixel_values"].dtype == torch.float32
+    assert not torch.equal(a["noise"], b["noise"])
+    first, second = train.for_evaluation(7)(items), train.for_evaluation(7)(items)
+    assert torch.equal(first["noise"], second["noise"])
+    assert torch.equal(first["pixel_values"], torch.ones(3, 1, 8, 8))  # no augmentation, normalised white

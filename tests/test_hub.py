@@ -1,0 +1,210 @@
+"""Pushing outputs: the real clients (huggingface_hub, hf_xet, transformers) against a loopback Hub.
+
+The loopback server (tests/hub_server.py) answers 501 to any route it does not know; every test
+fails on such a request, so a client upgrade that calls something new is noticed here.
+An opt-in test pushes to the real Hub: HFSSL_LIVE_HUB=1 HF_TOKEN=hf_... pytest tests/test_hub.py -k live
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+import uuid
+from pathlib import Path
+
+import huggingface_hub.constants as hf_constants
+import pytest
+
+import hfssl.hub
+from hfssl.cli import main as hfssl_cli
+from hfssl.hub import PushError, push_output
+
+from conftest import TINY_MLM, load_recipe
+from hub_server import LoopbackHub
+
+SENTINEL = "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0123"
+
+# Loads the pushed repo in a fresh interpreter, so HF_ENDPOINT and HF_HUB_DISABLE_XET are read at import
+# as users set them, and compares it with the local output directory.
+RELOAD = """
+import sys, torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+repo_id, local, revision = sys.argv[1:4]
+remote_model = AutoModelForMaskedLM.from_pretrained(repo_id, revision=revision)
+local_model = AutoModelForMaskedLM.from_pretrained(local)
+remote_state, local_state = remote_model.state_dict(), local_model.state_dict()
+assert remote_state.keys() == local_state.keys()
+assert all(torch.equal(remote_state[k], local_state[k]) for k in local_state)
+text = "Return the [MASK] of the list, or None when the iterator is exhausted."
+remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id, revision=revision), AutoTokenizer.from_pretrained(local)
+assert remote_tok(text)["input_ids"] == local_tok(text)["input_ids"] and len(remote_tok) == len(local_tok)
+print("identical:", len(local_state), "tensors")
+"""
+
+
+@pytest.fixture(scope="module")
+def mlm_output(tmp_path_factory) -> Path:
+    """A finished tiny MLM output, with a checkpoint-* folder that must not be pushed."""
+    out = tmp_path_factory.mktemp("mlm") / "out"
+    load_recipe("mlm").main(TINY_MLM + ["--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2",
+                                        "--save_steps", "2", "--max_corpus_documents", "300"])
+    assert list(out.glob("checkpoint-*"))
+    return out
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, caplog):
+    """A loopback Hub that accepts SENTINEL as the token; offline mode lifted for this test only."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # else its agent detection calls huggingface.co
+    monkeypatch.setattr(hfssl.hub, "RETRY_WAITS", (0.1, 0.1, 0.1))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for name in ("", "huggingface_hub", "httpx2", "hfssl"):
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    with LoopbackHub(tmp_path / "hub", token=SENTINEL) as server:
+        yield server
+    assert not server.unknown, f"clients called routes the loopback Hub does not implement: {server.unknown}"
+
+
+@pytest.fixture(params=["xet", "lfs"])
+def transfer(request, monkeypatch) -> str:
+    """Upload through Xet (the default) or, with HF_HUB_DISABLE_XET=1, through the LFS batch API."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", request.param == "lfs")
+    return request.param
+
+
+def pushed_files(out: Path) -> dict[str, bytes]:
+    """What a push of `out` must upload: everything but checkpoints and the staging folder."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.relative_to(out).parts[0].startswith(("checkpoint-", ".hfssl-staging"))}
+
+
+def assert_no_token_in(*texts: str | bytes, dirs: tuple[Path, ...] = ()) -> None:
+    for text in texts:
+        assert (SENTINEL.encode() if isinstance(text, bytes) else SENTINEL) not in text
+    for d in dirs:
+        for p in d.rglob("*"):
+            assert not p.is_file() or SENTINEL.encode() not in p.read_bytes(), p
+
+
+def reload_in_subprocess(hub: LoopbackHub, repo_id: str, local: Path, home: Path, transfer: str, revision: str = "main") -> str:
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
+           "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0", "HF_TOKEN": SENTINEL}
+    proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(local), revision], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_pushed_output_reloads_identically(mlm_output, hub, transfer, monkeypatch, tmp_path, caplog, capfd):
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)  # the default token source
+    before = pushed_files(mlm_output)
+    url = push_output(mlm_output, "me/tiny-mlm", endpoint=hub.endpoint)
+    assert url == f"{hub.endpoint}/me/tiny-mlm"
+    remote = hub.files("me/tiny-mlm")
+    assert remote.pop(".gitattributes") and remote == before  # exactly the output directory, byte for byte
+    weights = hub.repos["me/tiny-mlm"].resolve("main").files["model.safetensors"]
+    assert weights.sha256 and (weights.xet_hash is not None) == (transfer == "xet")
+    upload_route = "/xet-write-token/main" if transfer == "xet" else ".git/info/lfs/objects/batch"
+    assert any(r.endswith(upload_route) for r in hub.requests)
+
+    reload_log = reload_in_subprocess(hub, "me/tiny-mlm", mlm_output, tmp_path / "hf-home", transfer)
+    assert "identical" in reload_log
+    assert any("/xet-read-token/" in r for r in hub.requests) == (transfer == "xet")
+    assert pushed_files(mlm_output) == before  # the local output is untouched
+    out, err = capfd.readouterr()
+    assert_no_token_in(reload_log, caplog.text, out, err, *remote.values(),
+                       dirs=(mlm_output, tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: the Hub's storage, the reload's cache
+
+
+def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output, hub, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(mlm_output, out)
+    push_output(out, "me/mirror", endpoint=hub.endpoint, token=SENTINEL)
+    (out / "loss_curve.png").unlink()
+    (out / "all_results.json").write_text("{}\n")
+    push_output(out, "me/mirror", endpoint=hub.endpoint, token=SENTINEL, revision="v2", commit_message="Second run")
+    repo = hub.repos["me/mirror"]
+    assert "loss_curve.png" in repo.resolve("main").files  # main keeps the first push
+    v2 = hub.files("me/mirror", "v2")
+    assert "loss_curve.png" not in v2 and v2["all_results.json"] == b"{}\n" and ".gitattributes" in v2
+    assert repo.resolve("v2").title == "Second run"
+
+
+def test_transient_server_errors_are_retried(mlm_output, hub, caplog):
+    hub.fail(r"^POST /api/repos/create$", 503, times=2)  # not retried by huggingface_hub: hfssl retries the push
+    hub.fail(r"^POST /api/models/.*/commit/", 503, times=1)  # retried inside huggingface_hub
+    push_output(mlm_output, "me/flaky", endpoint=hub.endpoint, token=SENTINEL)
+    assert hub.requests.count("POST /api/repos/create") == 3
+    assert hub.requests.count("POST /api/models/me/flaky/commit/main") == 2
+    assert hub.files("me/flaky")["model.safetensors"] == (mlm_output / "model.safetensors").read_bytes()
+    assert "retrying" in caplog.text.lower()
+
+
+def test_failed_push_explains_the_retry_and_never_shows_the_token(mlm_output, hub, caplog, capfd):
+    before = pushed_files(mlm_output)
+    hub.fail(r"^POST /api/repos/create$", 500, message=f"upstream rejected Authorization: Bearer {SENTINEL}")
+    with pytest.raises(PushError) as info:
+        push_output(mlm_output, "me/down", endpoint=hub.endpoint, token=SENTINEL)
+    message = str(info.value)
+    assert f"hfssl push {mlm_output} --repo-id me/down --endpoint {hub.endpoint}" in message
+    assert "500" in message and "<HF_TOKEN>" in message  # the server's words, with the token blanked out
+    assert hub.requests.count("POST /api/repos/create") == 1 + len(hfssl.hub.RETRY_WAITS)
+    assert info.value.__cause__ is None and info.value.__context__ is None  # the raw error (and its headers) is dropped
+    out, err = capfd.readouterr()
+    assert_no_token_in(message, "".join(traceback.format_exception(info.value)), caplog.text, out, err, dirs=(mlm_output,))
+    assert pushed_files(mlm_output) == before
+
+
+def test_client_errors_fail_at_once(mlm_output, hub):
+    with pytest.raises(PushError, match="401"):
+        push_output(mlm_output, "me/denied", endpoint=hub.endpoint, token="hf_wrong")
+    assert hub.requests.count("POST /api/repos/create") == 1  # no retry: a wrong token will not get better
+
+
+def test_missing_token_is_reported_before_any_request(mlm_output, hub):
+    with pytest.raises(PushError, match="No Hub token: set HF_TOKEN or run `hf auth login`"):
+        push_output(mlm_output, "me/anonymous", endpoint=hub.endpoint)
+    assert hub.requests == []
+
+
+def test_unfinished_output_is_refused_before_any_request(hub, tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.safetensors").write_bytes(b"partial")
+    with pytest.raises(ValueError, match="no hfssl.json"):
+        push_output(tmp_path / "half", "me/half", endpoint=hub.endpoint, token=SENTINEL)
+    assert hub.requests == []
+
+
+def test_cli_push(mlm_output, hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    hfssl_cli(["push", str(mlm_output), "--repo-id", "me/from-cli", "--private", "--endpoint", hub.endpoint])
+    assert f"{hub.endpoint}/me/from-cli" in capsys.readouterr().out
+    assert hub.repos["me/from-cli"].private
+    with pytest.raises(SystemExit, match="hfssl push: .*no hfssl.json"):
+        hfssl_cli(["push", str(mlm_output / "checkpoint-2"), "--repo-id", "me/from-cli", "--endpoint", hub.endpoint])
+    assert_no_token_in(capsys.readouterr().out)
+
+
+@pytest.mark.skipif(not (os.environ.get("HFSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
+                    reason="live Hub test: set HFSSL_LIVE_HUB=1 and HF_TOKEN to run it")
+def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    api = HfApi(endpoint=hf_constants._HF_DEFAULT_ENDPOINT)
+    repo_id = f"{api.whoami()['name']}/hfssl-live-test-{uuid.uuid4().hex[:8]}"
+    try:
+        url = push_output(mlm_output, repo_id, private=True, endpoint=api.endpoint)
+        assert repo_id in url
+        env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": api.endpoint}
+        proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(mlm_output), "main"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert os.environ["HF_TOKEN"] not in proc.stdout + proc.stderr
+    finally:
+        api.delete_repo(repo_id, missing_ok=True)

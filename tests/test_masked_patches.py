@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import ViTForImageClassification, ViTForMaskedImageModeling, ViTMAEForPreTraining
+
+from hfssl.args import PatchMaskingArguments, VisionModelArguments
+from hfssl.models import build_masked_image_model, masked_image_config, vit_encoder
+from hfssl.pretext.masked_patches import block_mask, mask_inputs, random_mask, reconstruct
+
+SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_model(method: str, image_size: int = 16, patch_size: int = 4, **masking):
+    """A from-scratch 2-layer model for `method`, and its masking options."""
+    args = PatchMaskingArguments(method=method, **masking)
+    config = masked_image_config(VisionModelArguments(image_size=image_size, patch_size=patch_size, num_channels=1), args)
+    config.update(SMALL)
+    if method == "mae":
+        config.update(dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64))
+    torch.manual_seed(0)
+    return build_masked_image_model(config), args
+
+
+@pytest.mark.parametrize("grid, ratio, unit", [(4, 0.6, 1), (8, 0.6, 2), (8, 0.4, 4), (6, 0.75, 3)])
+@pytest.mark.parametrize("draw", [random_mask, block_mask])
+def test_masks_hide_exactly_the_ratio_in_whole_units(draw, grid, ratio, unit):
+    masks = draw(64, grid, ratio, unit, torch.Generator().manual_seed(0))
+    side = grid // unit
+    count = math.ceil(side * side * ratio)
+    assert masks.shape == (64, grid * grid) and masks.dtype == torch.bool
+    assert (masks.sum(1) == count * unit * unit).all()
+    units = masks.view(64, side, unit, side, unit)
+    assert (units.all(dim=(2, 4)) == units.any(dim=(2, 4))).all()  # every unit is masked whole or not at all
+    assert len({tuple(m.tolist()) for m in masks}) >= min(20, math.comb(side * side, count))  # masks differ between images
+
+
+def test_block_masks_are_blockier_than_random_masks():
+    """Block masks put masked patches next to masked patches more often than independent draws do."""
+    def neighbours(masks: torch.Tensor) -> float:
+        grid = masks.view(-1, 14, 14).float()
+        return float((grid[:, :, 1:] * grid[:, :, :-1]).sum() / grid[:, :, 1:].sum())
+
+    g = torch.Generator().manual_seed(0)
+    assert neighbours(block_mask(32, 14, 0.4, 1, g)) > neighbours(random_mask(32, 14, 0.4, 1, g)) + 0.15
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.9])
+def test_mae_encoder_processes_only_the_visible_patches(ratio):
+    model, masking = tiny_model("mae", mask_ratio=ratio)
+    seen = []
+    model.vit.layers[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    batch = {"pixel_values": torch.randn(3, 1, 16, 16), **mask_inputs(model.config, masking)(3, None)}
+    out = model(**batch)
+    patches = 16
+    assert seen == [1 + int(patches * (1 - ratio))]  # CLS + visible patches only
+    assert (out.mask.sum(1) == patches - int(patches * (1 - ratio))).all()
+
+
+@pytest.mark.parametrize("method, masking", [("simmim", dict(mask_patch_size=8)), ("mae", dict(norm_pix_loss=True))])
+def test_reconstruction_keeps_visible_pixels_and_predicts_masked_ones(method, masking):
+    model, args = tiny_model(method, **masking)
+    batch = {"pixel_values": torch.randn(2, 1, 16, 16), **mask_inputs(model.config, args)(2, torch.Generator().manual_seed(0))}
+    pixel_mask, recon = reconstruct(model, batch)
+    masked_fraction = 0.75 if method == "simmim" else 12 / 16  # 3 of 4 8x8 units; MAE: 16 - int(16 * 0.25) patches
+    assert pixel_mask.shape == (2, 1, 16, 16) and pixel_mask.float().mean() == masked_fraction
+    visible = ~pixel_mask.expand_as(recon)
+    assert torch.equal(recon[visible], batch["pixel_values"][visible])
+    assert not torch.allclose(recon[~visible], batch["pixel_values"][~visible])
+
+
+def test_mae_from_scratch_has_sin_cos_positions():
+    """transformers 5 leaves them all zero; hfssl restores MAE's own initialisation."""
+    model, _ = tiny_model("mae")
+    assert model.vit.embeddings.position_embeddings[0, 1:].std() > 0.1
+    assert model.decoder.decoder_pos_embed[0, 1:].std() > 0.1
+
+
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_encoder_loads_into_image_classification_with_only_the_classifier_new(tmp_path, method):
+    model, _ = tiny_model(method)
+    vit_encoder(model).save_pretrained(tmp_path)
+    classifier, info = ViTForImageClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    source = dict(model.vit.named_parameters())
+    for name, param in classifier.vit.named_parameters():
+        assert torch.equal(param, source[name]), name
+    # and the same features as the pretraining encoder without masking
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = vit_encoder(model)(pixel_values=x).last_hidden_state
+        assert torch.allclose(classifier.eval().vit(pixel_values=x).last_hidden_state, expected, atol=1e-5)
+
+
+def test_each_method_continues_from_the_other_methods_encoder(tmp_path):
+    mae, _ = tiny_model("mae")
+    vit_encoder(mae).save_pretrained(tmp_path / "vit")
+    args = VisionModelArguments(model_name_or_path=str(tmp_path / "vit"))
+    simmim = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="simmim")), str(tmp_path / "vit"))
+    assert isinstance(simmim, ViTForMaskedImageModeling)
+    again = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="mae")), str(tmp_path / "vit"))
+    assert isinstance(again, ViTMAEForPreTraining)
+    for name, param in mae.vit.named_parameters():
+        assert torch.equal(dict(simmim.vit.named_parameters())[name], param), name
+        assert torch.equal(dict(again.vit.named_parameters())[name], param), name
+
+
+@pytest.mark.parametrize(
+    "model_kw, masking_kw, message",
+    [
+        (dict(image_size=16, patch_size=4), dict(method="simmim", mask_patch_size=6), "--mask_patch_size 6"),
+        (dict(image_size=16, patch_size=4), dict(method="simmim", mask_patch_size=32), "--mask_patch_size 32"),
+        (dict(image_size=8, patch_size=4), dict(method="mae", mask_ratio=0.0), "--mask_ratio 0.0 masks 0 of the 4"),
+        (dict(image_size=8, patch_size=4), dict(method="mae", mask_ratio=0.9), "--mask_ratio 0.9 masks 4 of the 4"),
+        (dict(image_size=8, patch_size=4), dict(method="simmim", mask_ratio=0.9), "--mask_ratio 0.9 masks 4 of the 4"),
+    ],
+)
+def test_mask_geometry_is_checked_against_the_model(model_kw, masking_kw, message):
+    with pytest.raises(ValueError, match=message):
+        masked_image_config(VisionModelArguments(**model_kw), PatchMaskingArguments(**masking_kw))
