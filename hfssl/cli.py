@@ -41,7 +41,8 @@ def push(argv: list[str]) -> None:
     )
     parser.add_argument("output_dir", help="a directory a recipe finished writing (it holds hfssl.json)")
     parser.add_argument("--repo-id", "--repo_id", required=True, help="NAMESPACE/NAME, or NAME for your own namespace")
-    parser.add_argument("--private", action="store_true", default=None, help="create the repo private (an existing repo keeps its visibility)")
+    parser.add_argument("--private", action="store_true", default=None,
+                        help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     args = parser.parse_args(argv)

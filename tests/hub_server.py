@@ -125,7 +125,7 @@ class _FailRule:
     pattern: re.Pattern
     status: int
     times: int | None
-    body: dict[str, Any]
+    message: str
 
 
 class LoopbackHub:
@@ -138,7 +138,7 @@ class LoopbackHub:
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, uploaded through the LFS batch API
         self.requests: list[str] = []  # "METHOD /path" of every request, in order
-        self.unknown: list[str] = []  # requests answered 501
+        self.unknown: list[str] = []  # requests answered 501, with the reason
         self.authorizations: list[str] = []  # Authorization headers received (tests check what clients sent)
         self._rules: list[_FailRule] = []
         self._lock = threading.Lock()
@@ -146,7 +146,7 @@ class LoopbackHub:
             (m, re.compile(p + r"$"), h)
             for m, p, h in [
                 ("POST", r"/api/repos/create", self._create_repo),
-                ("POST", r"/api/repos/delete", self._delete_repo),
+                ("DELETE", r"/api/repos/delete", self._delete_repo),
                 ("POST", r"/api/validate-yaml", self._validate_yaml),
                 ("GET", r"/api/agent-harnesses", self._agent_harnesses),
                 ("GET", rf"/api/models/{_REPO}(?:/revision/{_REV})?", self._repo_info),
@@ -171,24 +171,17 @@ class LoopbackHub:
                 pass
 
             def _handle(self) -> None:
-                status, headers, body = hub._dispatch(self.command, self.path, self.headers, self._body())
+                # The clients send a Content-Length; a body sent any other way is new (answered 501, connection closed).
+                sized = "Transfer-Encoding" not in self.headers
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if sized else None
+                self.close_connection = self.close_connection or not sized
+                status, headers, payload = hub._dispatch(self.command, self.path, self.headers, body)
                 self.send_response(status)
-                for key, value in {"Content-Length": str(len(body)), **headers}.items():
+                for key, value in {"Content-Length": str(len(payload)), **headers}.items():
                     self.send_header(key, value)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                        pass
-                    return b"".join(chunks)
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    self.wfile.write(payload)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
@@ -209,7 +202,7 @@ class LoopbackHub:
 
     def fail(self, pattern: str, status: int, times: int | None = None, message: str = "injected failure") -> None:
         """Answer `status` to requests whose "METHOD /path" matches `pattern`, `times` times (None: always)."""
-        self._rules.append(_FailRule(re.compile(pattern), status, times, {"error": message}))
+        self._rules.append(_FailRule(re.compile(pattern), status, times, message))
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The content of every file in a repo revision (large files from LFS storage or the Xet CAS)."""
@@ -229,7 +222,7 @@ class LoopbackHub:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _dispatch(self, method: str, raw_path: str, headers: Any, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
         url = urlsplit(raw_path)
         request = f"{method} {url.path}"
         with self._lock:
@@ -240,15 +233,17 @@ class LoopbackHub:
                 for rule in self._rules:
                     if rule.times != 0 and rule.pattern.search(request):
                         rule.times = None if rule.times is None else rule.times - 1
-                        raise HubError(rule.status, rule.body["error"])
+                        raise HubError(rule.status, rule.message)
                 for route_method, pattern, handler in self._routes:
                     match = pattern.match(url.path)
-                    if route_method == method and match:
+                    if route_method == method and match and body is not None:
                         groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                        return handler(**groups, query=parse_qs(url.query), body=body, authorized=self._authorized(headers), method=method)
-                self.unknown.append(request)
+                        return handler(**groups, query=parse_qs(url.query), body=body, method=method,
+                                       authorized=self._authorized(headers))
                 raise HubError(501, f"the loopback Hub does not implement {request}")
             except HubError as e:
+                if e.status == 501:  # an unknown route, or an option of a known one that is not implemented
+                    self.unknown.append(f"{request}: {e}")
                 extra = {"X-Error-Code": e.code} if e.code else {}
                 if e.status == 401:
                     extra["X-Error-Message"] = "Invalid credentials in Authorization header"
@@ -347,7 +342,8 @@ class LoopbackHub:
             folders = relative.split("/")[:-1] if recursive else relative.split("/")[:-1][:1]
             for depth in range(1, len(folders) + 1):
                 folder = prefix + "/".join(folders[:depth])
-                entries.setdefault(folder, {"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(), "path": folder})
+                folder_oid = hashlib.sha1(folder.encode()).hexdigest()
+                entries.setdefault(folder, {"type": "directory", "oid": folder_oid, "path": folder})
             if recursive or "/" not in relative:
                 entries[file_path] = blob.tree_entry(file_path)
         if path and not entries:
@@ -366,7 +362,8 @@ class LoopbackHub:
             large = b"\0" in sample or item["size"] >= _LFS_MIN_SIZE
             existing = commit.files.get(item["path"])
             remote_oid = None if existing is None else (existing.sha256 or existing.oid)
-            files.append({"path": item["path"], "uploadMode": "lfs" if large else "regular", "shouldIgnore": False, "oid": remote_oid})
+            files.append({"path": item["path"], "uploadMode": "lfs" if large else "regular", "shouldIgnore": False,
+                          "oid": remote_oid})
         return self._json({"files": files, "commitOid": commit.oid})
 
     def _xet_token(self, repo: str, kind: str, authorized: bool, **_: Any):
@@ -400,7 +397,7 @@ class LoopbackHub:
     def _lfs_verify(self, repo: str, body: bytes, authorized: bool, **_: Any):
         self._repo(repo, authorized, write=True)
         obj = json.loads(body)
-        if len(self.lfs_objects.get(obj["oid"], b"")) != obj["size"] or obj["oid"] not in self.lfs_objects:
+        if obj["oid"] not in self.lfs_objects or len(self.lfs_objects[obj["oid"]]) != obj["size"]:
             raise HubError(404, f"object {obj['oid']} was not uploaded")
         return self._json({})
 
@@ -429,7 +426,8 @@ class LoopbackHub:
                     raise HubError(422, f"Your push was rejected: {value['path']} points to an object that was never uploaded")
                 files[value["path"]] = Blob(size, sha256=sha, xet_hash=None if sha in self.lfs_objects else xet[sha])
             elif key in ("deletedFile", "deletedFolder"):
-                gone = [p for p in files if p == value["path"] or (key == "deletedFolder" and p.startswith(value["path"].rstrip("/") + "/"))]
+                folder = value["path"].rstrip("/") + "/"
+                gone = [p for p in files if p == value["path"] or (key == "deletedFolder" and p.startswith(folder))]
                 if not gone:
                     raise HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
                 for p in gone:
@@ -437,7 +435,8 @@ class LoopbackHub:
             else:
                 raise HubError(501, f"the loopback Hub does not implement commit operation {key!r}")
         commit = self._new_commit(found, rev, header["summary"], files)
-        return self._json({"success": True, "commitOid": commit.oid, "commitUrl": f"{self.endpoint}/{repo}/commit/{commit.oid}"})
+        url = f"{self.endpoint}/{repo}/commit/{commit.oid}"
+        return self._json({"success": True, "commitOid": commit.oid, "commitUrl": url})
 
     # ------------------------------------------------------------------ downloads
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
 import pytest
+from huggingface_hub import HfApi
 
 import hfssl.hub
 from hfssl.cli import main as hfssl_cli
@@ -33,14 +34,14 @@ SENTINEL = "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0123"
 RELOAD = """
 import sys, torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
-repo_id, local, revision = sys.argv[1:4]
-remote_model = AutoModelForMaskedLM.from_pretrained(repo_id, revision=revision)
+repo_id, local = sys.argv[1:3]
+remote_model = AutoModelForMaskedLM.from_pretrained(repo_id)
 local_model = AutoModelForMaskedLM.from_pretrained(local)
 remote_state, local_state = remote_model.state_dict(), local_model.state_dict()
 assert remote_state.keys() == local_state.keys()
 assert all(torch.equal(remote_state[k], local_state[k]) for k in local_state)
 text = "Return the [MASK] of the list, or None when the iterator is exhausted."
-remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id, revision=revision), AutoTokenizer.from_pretrained(local)
+remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id), AutoTokenizer.from_pretrained(local)
 assert remote_tok(text)["input_ids"] == local_tok(text)["input_ids"] and len(remote_tok) == len(local_tok)
 print("identical:", len(local_state), "tensors")
 """
@@ -63,8 +64,8 @@ def hub(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # else its agent detection calls huggingface.co
     monkeypatch.setattr(hfssl.hub, "RETRY_WAITS", (0.1, 0.1, 0.1))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    for name in ("", "huggingface_hub", "httpx2", "hfssl"):
-        caplog.set_level(logging.DEBUG, logger=name or None)
+    caplog.set_level(logging.DEBUG)  # capture everything the clients log...
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")  # ...including the library that sets its own level
     with LoopbackHub(tmp_path / "hub", token=SENTINEL) as server:
         yield server
     assert not server.unknown, f"clients called routes the loopback Hub does not implement: {server.unknown}"
@@ -91,10 +92,10 @@ def assert_no_token_in(*texts: str | bytes, dirs: tuple[Path, ...] = ()) -> None
             assert not p.is_file() or SENTINEL.encode() not in p.read_bytes(), p
 
 
-def reload_in_subprocess(hub: LoopbackHub, repo_id: str, local: Path, home: Path, transfer: str, revision: str = "main") -> str:
+def reload_in_subprocess(hub: LoopbackHub, repo_id: str, local: Path, home: Path, transfer: str) -> str:
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
            "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0", "HF_TOKEN": SENTINEL}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(local), revision], env=env,
+    proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(local)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -111,6 +112,7 @@ def test_pushed_output_reloads_identically(mlm_output, hub, transfer, monkeypatc
     assert weights.sha256 and (weights.xet_hash is not None) == (transfer == "xet")
     upload_route = "/xet-write-token/main" if transfer == "xet" else ".git/info/lfs/objects/batch"
     assert any(r.endswith(upload_route) for r in hub.requests)
+    assert set(hub.authorizations) == {f"Bearer {SENTINEL}"}  # HF_TOKEN reached the Hub, and nothing else did
 
     reload_log = reload_in_subprocess(hub, "me/tiny-mlm", mlm_output, tmp_path / "hf-home", transfer)
     assert "identical" in reload_log
@@ -118,7 +120,7 @@ def test_pushed_output_reloads_identically(mlm_output, hub, transfer, monkeypatc
     assert pushed_files(mlm_output) == before  # the local output is untouched
     out, err = capfd.readouterr()
     assert_no_token_in(reload_log, caplog.text, out, err, *remote.values(),
-                       dirs=(mlm_output, tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: the Hub's storage, the reload's cache
+                       dirs=(mlm_output, tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: Hub storage, reload cache
 
 
 def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output, hub, tmp_path):
@@ -133,6 +135,8 @@ def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output,
     v2 = hub.files("me/mirror", "v2")
     assert "loss_curve.png" not in v2 and v2["all_results.json"] == b"{}\n" and ".gitattributes" in v2
     assert repo.resolve("v2").title == "Second run"
+    HfApi(endpoint=hub.endpoint, token=SENTINEL).delete_repo("me/mirror")
+    assert "me/mirror" not in hub.repos
 
 
 def test_transient_server_errors_are_retried(mlm_output, hub, caplog):
@@ -193,8 +197,6 @@ def test_cli_push(mlm_output, hub, monkeypatch, capsys):
 @pytest.mark.skipif(not (os.environ.get("HFSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
                     reason="live Hub test: set HFSSL_LIVE_HUB=1 and HF_TOKEN to run it")
 def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     api = HfApi(endpoint=hf_constants._HF_DEFAULT_ENDPOINT)
     repo_id = f"{api.whoami()['name']}/hfssl-live-test-{uuid.uuid4().hex[:8]}"
@@ -202,7 +204,7 @@ def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
         url = push_output(mlm_output, repo_id, private=True, endpoint=api.endpoint)
         assert repo_id in url
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": api.endpoint}
-        proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(mlm_output), "main"], env=env,
+        proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(mlm_output)], env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert os.environ["HF_TOKEN"] not in proc.stdout + proc.stderr
