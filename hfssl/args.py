@@ -477,7 +477,7 @@ class TextClassificationDataArguments:
         default=None, metadata={"help": "Few-label experiments: keep this many training examples per class, drawn at random (stratified)."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set to this many examples."})
-    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens (default: min(128, the model's positions))."})
+    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens (None: min(512, the model's positions))."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:

@@ -158,9 +158,12 @@ def _classifier_usage(record: dict[str, Any], task: str) -> str:
                 + ("print(classify(\"Return the event loop of the current thread.\"))" if task == "text-classification"
                    else "print(classify(\"image.png\"))"))
     if task == "text-classification":
-        return ("from peft import AutoPeftModelForSequenceClassification\n"
+        return ("from peft import AutoPeftModelForSequenceClassification, PeftModel\n"
                 "model = AutoPeftModelForSequenceClassification.from_pretrained(\"PATH\")  # adapter + PATH/base_model\n"
-                "# or: pipeline(\"text-classification\", model=\"PATH\")")
+                "# or: pipeline(\"text-classification\", model=\"PATH\")\n"
+                "# adapter_config.json names base_model/ by its absolute path; after moving the folder:\n"
+                "# from transformers import AutoModelForSequenceClassification\n"
+                "# model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(\"PATH/base_model\"), \"PATH\")")
     return ("from peft import PeftModel\nfrom transformers import AutoModelForImageClassification\n"
             "base = AutoModelForImageClassification.from_pretrained(\"PATH/base_model\")\n"
             "model = PeftModel.from_pretrained(base, \"PATH\")")

@@ -24,18 +24,19 @@ from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, s
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
+OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_text"),
     model_name_or_path=packaged_text_model(),
     per_device_train_batch_size=32,
     per_device_eval_batch_size=128,
-    learning_rate=1e-4,  # small encoders take a larger step than BERT-base's usual 2e-5
+    learning_rate=2e-4,  # small encoders take a larger step than BERT-base's usual 2e-5
     warmup_steps=0.1,
     weight_decay=0.01,
-    num_train_epochs=2,
+    num_train_epochs=1,  # one pass already lands near the two-pass accuracy on the embedded task, in half the time
+    max_seq_length=64,  # covers 9 in 10 docstring paragraphs whole; attention cost grows with length
     eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
+    save_strategy="no",  # runs of minutes: no optimizer-state checkpoints (pass --save_strategy epoch to resume)
     logging_steps=10,
     train_sampling_strategy="group_by_length",  # batches of similar length: less padding to compute on
     bf16=bf16_supported(),
@@ -44,9 +45,7 @@ DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> Fit:
-    data_args, model_args, transfer, run_args = parse_args(
-        (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments), argv, DEFAULTS
-    )
+    data_args, model_args, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
@@ -55,13 +54,12 @@ def main(argv: list[str] | None = None) -> Fit:
     model_path = text_model_path(model_args)
     config = load_config(model_path, model_args.trust_remote_code, model_args.cache_dir)
     tokenizer = load_tokenizer(model_path, "model_name_or_path", model_args.trust_remote_code)
-    max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length or min(128, usable_positions(config, tokenizer)))
+    max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
     data = load_text_classification(data_args, seed=run_args.seed)
     with run_args.main_process_first(desc="tokenizing"):
         encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers)
 
     setup = TransferSetup(
-        task="text",
         build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch,
                                       trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
         train_dataset=encoded["train"], eval_dataset=encoded["validation"],

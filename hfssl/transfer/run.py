@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -95,7 +96,6 @@ class TransferTrainer(Trainer):
 class TransferSetup:
     """What a recipe prepares: how to build a fresh classifier, the encoded data, and its labels."""
 
-    task: str  # "text" | "image"
     build: Callable[[], tuple[PreTrainedModel, set[str]]]  # a fresh classifier and its freshly initialised weights
     train_dataset: Any
     eval_dataset: Any
@@ -243,9 +243,8 @@ def _write_lora_models(model: nn.Module, processing_class: Any, staging: Path, m
 
 def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[str, Any], card: Callable[[Path], Any]) -> None:
     """Write the model (or adapter + base_model/), eval_results.json, the confusion matrix, plots, card and hfssl.json."""
-    trainer = fit_.trainer
+    trainer, model = fit_.trainer, fit_.model
     out = Path(trainer.args.output_dir)
-    model = trainer.accelerator.unwrap_model(trainer.model)
     if transfer.strategy == "lora":  # the adapter must name its base where it will be, not the staging folder
         model.peft_config["default"].base_model_name_or_path = str((out / "base_model").resolve())
 
@@ -259,7 +258,9 @@ def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[s
         if transfer.strategy == "lora":
             _write_lora_models(model, setup.processing_class, staging, transfer.merge_lora)
 
-    save_output(trainer, record, fit_.history, card=card, extra=extra)
+    with warnings.catch_warnings():  # peft looks for base_model/ while it is still being written
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        save_output(trainer, record, fit_.history, card=card, extra=extra)
 
 
 def summary_text(recipe: str, fit_: Fit, output_dir: str) -> str:
