@@ -7,8 +7,11 @@ so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
@@ -16,7 +19,7 @@ from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itse
 
 from hfssl.training import RECORD_FILE, STAGING_DIR
 
-__all__ = ["PushError", "push_output"]
+__all__ = ["PushError", "PushRequest", "publish", "push_output", "take_push_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +99,45 @@ def _scrub(text: str, secret: str) -> str:
 def _retry_hint(out: Path, repo_id: str, revision: str | None, endpoint: str | None) -> str:
     flags = "".join(f" {flag} {value}" for flag, value in (("--revision", revision), ("--endpoint", endpoint)) if value)
     return f"retry with `hfssl push {out} --repo-id {repo_id}{flags}`"
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """What a recipe's --push_to_hub options ask for, taken out of TrainingArguments before training."""
+
+    repo_id: str
+    private: bool | None
+    revision: str | None
+    token: str | None
+    endpoint: str | None
+
+
+def take_push_request(run_args: Any) -> PushRequest | None:
+    """Read and validate the push options, and stop the Trainer pushing checkpoints on its own.
+
+    The Trainer would push while training; hfssl pushes once, the finished directory, with its card.
+    """
+    if not run_args.push_to_hub:
+        return None
+    repo_id = run_args.hub_model_id or Path(run_args.output_dir).name
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise ValueError(f"--hub_model_id {repo_id!r} is not a repo id; use NAME or NAMESPACE/NAME.")
+    request = PushRequest(repo_id, run_args.hub_private_repo, getattr(run_args, "hub_revision", None),
+                          run_args.hub_token, os.environ.get("HF_ENDPOINT"))
+    run_args.push_to_hub = False
+    run_args.hub_token = None  # kept out of hfssl.json and the Trainer's state
+    return request
+
+
+def publish(request: PushRequest | None, output_dir: str) -> str | None:
+    """Push the finished output when asked; a failure keeps the output and says how to retry."""
+    if request is None:
+        return None
+    try:
+        url = push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
+                          endpoint=request.endpoint, token=request.token)
+    except PushError as err:
+        logger.error("%s", err)
+        return None
+    logger.info("Pushed %s to %s", output_dir, url)
+    return url

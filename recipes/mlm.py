@@ -15,6 +15,7 @@ from transformers import set_seed
 from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
 from hfssl.cards import masked_lm_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
+from hfssl.hub import publish, take_push_request
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
@@ -24,23 +25,13 @@ from hfssl.training import (
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments)
 DEFAULTS = dict(
-    output_dir=default_output_dir("mlm"),
-    max_seq_length=128,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=64,
+    output_dir=default_output_dir("mlm"), max_seq_length=128, per_device_train_batch_size=64, per_device_eval_batch_size=64,
     learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup
-    warmup_steps=0.06,
-    weight_decay=0.01,
+    warmup_steps=0.06, weight_decay=0.01, max_steps=600,
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
-    max_steps=600,
-    eval_strategy="steps",
-    eval_steps=200,
-    logging_steps=20,
-    save_steps=200,
-    save_total_limit=2,
-    bf16=bf16_supported(),
-    report_to="none",
-    include_num_input_tokens_seen="non_padding",
+    bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
+    eval_strategy="steps", eval_steps=200, logging_steps=20, save_steps=200, save_total_limit=2,
+    report_to="none", include_num_input_tokens_seen="non_padding",
 )
 
 
@@ -49,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
+    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
     config = mlm_config(model_args.model_name_or_path, model_args.model_preset, model_args.config_overrides,
@@ -88,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     save_output(trainer, record, history, card=lambda _: masked_lm_card(record, tokenizer))
     if trainer.is_world_process_zero():
+        publish(push, run_args.output_dir)
         examples = fill_mask_examples(run_args.output_dir, raw["validation"], text_column)
         print(f"\nhfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
               f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
