@@ -11,43 +11,37 @@ from __future__ import annotations
 
 import time
 
+from transformers import set_seed
+
 from hfssl.args import ImageDataArguments, PatchMaskingArguments, ProbeArguments, RunArguments, VisionModelArguments, default_output_dir, parse_args
 from hfssl.cards import masked_image_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
+from hfssl.hub import publish, take_push_request
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, vit_encoder
-from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, save_reconstruction_grid
+from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
 from hfssl.training import (
     LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
 )
 
+OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, RunArguments)
 DEFAULTS = dict(
-    output_dir=default_output_dir("mim"),
-    per_device_train_batch_size=128,
-    per_device_eval_batch_size=256,
-    learning_rate=1e-3,  # MAE's 1.5e-4 x batch/256 rule is tuned for ViT-B; a 4-layer ViT takes far more
-    weight_decay=0.05,
-    adam_beta2=0.95,  # as MAE and SimMIM: steadier with large, noisy reconstruction gradients
-    warmup_steps=0.05,
-    lr_scheduler_type="cosine",
-    max_steps=600,
-    eval_strategy="steps",
-    eval_steps=200,
-    logging_steps=20,
-    save_steps=200,
-    save_total_limit=2,
-    bf16=bf16_supported(),
-    report_to="none",
+    output_dir=default_output_dir("mim"), per_device_train_batch_size=128, per_device_eval_batch_size=256,
+    learning_rate=1e-3,  # MAE's 1.5e-4 x batch/256 rule is tuned for ViT-B; a 4-layer ViT wants more
+    weight_decay=0.05, adam_beta2=0.95,  # as MAE and SimMIM: steadier under large, noisy reconstruction gradients
+    warmup_steps=0.05, lr_scheduler_type="cosine", max_steps=600,
+    optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
+    bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
+    eval_strategy="steps", eval_steps=200, logging_steps=20, save_steps=200, save_total_limit=2, report_to="none",
 )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, masking, probe_args, run_args = parse_args(
-        (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, RunArguments), argv, DEFAULTS
-    )
+    data_args, model_args, masking, probe_args, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
+    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
 
     # Everything that can be wrong with the options or the images fails here, before training.
     config = masked_image_config(model_args, masking)
@@ -56,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.num_channels = model_args.num_channels or data_channels(splits.train, data_args.skip_corrupt_images)
     processor = image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     train, held_out = (decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
+    set_seed(run_args.seed)  # model initialisation, augmentation and masks all follow --seed
     model = build_masked_image_model(config, model_args.model_name_or_path, model_args.cache_dir)
 
     mean, std = processor.image_mean, processor.image_std
@@ -88,13 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                 extra=lambda staging: save_reconstruction_grid(trainer.model, shown, mean, std, staging / "reconstructions.png",
                                                                f"{masking.method}: original | masked | reconstruction"))
     if trainer.is_world_process_zero():
-        probes = "".join(
-            f", {name} {metrics[f'eval_{key}']:.3f}" + (f" (before pretraining {metrics[f'start_{key}']:.3f})" if f"start_{key}" in metrics else "")
-            for key, name in (("knn_accuracy", "kNN accuracy"), ("linear_probe_accuracy", "linear-probe accuracy")) if f"eval_{key}" in metrics
-        )
-        print(f"\nhfssl mim ({masking.method}): {images:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
-              f"held-out reconstruction loss {metrics['eval_loss']:.4f}{probes}"
-              + (f"; {skipped} unreadable images skipped" if skipped else "") + f"\nSaved to {run_args.output_dir}")
+        publish(push, run_args.output_dir)
+        print(masked_image_summary(masking.method, metrics, skipped, run_args.output_dir))
     return metrics
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "block_mask",
     "mae_noise",
     "mask_inputs",
+    "masked_image_summary",
     "random_mask",
     "reconstruct",
     "save_reconstruction_grid",
@@ -160,6 +161,20 @@ def save_reconstruction_grid(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, output_dir: str) -> str:
+    """The recipe's closing lines: throughput, held-out loss, and probe accuracies before and after pretraining."""
+    loss = "MSE" if method == "mae" else "L1"
+    parts = [f"\nhfssl mim ({method}): {metrics['train_images']:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
+             f"held-out reconstruction loss ({loss} on masked pixels) {metrics['eval_loss']:.4f}"]
+    for key, name in (("knn_accuracy", "kNN accuracy"), ("linear_probe_accuracy", "linear-probe accuracy")):
+        if f"eval_{key}" in metrics:
+            before = f" (before pretraining {metrics[f'start_{key}']:.3f})" if f"start_{key}" in metrics else ""
+            parts.append(f", {name} {metrics[f'eval_{key}']:.3f}{before}")
+    if skipped:
+        parts.append(f"; {skipped} unreadable images skipped")
+    return "".join(parts) + f"\nSaved to {output_dir}"
 
 
 class MaskedImageTrainer(Trainer):
