@@ -22,6 +22,7 @@ from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_
 from hfssl.data.images import ImageBatchCollator, decode_images
 from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, setup_logging
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
+from hfssl.hub import publish, take_push_request
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> Fit:
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
+    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
 
     # Everything that can be wrong with the options or the images fails here, before training.
     splits = load_image_classification(data_args, seed=run_args.seed)
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> Fit:
                              model_args.from_scratch or not model_args.model_name_or_path, options, splits.class_names)
     save_transfer(result, setup, transfer, record, card=lambda _: classifier_card(record))
     if result.trainer.is_world_process_zero():
+        publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_image", result, run_args.output_dir)
               + (f"\n  {skipped} unreadable images skipped" if skipped else ""))
     return result

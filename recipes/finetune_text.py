@@ -23,6 +23,7 @@ from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
 from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, setup_logging
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
+from hfssl.hub import publish, take_push_request
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> Fit:
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
+    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
 
     # Everything that can be wrong with the options or the data fails here, before training.
     model_path = text_model_path(model_args)
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> Fit:
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
     save_transfer(result, setup, transfer, record, card=lambda _: classifier_card(record))
     if result.trainer.is_world_process_zero():
+        publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_text", result, run_args.output_dir))
     return result
 
