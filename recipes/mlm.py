@@ -27,10 +27,10 @@ OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, RunArgu
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"), max_seq_length=128, per_device_train_batch_size=64, per_device_eval_batch_size=64,
     learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup
-    warmup_steps=0.06, weight_decay=0.01, max_steps=400,  # about two minutes on a 2-core CPU
+    warmup_steps=0.06, weight_decay=0.01, max_steps=300,  # under two minutes on a 2-core CPU
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
     bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
-    eval_strategy="steps", eval_steps=200, logging_steps=20, save_steps=200, save_total_limit=2,
+    eval_strategy="steps", eval_steps=100, logging_steps=20, save_steps=100, save_total_limit=2,
     report_to="none", include_num_input_tokens_seen="non_padding",
 )
 
