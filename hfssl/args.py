@@ -403,9 +403,10 @@ class PatchMaskingArguments:
     mask_ratio: float | None = field(
         default=None, metadata={"help": "Fraction of patches masked, in [0, 1) (default: mae 0.75, simmim 0.6)."}
     )
-    mask_type: str = field(
-        default="random",
-        metadata={"help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random rectangles)."},
+    mask_type: str | None = field(
+        default=None,
+        metadata={"help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random "
+                          "rectangles; the default, it makes the encoder reason beyond neighbouring patches). mae: random only."},
     )
     mask_patch_size: int | None = field(
         default=None,
@@ -423,6 +424,8 @@ class PatchMaskingArguments:
             self.mask_ratio = 0.75 if self.method == "mae" else 0.6
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}. Pass e.g. 0.75 (mae) or 0.6 (simmim).")
+        if self.mask_type is None:
+            self.mask_type = "random" if self.method == "mae" else "block"
         if self.mask_type not in ("random", "block"):
             raise ValueError(f"--mask_type must be 'random' or 'block', got {self.mask_type!r}.")
         if self.method == "mae":

@@ -2,8 +2,9 @@
 
 Text presets follow the BERT miniatures of Turc et al. (2019), "Well-Read Students Learn Better"
 (tiny 2x128, mini 4x256, small 4x512, base 12x768). Vision presets: small and base are ViT-S/16
-and ViT-B/16 with the MAE paper's decoder widths; tiny is a 4-layer ViT at CIFAR-like 32 pixels,
-small enough to pretrain in minutes on a laptop CPU.
+and ViT-B/16 with the MAE paper's decoder widths; tiny is a 4-layer ViT at 16 pixels with 4-pixel
+patches, sized for the embedded 8x8 digits and a few minutes on a laptop CPU (pass --image_size 32
+for CIFAR-like images).
 
 In transformers 5, ViT and ViT-MAE encoders share their module names (embeddings, layers.N,
 layernorm), so one encoder's weights load into the other: MAE and SimMIM can start from either

@@ -121,3 +121,12 @@ def test_each_method_continues_from_the_other_methods_encoder(tmp_path):
 def test_mask_geometry_is_checked_against_the_model(model_kw, masking_kw, message):
     with pytest.raises(ValueError, match=message):
         masked_image_config(VisionModelArguments(**model_kw), PatchMaskingArguments(**masking_kw))
+
+
+@pytest.mark.parametrize("method, ratio, mask_type", [("mae", 0.75, "random"), ("simmim", 0.6, "block")])
+def test_each_method_has_its_papers_defaults(method, ratio, mask_type):
+    masking = PatchMaskingArguments(method=method)
+    assert (masking.mask_ratio, masking.mask_type) == (ratio, mask_type)
+    model = VisionModelArguments()
+    assert (model.model_preset, model.image_size, model.patch_size) == ("tiny", 16, 4)
+    assert VisionModelArguments(model_preset="base").image_size == 224

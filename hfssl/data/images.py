@@ -202,7 +202,8 @@ def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
         from sklearn.model_selection import train_test_split
 
         n_held = max(1, round(len(train) * args.validation_split_percentage / 100))
-        stratify = train.labels if train.labels is not None and n_held >= len(class_names or []) and min(np.bincount(train.labels)) >= 2 else None
+        balanced = train.labels is not None and n_held >= len(class_names) and np.bincount(train.labels).min() >= 2
+        stratify = train.labels if balanced else None  # every class held out in proportion, when possible
         keep, held = train_test_split(np.arange(len(train)), test_size=n_held, random_state=seed, stratify=stratify)
         sources = {"train": train.subset(np.sort(keep)), "validation": train.subset(np.sort(held))}
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
