@@ -301,13 +301,13 @@ class ImageDataArguments:
         default=None, metadata={"help": "--dataset_name: the column holding the images (default: 'image', 'img' or the only image column)."}
     )
     label_column: str | None = field(
-        default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label' or 'labels' if present)."}
+        default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label', 'labels' or the only class-label column)."}
     )
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Percent of the training images held out when the data has no validation or test split."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this many images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the held-out set to this many images."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images (a seeded random subset)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many held-out images (a seeded random subset)."})
     skip_corrupt_images: bool = field(
         default=False,
         metadata={"help": "An unreadable or corrupt image file stops the run before training with an error naming it "

@@ -268,7 +268,7 @@ def vit_encoder(model: PreTrainedModel) -> PreTrainedModel:
     """The encoder of an MAE or SimMIM model as a stock `ViTModel` (no pooler) sharing its weights, not copying them."""
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(**{f: getattr(model.config, f) for f in _ENCODER_FIELDS})
+    config = ViTConfig(**{f: getattr(model.config, f) for f in _ENCODER_FIELDS}, encoder_stride=model.config.patch_size)
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
         encoder = ViTModel(config, add_pooling_layer=False)

@@ -155,3 +155,12 @@ def test_collator_masks_are_fixed_in_evaluation_and_fresh_in_training():
     first, second = train.for_evaluation(7)(items), train.for_evaluation(7)(items)
     assert torch.equal(first["noise"], second["noise"])
     assert torch.equal(first["pixel_values"], torch.ones(3, 1, 8, 8))  # no augmentation, normalised white
+
+
+def test_sample_limits_draw_from_every_class_of_a_sorted_folder(tmp_path):
+    write_images(tmp_path, {"a": 50, "b": 200}, n=10)
+    args = ImageDataArguments(train_dir=str(tmp_path), validation_split_percentage=20, max_train_samples=6, max_eval_samples=2)
+    splits = load_image_sources(args)
+    assert (len(splits.train), len(splits.validation)) == (6, 2)
+    assert set(splits.train.labels.tolist()) == {0, 1}  # the first 6 files would all be class "a"
+    assert np.array_equal(load_image_sources(args).train.indices, splits.train.indices)  # the same for the same seed

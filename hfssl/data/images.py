@@ -154,7 +154,7 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
     if image_col is None or not isinstance(first.features[image_col], datasets.Image):
         raise ValueError(f"Cannot tell which column of {args.dataset_name} holds the images ({', '.join(first.column_names)}); "
                          "pass --image_column naming an image column.")
-    label_col = _column(first, args.label_column, "label_column", ("label", "labels"), lambda f: False)
+    label_col = _column(first, args.label_column, "label_column", ("label", "labels"), lambda f: isinstance(f, datasets.ClassLabel))
     feature = first.features[label_col] if label_col else None
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     if label_col and class_names is None:
@@ -206,9 +206,10 @@ def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
         stratify = train.labels if balanced else None  # every class held out in proportion, when possible
         keep, held = train_test_split(np.arange(len(train)), test_size=n_held, random_state=seed, stratify=stratify)
         sources = {"train": train.subset(np.sort(keep)), "validation": train.subset(np.sort(held))}
+    rng = np.random.default_rng(seed)
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-        if limit is not None and limit < len(sources[split]):
-            sources[split] = sources[split].subset(np.arange(limit))
+        if limit is not None and limit < len(sources[split]):  # a random subset: folders are sorted by class
+            sources[split] = sources[split].subset(np.sort(rng.permutation(len(sources[split]))[:limit]))
     return ImageSplits(sources["train"], sources["validation"], class_names, describe_image_source(args))
 
 
@@ -221,6 +222,7 @@ def _open_or_report(source: ImageSource, pos: int, skip_corrupt: bool) -> Image.
 
 
 def _report(source: ImageSource, pos: int, err: BaseException, skip_corrupt: bool) -> None:
+    """Stop with an error naming the file and the option that skips it, or log the skip."""
     name = source.name(source.indices[pos])
     if not skip_corrupt:
         raise ValueError(f"Cannot read image {name}: {err}. Remove or replace the file, or pass "

@@ -89,6 +89,7 @@ def block_mask(batch_size: int, grid: int, mask_ratio: float, unit: int = 1, gen
 
 
 def _simmim_mask(batch_size: int, generator: torch.Generator | None = None, *, draw: Callable, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """SimMIM's masking input: bool_masked_pos (batch_size, num_patches) from `draw` (a module-level function: picklable)."""
     return {"bool_masked_pos": draw(batch_size, generator=generator, **kwargs)}
 
 
