@@ -23,6 +23,7 @@ __all__ = [
     "write_json",
     "parent_lineage",
     "save_output",
+    "start_run",
     "RECORD_FILE",
     "LossHistory",
     "bf16_supported",
@@ -201,3 +202,13 @@ def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
         with open(os.path.join(model_name_or_path, RECORD_FILE), encoding="utf-8") as f:
             return json.load(f).get("lineage")
     return None
+
+
+def start_run(run_args: Any) -> tuple[str | None, Any]:
+    """What every recipe does first: logging, the checkpoint to resume, output-dir checks, the push request."""
+    from hfssl.hub import take_push_request  # hub imports this module
+
+    setup_logging(run_args)
+    resume = resolve_resume(run_args)
+    prepare_output_dir(run_args, resume)
+    return resume, take_push_request(run_args)

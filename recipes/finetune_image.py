@@ -20,9 +20,9 @@ from hfssl.args import (
 from hfssl.cards import classifier_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
-from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, setup_logging
+from hfssl.training import bf16_supported, start_run
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
-from hfssl.hub import publish, take_push_request
+from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
@@ -46,10 +46,7 @@ DEFAULTS = dict(
 
 def main(argv: list[str] | None = None) -> Fit:
     data_args, model_args, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
-    setup_logging(run_args)
-    resume = resolve_resume(run_args)
-    prepare_output_dir(run_args, resume)
-    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
+    resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.
     splits = load_image_classification(data_args, seed=run_args.seed)

@@ -21,9 +21,9 @@ from hfssl.cards import classifier_card
 from hfssl.data.classification import load_text_classification, tokenize_classification
 from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
-from hfssl.training import bf16_supported, prepare_output_dir, resolve_resume, setup_logging
+from hfssl.training import bf16_supported, start_run
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
-from hfssl.hub import publish, take_push_request
+from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
@@ -48,10 +48,7 @@ DEFAULTS = dict(
 
 def main(argv: list[str] | None = None) -> Fit:
     data_args, model_args, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
-    setup_logging(run_args)
-    resume = resolve_resume(run_args)
-    prepare_output_dir(run_args, resume)
-    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
+    resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the data fails here, before training.
     model_path = text_model_path(model_args)

@@ -16,13 +16,11 @@ from transformers import set_seed
 from hfssl.args import ImageDataArguments, PatchMaskingArguments, ProbeArguments, RunArguments, VisionModelArguments, default_output_dir, parse_args
 from hfssl.cards import masked_image_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
-from hfssl.hub import publish, take_push_request
+from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, vit_encoder
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
-from hfssl.training import (
-    LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
-)
+from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
 OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, RunArguments)
 DEFAULTS = dict(
@@ -38,10 +36,7 @@ DEFAULTS = dict(
 
 def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, masking, probe_args, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
-    setup_logging(run_args)
-    resume = resolve_resume(run_args)
-    prepare_output_dir(run_args, resume)
-    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
+    resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.
     config = masked_image_config(model_args, masking)

@@ -15,13 +15,11 @@ from transformers import set_seed
 from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
 from hfssl.cards import masked_lm_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
-from hfssl.hub import publish, take_push_request
+from hfssl.hub import publish
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
-from hfssl.training import (
-    LossHistory, bf16_supported, hardware_name, parent_lineage, prepare_output_dir, resolve_resume, save_output, setup_logging,
-)
+from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments)
 DEFAULTS = dict(
@@ -37,10 +35,7 @@ DEFAULTS = dict(
 
 def main(argv: list[str] | None = None) -> dict:
     data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
-    setup_logging(run_args)
-    resume = resolve_resume(run_args)
-    prepare_output_dir(run_args, resume)
-    push = take_push_request(run_args)  # --push_to_hub: one push of the finished directory
+    resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
     config = mlm_config(model_args.model_name_or_path, model_args.model_preset, model_args.config_overrides,
