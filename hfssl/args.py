@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -72,15 +73,51 @@ class RunArguments(TrainingArguments):
         default=False,
         metadata={"help": "Replace an --output_dir that already holds a finished model (never done otherwise)."},
     )
+    card_license: str = field(
+        default="apache-2.0",
+        metadata={"help": "License in the model card's metadata: a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...)."},
+    )
+    card_language: str | None = field(
+        default="en",
+        metadata={"help": "Language of the training text in the model card's metadata (ISO 639 code); text recipes only."},
+    )
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
             raise ValueError("--output_dir is required.")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.card_license or ""):
+            raise ValueError(f"--card_license {self.card_license!r} is not a Hub license id; use e.g. apache-2.0, mit or other.")
+        if self.card_language is not None and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?|code|multilingual", self.card_language):
+            raise ValueError(f"--card_language {self.card_language!r} is not an ISO 639 code (en, fr, de, ...) or 'none'.")
+        _check_run_sizes(self)
         import torch
 
         if (self.bf16 or self.bf16_full_eval) and not torch.cuda.is_available():
             self.use_cpu = True  # transformers only allows CPU bf16 autocast when told it is on CPU
         super().__post_init__()
+
+
+def _check_run_sizes(args: TrainingArguments) -> None:
+    """Trainer options that transformers accepts but that fail (or silently do nothing) once training starts."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        _check_positive(name, getattr(args, name))
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"--max_steps must be a positive number of steps, or -1 to train for --num_train_epochs; got {args.max_steps}.")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be above 0 (or give --max_steps), got {args.num_train_epochs}.")
+    for name in ("learning_rate", "weight_decay"):
+        if not getattr(args, name) >= 0:  # also catches NaN
+            raise ValueError(f"--{name} must be 0 or more, got {getattr(args, name)}.")
+    for name in ("eval_steps", "save_steps", "logging_steps"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name} must be above 0 (a step count, or a fraction of the run below 1), got {value}.")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise ValueError(f"--save_total_limit must be 1 or more (or 'none' to keep every checkpoint), got {args.save_total_limit}.")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}.")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
 
 
 @dataclass
@@ -216,8 +253,13 @@ class MaskingArguments:
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        loaded = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"Config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"Config file {path} is not UTF-8 text.") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"Config file {path} must hold a mapping of option: value, got {type(loaded).__name__}.")
     return loaded
@@ -243,7 +285,7 @@ def parse_args(
         unknown = sorted(set(from_yaml) - known)
         if unknown:
             raise ValueError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}. See `--help` for valid names.")
-        merged.update(from_yaml)
+        merged.update(_typed_numbers(parser, from_yaml, config_path))
     # `--key none` sets an optional option to None (argparse would try float("none")).
     # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
     optional = {name for t in types for name, hint in typing.get_type_hints(t).items() if type(None) in typing.get_args(hint)}
@@ -258,18 +300,41 @@ def parse_args(
         kept.append(argv[i])
         i += 1
     argv = kept
-    try:
-        namespace = parser.parse_args(argv)
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise ValueError(f"Could not parse options {' '.join(argv)}: see the message above, or `--help`.") from None
-        raise
+    parser.error = _parse_error  # argparse would print and exit; a ValueError carries its message
+    namespace = parser.parse_args(argv)
     # Only what the user typed overrides the YAML and recipe defaults.
     typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
     for action in parser._actions:
         if typed.intersection(action.option_strings) and action.dest != "help":
             merged[action.dest] = getattr(namespace, action.dest)
     return parser.parse_dict(merged)
+
+
+def _parse_error(message: str) -> typing.NoReturn:
+    raise ValueError(f"Could not parse options: {message}. See `--help` for the options and their types.")
+
+
+def _typed_numbers(parser: HfArgumentParser, values: dict[str, Any], path: str) -> dict[str, Any]:
+    """YAML values of int and float options, checked and converted as the command line would.
+
+    YAML reads `1e-4` as a string and `ten` as text: both reach the Trainer unconverted otherwise.
+    """
+    kinds = {action.dest: action.type for action in parser._actions if action.type in (int, float)}
+    checked = dict(values)
+    for key, value in values.items():
+        kind = kinds.get(key)
+        if kind is None or value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                checked[key] = kind(value)
+                continue
+            except ValueError:
+                pass
+        elif not isinstance(value, bool) and (isinstance(value, int) or (kind is float and isinstance(value, float))):
+            continue
+        raise ValueError(f"Config file {path}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}.")
+    return checked
 
 
 def options_table(types: Sequence[type], skip: type | None = None) -> str:

@@ -4,6 +4,7 @@
     hfssl options mlm                              the recipe's options as a Markdown table
     hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
                                                    upload a finished output directory (token: HF_TOKEN or `hf auth login`)
+    hfssl card OUTPUT_DIR [--repo-id NAME]         re-render OUTPUT_DIR/README.md from its hfssl.json, to review before pushing
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ def push(argv: list[str]) -> None:
     print(f"Pushed {args.output_dir} to {url}")
 
 
+def card(argv: list[str]) -> None:
+    """`hfssl card`: re-render an output's model card from its hfssl.json, for review (or after editing it by hand)."""
+    parser = argparse.ArgumentParser(
+        prog="hfssl card",
+        description="Re-render OUTPUT_DIR/README.md, the model card, from the output's hfssl.json and the files next to it. "
+        "`hfssl push` re-renders an unedited card for the repo it pushes to; a card edited by hand is pushed as it is.",
+    )
+    parser.add_argument("output_dir", help="a directory a recipe finished writing (it holds hfssl.json)")
+    parser.add_argument("--repo-id", "--repo_id", help="NAMESPACE/NAME the card's code loads from (default: the output directory)")
+    args = parser.parse_args(argv)
+
+    from hfssl.cards import write_card
+
+    try:
+        path = write_card(args.output_dir, args.repo_id)
+    except ValueError as err:
+        raise SystemExit(f"hfssl card: {err}") from None
+    print(f"Wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -64,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "push":
         push(rest)
+        return
+    if command == "card":
+        card(rest)
         return
     if command == "options":
         from transformers import TrainingArguments

@@ -1,7 +1,8 @@
 """Publishing a finished output directory to the Hugging Face Hub, retried, with the token kept secret.
 
 The repo ends up holding exactly the output directory (checkpoints and the staging folder left out),
-so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads.
+so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads. The one file a push may
+change is an unedited model card, re-rendered first so that its code loads from the repo.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
+from hfssl.cards import CARD_FILE, refresh_card
 from hfssl.training import RECORD_FILE, STAGING_DIR
 
 __all__ = ["PushError", "PushRequest", "publish", "push_output", "take_push_request"]
@@ -46,7 +48,8 @@ def push_output(
 ) -> str:
     """Create `repo_id` if needed and make it (or branch `revision`) mirror `output_dir`; return the repo URL.
 
-    The token is `token`, else `HF_TOKEN`, else the huggingface_hub login. Local files are never modified.
+    The token is `token`, else `HF_TOKEN`, else the huggingface_hub login. Local files are never modified,
+    except README.md when hfssl rendered it and nobody edited it since: it is re-rendered for the repo.
     """
     out = Path(output_dir)
     if not (out / RECORD_FILE).is_file():
@@ -75,6 +78,8 @@ def push_output(
 def _push(api: HfApi, out: Path, repo_id: str, private: bool | None, revision: str | None, message: str) -> str:
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     repo_id = url.repo_id  # a bare name lands in the token owner's namespace
+    if refresh_card(out, repo_id):  # the card's code now loads from the repo; an edited card is left alone
+        logger.info("Re-rendered %s/%s for %s", out, CARD_FILE, repo_id)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     api.upload_folder(

@@ -17,7 +17,7 @@ import torch
 from hfssl.args import (
     ClassifierModelArguments, ImageClassificationDataArguments, RunArguments, TransferArguments, default_output_dir, parse_args,
 )
-from hfssl.cards import classifier_card
+from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
 from hfssl.training import bf16_supported, start_run
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> Fit:
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
     record = transfer_record("finetune_image", result, splits.description, architecture,
                              model_args.from_scratch or not model_args.model_name_or_path, options, splits.class_names)
-    save_transfer(result, setup, transfer, record, card=lambda _: classifier_card(record))
+    save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
     if result.trainer.is_world_process_zero():
         publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_image", result, run_args.output_dir)

@@ -17,7 +17,7 @@ from transformers import DataCollatorWithPadding
 from hfssl.args import (
     ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TransferArguments, default_output_dir, parse_args,
 )
-from hfssl.cards import classifier_card
+from hfssl.cards import output_card
 from hfssl.data.classification import load_text_classification, tokenize_classification
 from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> Fit:
     options = dict(data=vars(data_args), model={**vars(model_args), "model_name_or_path": model_path},
                    transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
-    save_transfer(result, setup, transfer, record, card=lambda _: classifier_card(record))
+    save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
     if result.trainer.is_world_process_zero():
         publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_text", result, run_args.output_dir))

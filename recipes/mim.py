@@ -14,7 +14,7 @@ import time
 from transformers import set_seed
 
 from hfssl.args import ImageDataArguments, PatchMaskingArguments, ProbeArguments, RunArguments, VisionModelArguments, default_output_dir, parse_args
-from hfssl.cards import masked_image_card
+from hfssl.cards import output_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
 from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate(), **start_scores}
     images = trainer.train_images * run_args.world_size
-    metrics.update(train_images=images, train_images_per_second=images / max(train_seconds, 1e-9))
+    metrics.update(train_images=images, train_images_per_second=images / max(train_seconds, 1e-9), train_steps=trainer.state.global_step)
 
     skipped = len(train.skipped) + len(held_out.skipped)
     record = dict(
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_channels=config.num_channels, skipped_images=skipped,
     )
     shown = collator.for_evaluation(run_args.seed)([held_out[i] for i in range(min(8, len(held_out)))])
-    save_output(trainer, record, history, card=lambda _: masked_image_card(record),
+    save_output(trainer, record, history, card=lambda staging: output_card(record, staging),
                 extra=lambda staging: save_reconstruction_grid(trainer.model, shown, mean, std, staging / "reconstructions.png",
                                                                f"{masking.method}: original | masked | reconstruction"))
     if trainer.is_world_process_zero():

@@ -13,7 +13,7 @@ import time
 from transformers import set_seed
 
 from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
-from hfssl.cards import masked_lm_card
+from hfssl.cards import output_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.hub import publish
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate()}
     tokens = int(trainer.state.num_input_tokens_seen)
-    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(train_seconds, 1e-9))
+    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(train_seconds, 1e-9), train_steps=trainer.state.global_step)
 
     record = dict(
         recipe="mlm",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         options=dict(data=vars(data_args), model=vars(model_args), masking=vars(masking), training=run_args.to_dict()),
         metrics=metrics, hardware=hardware_name(), max_seq_length=max_seq_length,
     )
-    save_output(trainer, record, history, card=lambda _: masked_lm_card(record, tokenizer))
+    save_output(trainer, record, history, card=lambda staging: output_card(record, staging))
     if trainer.is_world_process_zero():
         publish(push, run_args.output_dir)
         examples = fill_mask_examples(run_args.output_dir, raw["validation"], text_column)

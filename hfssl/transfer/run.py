@@ -166,6 +166,8 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
         history.train += [(step + offset, loss) for step, loss in stage_history.train]
         history.eval += [(step + offset, scores) for step, scores in stage_history.eval]
         train_metrics = {k: train_metrics.get(k, 0) + v if k in ("train_runtime", "total_flos") else v for k, v in result.metrics.items()}
+        train_metrics["train_steps"] = train_metrics.get("train_steps", 0) + trainer.state.global_step
+    train_metrics["train_samples"] = len(setup.train_dataset)
     parameters = {"trainable": trainable[-1], "full": full_count}
     if len(stages) > 1:
         parameters.update({f"trainable_in_{s.__name__}": n for s, n in zip(stages, trainable)})

@@ -1,0 +1,115 @@
+"""Finished outputs of every recipe kind from tiny real runs, and the checks every model card must pass.
+
+`tiny_output(kind)` runs the recipe once per test session (seconds) and returns its directory; tests
+that change an output work on a copy. docs/examples/render.py uses the same checks on its cards.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huggingface_hub import ModelCard
+
+from conftest import TINY_MLM, load_recipe
+
+KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora")
+
+_ROOT = Path(tempfile.mkdtemp(prefix="hfssl-outputs-"))
+_QUIET = ["--disable_tqdm", "true"]
+TINY_MAE = ["--max_steps", "2", "--max_train_samples", "128", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+            "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "64", "--bf16", "false", "--config_overrides",
+            "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,"
+            "decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64"]
+FAST_TEXT = ["--train_samples_per_class", "8", "--max_eval_samples", "48", "--max_seq_length", "48", "--max_steps", "4",
+             "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no"]
+FAST_IMAGE = ["--train_samples_per_class", "6", "--max_eval_samples", "40", "--max_steps", "3", "--per_device_train_batch_size", "20",
+              "--eval_strategy", "no", "--save_strategy", "no"]
+
+
+@functools.cache
+def tiny_output(kind: str) -> Path:
+    """The output directory of a tiny run of `kind` (one of KINDS), made on first use; do not modify it."""
+    out = _ROOT / kind
+    if kind == "mlm":  # with a checkpoint-* folder, which pushes leave out
+        load_recipe("mlm").main(TINY_MLM + _QUIET + ["--output_dir", str(out), "--max_steps", "4", "--eval_steps", "4",
+                                                     "--save_steps", "4", "--max_corpus_documents", "300"])
+    elif kind == "mae":
+        load_recipe("mim").main(TINY_MAE + _QUIET + ["--output_dir", str(out)])
+    elif kind.startswith("text-"):
+        load_recipe("finetune_text").main(FAST_TEXT + _QUIET + ["--model_name_or_path", str(tiny_output("mlm")), "--output_dir", str(out),
+                                                                "--strategy", kind.removeprefix("text-"), "--learning_rate", "5e-3"]
+                                          + (["--merge_lora", "true"] if kind == "text-lora" else []))
+    elif kind.startswith("image-"):
+        load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
+                                                                  "--strategy", kind.removeprefix("image-")])
+    else:
+        raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
+    return out
+
+
+# The model-index entries each card must hold: metric name on the card -> key in hfssl.json's metrics.
+MODEL_INDEX = {
+    "mlm": {"masked-token loss": "eval_mlm_loss", "perplexity": "eval_perplexity", "masked-token accuracy": "eval_masked_accuracy"},
+    "mim": {"reconstruction loss": "eval_loss", "kNN accuracy (k=20)": "eval_knn_accuracy", "linear-probe accuracy": "eval_linear_probe_accuracy"},
+    "finetune": {"accuracy": "eval_accuracy", "macro F1": "eval_f1_macro", "macro precision": "eval_precision_macro",
+                 "macro recall": "eval_recall_macro", "cross-entropy loss": "eval_loss"},
+}
+EXPECTED_METADATA = {  # recipe -> (pipeline_tag, tags every such card has)
+    "mlm": ("fill-mask", {"hfssl", "masked-lm"}),
+    "mim": ("image-feature-extraction", {"hfssl", "masked-image-modeling"}),
+    "finetune_text": ("text-classification", {"hfssl", "transfer-learning", "masked-lm"}),
+    "finetune_image": ("image-classification", {"hfssl", "transfer-learning", "mae"}),
+}
+_FILE_NAME = re.compile(r"`([\w./-]+?\.(?:json|png|safetensors|txt|md|bin))`|`([\w.-]+/)`")
+
+
+def check_card(text: str, files: set[str], record: dict[str, Any]) -> ModelCard:
+    """Assert that a card is fully rendered, names only files in `files`, and reports `record`'s metrics; return it parsed."""
+    for leftover in ("{{", "}}", "{%", "%}", "[More Information Needed]", "PATH_OR_REPO_ID"):
+        assert leftover not in text, f"unrendered template text {leftover!r} in the card"
+    card = ModelCard(text)  # parses, as ModelCard.load does
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links, "the card embeds no plot"
+    for target in links:
+        assert target.startswith("https://") or target in files, f"the card links {target}, which is not in the repo"
+    for name, folder in _FILE_NAME.findall(text):
+        if name:
+            assert name in files, f"the card names {name}, not in the repo"
+        else:
+            assert any(f.startswith(folder) for f in files), f"the card names {folder}, not in the repo"
+
+    recipe = record["recipe"]
+    data = card.data
+    pipeline_tag, tags = EXPECTED_METADATA[recipe]
+    assert data.pipeline_tag == pipeline_tag and tags <= set(data.tags), (data.pipeline_tag, data.tags)
+    if recipe == "mim":
+        assert record["lineage"]["pretext"] in data.tags
+    lora = record.get("lora_base_model") is not None
+    assert data.library_name == ("peft" if lora else "transformers") and data.license == "apache-2.0"
+    assert data.language == ("en" if recipe in ("mlm", "finetune_text") else None)
+
+    kind = "finetune" if recipe.startswith("finetune") else recipe
+    metrics = record["metrics"]
+    reported = {r.metric_name: r for r in data.eval_results}
+    assert set(reported) == set(MODEL_INDEX[kind]), sorted(reported)
+    for name, key in MODEL_INDEX[kind].items():
+        result = reported[name]
+        assert result.metric_value == pytest.approx(metrics[key], rel=1e-3, abs=1e-9), (name, result.metric_value, metrics[key])
+        assert result.task_type == pipeline_tag and result.dataset_name == record["lineage"]["data"]
+    return card
+
+
+def output_files(out: Path) -> set[str]:
+    """What a push of `out` uploads, as repo paths (checkpoints and the staging folder left out)."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")
+            if p.is_file() and not p.relative_to(out).parts[0].startswith(("checkpoint-", ".hfssl-staging"))}
+
+
+def python_blocks(card_text: str) -> list[str]:
+    """The ```python blocks of a card: the "how to use" code that must run as written."""
+    return re.findall(r"```python\n(.*?)```", card_text, re.S)

@@ -1,0 +1,131 @@
+"""Model cards (hfssl/cards.py, `hfssl card`): complete, truthful to hfssl.json, and their code runs as written."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hfssl.args import RunArguments
+from hfssl.cards import output_card, refresh_card
+from hfssl.cli import main as hfssl_cli
+
+from recipe_outputs import KINDS, check_card, output_files, python_blocks, tiny_output
+
+
+def record_of(out) -> dict:
+    return json.loads((out / "hfssl.json").read_text())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_card_is_complete_and_reports_the_final_metrics(kind):
+    out = tiny_output(kind)
+    record = record_of(out)
+    card = check_card((out / "README.md").read_text(), output_files(out), record)
+    assert ModelCard.load(out / "README.md").data.to_dict() == card.data.to_dict()  # parses back from the file
+    text = str(card)
+    assert f'"{record["options"]["training"]["output_dir"]}"' in python_blocks(text)[0]  # not pushed: the code loads the directory
+    for section in ("## How to use", "## Training procedure", "## Results", "## Plots", "## Lineage", "## Limitations"):
+        assert section in text, section
+    assert f"| hardware | {record['hardware']} |" in text and f"| steps | {record['metrics']['train_steps']:,} |" in text
+    if kind == "mlm":
+        assert f"| tokens seen | {record['metrics']['train_tokens']:,} |" in text and "15% of tokens selected" in text
+    if kind == "mae":
+        assert "mask ratio 0.75" in text and "| images seen |" in text and "![original | masked | reconstruction](reconstructions.png)" in text
+    if kind.endswith("-lora"):
+        assert "peft" in card.data.tags and 'subfolder="base_model"' in text
+    if kind.startswith(("text-", "image-")):
+        assert "![confusion matrix](confusion_matrix.png)" in text and "| training examples |" in text
+        parent = "masked-lm" if kind.startswith("text-") else "mae"
+        assert f"- **{parent}** on" in text  # the lineage goes back to the pretraining stage
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_card_code_runs_as_written_on_the_output_directory(kind):
+    out = tiny_output(kind)
+    blocks = python_blocks((out / "README.md").read_text())
+    assert len(blocks) == 1
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(blocks[0], f"{kind}/README.md", "exec"), {})
+    shown = printed.getvalue()
+    if kind == "mlm":
+        assert "'token_str'" in shown
+    elif kind == "mae":
+        assert "torch.Size([1, 32])" in shown
+    else:
+        labels = record_of(out)["labels"]
+        assert any(f"'label': '{label}'" in shown for label in labels), shown
+
+
+def test_hfssl_card_re_renders_what_the_recipe_wrote(tmp_path, capsys):
+    out = tmp_path / "lora"
+    shutil.copytree(tiny_output("text-lora"), out)
+    written = (out / "README.md").read_text()
+    (out / "README.md").unlink()
+    hfssl_cli(["card", str(out)])
+    assert capsys.readouterr().out.strip() == f"Wrote {out / 'README.md'}"
+    assert (out / "README.md").read_text() == written  # the card is a function of hfssl.json and the files
+
+    hfssl_cli(["card", str(out), "--repo-id", "me/tiny-lora"])
+    text = (out / "README.md").read_text()
+    assert 'from_pretrained("me/tiny-lora", subfolder="base_model")' in text and 'tokenizer="me/tiny-lora"' in text
+    assert ModelCard.load(out / "README.md").data.model_name == "me/tiny-lora"
+    check_card(text, output_files(out), record_of(out))
+
+    (out / "merged").rename(tmp_path / "elsewhere")  # a card only names files that are there
+    hfssl_cli(["card", str(out)])
+    assert "merged" not in (out / "README.md").read_text()
+    with pytest.raises(SystemExit, match=r"hfssl card: .* has no hfssl.json"):
+        hfssl_cli(["card", str(tmp_path / "elsewhere")])
+
+
+def test_push_re_renders_an_unedited_card_and_keeps_an_edited_one(tmp_path, caplog):
+    out = tmp_path / "mlm"
+    shutil.copytree(tiny_output("mlm"), out, ignore=shutil.ignore_patterns("checkpoint-*"))
+    assert refresh_card(out, "me/a")
+    assert '"me/a"' in (out / "README.md").read_text()
+    assert not refresh_card(out, "me/a")  # already rendered for this repo
+    assert refresh_card(out, "me/b")  # a card rendered for another repo is still unedited
+    assert '"me/b"' in (out / "README.md").read_text() and '"me/a"' not in (out / "README.md").read_text()
+
+    edited = (out / "README.md").read_text().replace("## Limitations", "## Limitations\n\nOur own words.")
+    (out / "README.md").write_text(edited)
+    with caplog.at_level(logging.WARNING, logger="hfssl"):
+        assert not refresh_card(out, "me/c")
+    assert (out / "README.md").read_text() == edited
+    assert f"hfssl card {out} --repo-id me/c" in caplog.text
+
+
+def test_metadata_names_hub_models_and_datasets_and_follows_the_card_options(minilm_path):
+    out = tiny_output("text-full")
+    record = copy.deepcopy(record_of(out))
+    card = output_card(record, out, "me/tiny")
+    assert card.data.base_model is None and card.data.datasets is None  # started from a local output, on embedded data
+
+    record["lineage"]["base_model"] = minilm_path  # the packaged copy of a Hub model is named by its Hub id
+    record["options"]["data"].update(dataset_name="stanfordnlp/imdb", dataset_config_name="plain_text")
+    record["options"]["training"].update(card_license="mit", card_language="fr")
+    card = output_card(record, out, "me/tiny")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "[sentence-transformers/all-MiniLM-L6-v2](https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2)" in str(card)
+    assert card.data.datasets == ["stanfordnlp/imdb"] and card.data.license == "mit" and card.data.language == "fr"
+    assert {(r.dataset_type, r.dataset_config) for r in card.data.eval_results} == {("stanfordnlp/imdb", "plain_text")}
+
+    record["lineage"]["base_model"] = "google-bert/bert-base-uncased"
+    record["options"]["data"]["dataset_name"] = str(out)  # a local dataset directory is not a Hub data set
+    record["options"]["training"]["card_language"] = None
+    card = output_card(record, out, "me/tiny")
+    assert card.data.base_model == "google-bert/bert-base-uncased" and card.data.datasets is None and card.data.language is None
+
+
+@pytest.mark.parametrize("option, value", [("card_license", "Apache 2.0"), ("card_language", "English")])
+def test_card_options_are_validated(tmp_path, option, value):
+    with pytest.raises(ValueError, match=f"--{option} '{value}'"):
+        RunArguments(output_dir=str(tmp_path), **{option: value})
