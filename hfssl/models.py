@@ -96,13 +96,28 @@ def usable_positions(config: Any, tokenizer: Any, requested: int | None = None) 
     return requested
 
 
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+          "image_size", "patch_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+          "decoder_intermediate_size")
+
+
 def _apply_overrides(config: Any, overrides: str | None) -> None:
+    """Apply --config_overrides and check that the sizes still build a model (transformers would fail later, or not at all)."""
     if not overrides:
         return
     try:
         config.update_from_string(overrides)
     except ValueError as err:
         raise ValueError(f"--config_overrides {overrides!r}: {err}. Use 'key=value,key=value' with config field names.") from None
+    for name in _SIZES:
+        value = getattr(config, name, None)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"--config_overrides {overrides!r}: {name} must be a positive integer, got {value}.")
+    for prefix in ("", "decoder_"):
+        width, heads = getattr(config, f"{prefix}hidden_size", None), getattr(config, f"{prefix}num_attention_heads", None)
+        if width and heads and width % heads:
+            raise ValueError(f"--config_overrides {overrides!r}: {prefix}hidden_size {width} is not a multiple of "
+                             f"{prefix}num_attention_heads {heads}. Pick sizes such as hidden_size={heads * max(1, width // heads)}.")
 
 
 def mlm_config(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 __all__ = [
     "write_json",
@@ -74,49 +76,86 @@ def hardware_name() -> str:
     return f"{cpu} ({os.cpu_count()} cores)"
 
 
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: without it, the run died while saving this checkpoint."""
+    return (checkpoint / TRAINER_STATE_NAME).is_file()
+
+
 def resolve_resume(run_args: TrainingArguments) -> str | None:
-    """Turn --resume_from_checkpoint true|PATH into a checkpoint path, or fail clearly."""
+    """Turn --resume_from_checkpoint true|PATH into a complete checkpoint's path, or fail clearly."""
     value = run_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "no", "0"):
         return None
     if str(value).lower() in ("true", "yes", "1"):
-        last = get_last_checkpoint(run_args.output_dir) if os.path.isdir(run_args.output_dir) else None
-        if last is None:
+        out = Path(run_args.output_dir)
+        checkpoints = sorted((int(m.group(1)), p) for p in (out.iterdir() if out.is_dir() else ())
+                             if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name)) and p.is_dir())
+        complete = [(step, p) for step, p in checkpoints if _complete(p)]
+        if not complete:
+            found = f" ({', '.join(p.name for _, p in checkpoints)} incomplete: stopped while saving)" if checkpoints else ""
             raise ValueError(
-                f"--resume_from_checkpoint true: no checkpoint-* folder in {run_args.output_dir}. "
+                f"--resume_from_checkpoint true: no complete checkpoint-* folder in {out}{found}. "
                 "Give a checkpoint path, or drop the option to start fresh."
             )
-        return last
+        last_step, last = complete[-1]
+        skipped = [p.name for step, p in checkpoints if step > last_step]
+        if skipped:
+            logger.warning("Skipping %s: incomplete (the run was stopped while saving it).", ", ".join(skipped))
+        return str(last)
     if not os.path.isdir(value):
         raise ValueError(f"--resume_from_checkpoint {value} is not a checkpoint directory.")
+    if not _complete(Path(value)):
+        raise ValueError(
+            f"--resume_from_checkpoint {value} is not a complete checkpoint (no {TRAINER_STATE_NAME}; a run stopped "
+            "while saving it leaves one like this). Give an earlier checkpoint-* folder, or --resume_from_checkpoint true."
+        )
     return value
 
 
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def prepare_output_dir(run_args: Any, resume: str | None) -> None:
-    """Refuse to overwrite a finished model or silently restart an interrupted one (writes nothing)."""
+    """Refuse to overwrite a finished model or silently restart an interrupted one; change nothing when refusing."""
     out = Path(run_args.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {out} is a file. Give a directory path.")
+    where = _nearest_existing(out)
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {out} is not writable: {where} is read-only for this user. Choose a writable --output_dir.")
     if not out.is_dir():
         return
+    if resume is None and not run_args.overwrite_output_dir:
+        if (out / RECORD_FILE).exists():
+            raise ValueError(
+                f"--output_dir {out} already holds a model. Choose another --output_dir, "
+                "or pass --overwrite_output_dir true to replace it."
+            )
+        if get_last_checkpoint(str(out)) is not None:
+            raise ValueError(
+                f"--output_dir {out} holds an unfinished run (checkpoints but no {RECORD_FILE}). "
+                "Pass --resume_from_checkpoint true to continue it, or --overwrite_output_dir true to start over."
+            )
+        weights = [f for f in _MODEL_FILES if (out / f).exists()]
+        if weights:
+            raise ValueError(
+                f"--output_dir {out} already holds model files ({', '.join(weights)}) but no {RECORD_FILE}: another "
+                "model, or an hfssl run stopped while saving. Choose another --output_dir, or pass --overwrite_output_dir "
+                "true to replace it."
+            )
     shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # left by a run that died while saving
-    if resume is not None:
-        return
-    finished = (out / RECORD_FILE).exists() or any((out / f).exists() for f in _MODEL_FILES)
-    if finished and not run_args.overwrite_output_dir:
-        raise ValueError(
-            f"--output_dir {out} already holds a model. Choose another --output_dir, "
-            "or pass --overwrite_output_dir true to replace it."
-        )
-    if not finished and get_last_checkpoint(str(out)) is not None and not run_args.overwrite_output_dir:
-        raise ValueError(
-            f"--output_dir {out} holds an unfinished run (checkpoints but no {RECORD_FILE}). "
-            "Pass --resume_from_checkpoint true to continue it, or --overwrite_output_dir true to start over."
-        )
 
 
 def publish_staging(staging: Path, output_dir: Path) -> None:
-    """Move the finished files from `staging` into `output_dir`, hfssl.json last, and drop `staging`."""
+    """Move the finished files from `staging` into `output_dir`, hfssl.json last, and drop `staging`.
+
+    An earlier hfssl.json goes first, so a crash half-way never leaves new weights beside an old record.
+    """
+    (output_dir / RECORD_FILE).unlink(missing_ok=True)
     for entry in sorted(staging.iterdir(), key=lambda p: p.name == RECORD_FILE):
         target = output_dir / entry.name
         if target.is_dir():
@@ -211,4 +250,6 @@ def start_run(run_args: Any) -> tuple[str | None, Any]:
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
-    return resume, take_push_request(run_args)
+    push = take_push_request(run_args)
+    run_args.hub_token = None  # only a push uses it; the Trainer pickles its arguments into every checkpoint
+    return resume, push

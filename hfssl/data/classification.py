@@ -9,6 +9,7 @@ training), a stratified held-out split, and stratified per-class subsets for few
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -101,12 +102,27 @@ def _label_space(train: Dataset, column: str) -> tuple[list[str], dict[Any, int]
     feature = train.features[column]
     if isinstance(feature, ClassLabel):
         return list(feature.names), None
-    values = train[column]
-    if any(v is None for v in values):
-        raise ValueError(f"--label_column {column!r} is empty in {sum(v is None for v in values)} training rows. "
-                         "Fill in or drop those rows.")
+    values = list(train[column])
+    missing = sum(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
+    if missing:
+        raise ValueError(f"--label_column {column!r} is empty in {missing} training rows. Fill in or drop those rows.")
+    _check_label_values(values, column)
     distinct = sorted(set(values))
     return [str(v) for v in distinct], {v: i for i, v in enumerate(distinct)}
+
+
+def _check_label_values(values: list[Any], column: str) -> None:
+    """Class labels are names or integer ids, all of one kind: not lists, fractions or a mix of text and numbers."""
+    odd = next((v for v in values if not isinstance(v, (str, int, float))), None)
+    if odd is not None:
+        raise ValueError(f"--label_column {column!r} holds {type(odd).__name__} values such as {odd!r}; a class label "
+                         "is one name or integer id per row (multi-label data is not supported).")
+    fractions = sorted({v for v in values if isinstance(v, float) and not v.is_integer()})
+    if fractions:
+        raise ValueError(f"--label_column {column!r} holds numbers with fractions ({', '.join(map(str, fractions[:3]))}, ...): "
+                         "regression targets, not classes. Classification needs class names or integer ids.")
+    if len({isinstance(v, str) for v in values}) > 1:
+        raise ValueError(f"--label_column {column!r} mixes text and numbers; write every label the same way.")
 
 
 def _with_label_ids(ds: Dataset, column: str, mapping: dict[Any, int] | None) -> Dataset:
@@ -130,10 +146,10 @@ def _raw_text_splits(args: TextClassificationDataArguments) -> tuple[DatasetDict
     """The training and (when the data has one) evaluation splits as `datasets` loads them, and a name for them."""
     import datasets
 
-    from hfssl.data.text import _resolve_files  # the same file/glob rules as the pretraining corpora
+    from hfssl.data.text import _resolve_files, load_hub_dataset, read_error  # the same rules as the pretraining corpora
 
     if args.dataset_name:
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+        raw = load_hub_dataset(args.dataset_name, args.dataset_config_name)
         name = args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
     elif args.train_file:
         data_files = {}
@@ -147,7 +163,7 @@ def _raw_text_splits(args: TextClassificationDataArguments) -> tuple[DatasetDict
         try:
             raw = datasets.load_dataset(builder, data_files=data_files)
         except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"Could not read --train_file/--validation_file as {builder}: {err}") from None
+            raise read_error(builder, data_files, err) from None
         name = args.train_file
     else:
         texts, labels, names = python_docs_labeled()
@@ -156,6 +172,9 @@ def _raw_text_splits(args: TextClassificationDataArguments) -> tuple[DatasetDict
     if "train" not in raw:
         raise ValueError(f"The dataset has no 'train' split (found: {', '.join(raw)}).")
     held_out = next((s for s in ("validation", "test") if s in raw), None)
+    for split in ("train", held_out):
+        if split is not None and len(raw[split]) == 0:
+            raise ValueError(f"The {split} split of {name} has no rows. Give data with labeled examples.")
     return DatasetDict(train=raw["train"], **({"validation": raw[held_out]} if held_out else {})), name
 
 

@@ -146,7 +146,9 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
     """Sources over the splits of `datasets.load_dataset(--dataset_name)`; images stay encoded until decoded."""
     import datasets
 
-    raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
+    from hfssl.data.text import load_hub_dataset
+
+    raw = load_hub_dataset(args.dataset_name, args.dataset_config_name)
     if "train" not in raw:
         raise ValueError(f"--dataset_name {args.dataset_name} has no 'train' split (found: {', '.join(raw)}).")
     first = raw["train"]
@@ -267,7 +269,7 @@ def decode_images(source: ImageSource, processor: Any, num_channels: int, skip_c
             if image is not None:
                 try:
                     with image:
-                        images.append(image.convert(mode))  # loads the pixels: truncated files fail here
+                        images.append(_as_8bit(image).convert(mode))  # loads the pixels: truncated files fail here
                     kept.append(pos)
                     continue
                 except _BAD_IMAGE as err:
@@ -280,6 +282,28 @@ def decode_images(source: ImageSource, processor: Any, num_channels: int, skip_c
         raise ValueError(f"None of the {len(source)} images could be read (first: {skipped[0]}). Check the data.")
     labels = None if source.labels is None else torch.from_numpy(source.labels[kept])
     return ImageTensorDataset(torch.from_numpy(np.concatenate(arrays)), labels, skipped)
+
+
+def _as_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float images scaled to 8 bits; Pillow's `convert` would clip them (16-bit to white, [0, 1] floats to black).
+
+    16-bit images are divided by 257; 32-bit and float ones are kept when in [0, 255], floats in [0, 1] are
+    multiplied by 255, anything else is stretched from its own min..max. NaN or infinite pixels are an error.
+    """
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    bad = int((~np.isfinite(pixels)).sum())
+    if bad:
+        raise ValueError(f"{bad} of its {pixels.size} pixels are NaN or infinite")
+    low, high = (pixels.min(), pixels.max()) if pixels.size else (0.0, 0.0)
+    if image.mode.startswith("I;16"):
+        pixels = pixels / 257
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        pixels = pixels * 255
+    elif low < 0 or high > 255:
+        pixels = (pixels - low) * (255 / max(high - low, 1e-12))
+    return Image.fromarray(np.rint(pixels).clip(0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -8,6 +8,7 @@ validation split, and packing without padding waste.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import logging
@@ -24,8 +25,9 @@ from hfssl.data.samples import DEFAULT_TEXT_NAME, python_docs_corpus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_text_datasets", "resolve_text_column", "tokenize_and_pack", "describe_source"]
+__all__ = ["describe_source", "load_hub_dataset", "load_text_datasets", "read_error", "resolve_text_column", "tokenize_and_pack"]
 
+_STRINGS = ("string", "large_string")
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -55,7 +57,48 @@ def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
     empty = [f for f in files if os.path.getsize(f) == 0]
     if len(empty) == len(files):
         raise ValueError(f"--{option}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty. Give a file with text.")
-    return builders.pop(), [f for f in files if f not in empty]
+    builder = builders.pop()
+    kept = [f for f in files if f not in empty]
+    if builder != "parquet":
+        for f in kept:
+            _check_text_file(f, option)
+    return builder, kept
+
+
+def _check_text_file(path: str, option: str, probe: int = 1 << 16) -> None:
+    """A text file must be UTF-8 text: the first 64 KiB are checked here, the rest when `datasets` reads it."""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    if b"\0" in head:
+        raise ValueError(f"--{option}: {path} looks like a binary file (it holds NUL bytes), not text. "
+                         "Give .txt/.json/.jsonl/.csv text files (or .parquet).")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < probe)  # a character may span the cut
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--{option}: {path} is not UTF-8 text (byte {err.start}: {head[err.start:err.start + 1]!r}). "
+                         f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path}`.") from None
+
+
+def read_error(builder: str, files: dict[str, list[str]], err: Exception) -> ValueError:
+    """What went wrong reading local data files, in terms of the options that named them."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    named = ", ".join(f for split in files.values() for f in split)
+    if cause is not None:
+        return ValueError(f"--train_file/--validation_file: {named} is not UTF-8 text ({cause}). Convert it to UTF-8 first.")
+    if "corresponds to no data" in str(err):
+        return ValueError(f"--train_file/--validation_file: {named} holds no data rows (a header only?). Give a file with data.")
+    return ValueError(f"Could not read --train_file/--validation_file ({named}) as {builder}: {err}")
+
+
+def load_hub_dataset(name: str, config_name: str | None, **kwargs: Any) -> Any:
+    """`datasets.load_dataset(--dataset_name)`, with an error naming the option when it cannot be found or reached."""
+    try:
+        return datasets.load_dataset(name, config_name, **kwargs)
+    except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ValueError(f"--dataset_name {name}: cannot load it ({err}). Check the name, the network (HF_HUB_OFFLINE), "
+                         "or give local files.") from None
 
 
 def _default_corpus_file(max_documents: int | None) -> str:
@@ -85,7 +128,7 @@ def describe_source(args: TextDataArguments) -> str:
 def load_text_datasets(args: TextDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
     """Return {'train', 'validation'} raw text datasets from the option that names the source."""
     if args.dataset_name:
-        raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
+        raw = load_hub_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
     else:
         data_files: dict[str, list[str]] = {}
         if args.train_file:
@@ -99,12 +142,15 @@ def load_text_datasets(args: TextDataArguments, seed: int = 42) -> DatasetDict |
         try:
             raw = datasets.load_dataset(builder, data_files=data_files, streaming=args.streaming)
         except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"Could not read --train_file/--validation_file as {builder}: {err}") from None
+            raise read_error(builder, data_files, err) from None
+    if "train" not in raw:
+        raise ValueError(f"The dataset has no 'train' split (found: {', '.join(raw)}).")
     if "validation" not in raw:
-        if "train" not in raw:
-            raise ValueError(f"The dataset has no 'train' split (found: {', '.join(raw)}).")
         if args.validation_split_percentage == 0:
             raise ValueError("No validation data: give --validation_file or a --validation_split_percentage above 0.")
+        if not args.streaming and len(raw["train"]) < 2:
+            raise ValueError(f"The training data ({describe_source(args)}) has {len(raw['train'])} row(s): too few to hold "
+                             "out a validation split. Give more text, or a --validation_file.")
         if args.streaming:
             raw = _split_stream(raw["train"], args.validation_split_percentage)
         else:
@@ -141,17 +187,23 @@ def _column_names(ds: Dataset | IterableDataset) -> list[str]:
 def resolve_text_column(ds: Dataset | IterableDataset, text_column: str | None) -> str:
     """The column to read text from: the one asked for, 'text', or the only string column."""
     names = _column_names(ds)
+    features = ds.features or {}
     if text_column is not None:
         if text_column not in names:
             raise ValueError(f"--text_column {text_column!r} is not in the data; its columns are: {', '.join(names)}.")
-        return text_column
-    if "text" in names:
-        return "text"
-    features = ds.features or {}
-    strings = [n for n in names if getattr(features.get(n), "dtype", None) in ("string", "large_string")]
-    if len(strings) == 1:
-        return strings[0]
-    raise ValueError(f"Cannot tell which column holds the text ({', '.join(names)}); pass --text_column.")
+        column = text_column
+    elif "text" in names:
+        column = "text"
+    else:
+        strings = [n for n in names if getattr(features.get(n), "dtype", None) in _STRINGS]
+        if len(strings) != 1:
+            raise ValueError(f"Cannot tell which column holds the text ({', '.join(names)}); pass --text_column.")
+        column = strings[0]
+    kind = features.get(column)
+    if kind is not None and getattr(kind, "dtype", None) not in _STRINGS:
+        raise ValueError(f"--text_column {column!r} holds {getattr(kind, 'dtype', type(kind).__name__)} values, not text. "
+                         f"Pass --text_column naming a text column (columns: {', '.join(names)}).")
+    return column
 
 
 def tokenize_and_pack(
@@ -219,12 +271,19 @@ def tokenize_and_pack(
 
     fn = tokenize_lines if line_by_line else tokenize_and_group
     kwargs: dict[str, Any] = dict(batched=True, remove_columns=columns)
-    if not streaming:
-        kwargs.update(
-            num_proc=num_proc,
-            load_from_cache_file=not overwrite_cache,
-            batch_size=1000,
-            desc="Tokenizing" + ("" if line_by_line else f" and packing into {max_seq_length}-token blocks"),
-        )
-    return type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+    if streaming:
+        return type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+    kwargs.update(
+        num_proc=num_proc,
+        load_from_cache_file=not overwrite_cache,
+        batch_size=1000,
+        desc="Tokenizing" + ("" if line_by_line else f" and packing into {max_seq_length}-token blocks"),
+    )
+    examples = type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+    for split, ds in examples.items():
+        if len(ds) == 0:
+            unit = "non-empty line" if line_by_line else f"full block of --max_seq_length {max_seq_length} tokens"
+            raise ValueError(f"The {split} text gives no example: not one {unit}. Give more text "
+                             f"({len(raw[split])} rows now){'' if line_by_line else ' or a smaller --max_seq_length'}.")
+    return examples
 

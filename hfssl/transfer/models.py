@@ -74,9 +74,15 @@ def image_classifier_config(model_args: Any, label_names: Sequence[str]) -> Any:
     """The config of the image classifier: the checkpoint's (a ViT-MAE read as a ViT), or a preset RGB ViT from scratch."""
     if model_args.model_name_or_path is None:
         return scratch_vit_config(model_args.model_preset or "tiny", 3, label_names)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
     check_model_path(model_args.model_name_or_path)
-    config = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
-    return _label_config(_as_vit(config), label_names)
+    config = _as_vit(load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir))
+    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not getattr(config, "auto_map", None):
+        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, which "
+                         "transformers cannot turn into an image classifier. Give an image model: the output of mim.py, "
+                         "a ViT, ResNet, ConvNeXt, ...")
+    return _label_config(config, label_names)
 
 
 def load_classifier(
