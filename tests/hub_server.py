@@ -28,6 +28,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from huggingface_hub.repocard_data import model_index_to_eval_results
 
 __all__ = ["LoopbackHub"]
 
@@ -310,10 +311,13 @@ class LoopbackHub:
         content = json.loads(body)["content"]
         match = re.match(r"---\n(.*?)\n---\n", content, re.S)
         try:
-            if match and not isinstance(yaml.safe_load(match.group(1)) or {}, dict):
+            metadata = yaml.safe_load(match.group(1)) or {} if match else {}
+            if not isinstance(metadata, dict):
                 raise yaml.YAMLError("metadata must be a mapping")
-        except yaml.YAMLError as e:
-            return self._json({"errors": [{"message": str(e)}], "warnings": []}, 400)
+            if "model-index" in metadata:  # the Hub rejects a model-index it cannot read as evaluation results
+                model_index_to_eval_results(metadata["model-index"])
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+            return self._json({"errors": [{"message": f"{type(e).__name__}: {e}"}], "warnings": []}, 400)
         return self._json({"errors": [], "warnings": []})
 
     def _agent_harnesses(self, **_: Any):

@@ -7,8 +7,10 @@ An opt-in test pushes to the real Hub: HFSSL_LIVE_HUB=1 HF_TOKEN=hf_... pytest t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,35 +26,64 @@ import hfssl.hub
 from hfssl.cli import main as hfssl_cli
 from hfssl.hub import PushError, push_output
 
-from conftest import TINY_MLM, load_recipe
 from hub_server import LoopbackHub
+from recipe_outputs import KINDS, check_card, output_files, python_blocks, tiny_output
 
 SENTINEL = "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0123"
 
-# Loads the pushed repo in a fresh interpreter, so HF_ENDPOINT and HF_HUB_DISABLE_XET are read at import
-# as users set them, and compares it with the local output directory.
-RELOAD = """
-import sys, torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
-repo_id, local = sys.argv[1:3]
-remote_model = AutoModelForMaskedLM.from_pretrained(repo_id)
-local_model = AutoModelForMaskedLM.from_pretrained(local)
-remote_state, local_state = remote_model.state_dict(), local_model.state_dict()
-assert remote_state.keys() == local_state.keys()
-assert all(torch.equal(remote_state[k], local_state[k]) for k in local_state)
-text = "Return the [MASK] of the list, or None when the iterator is exhausted."
-remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id), AutoTokenizer.from_pretrained(local)
-assert remote_tok(text)["input_ids"] == local_tok(text)["input_ids"] and len(remote_tok) == len(local_tok)
-print("identical:", len(local_state), "tensors")
+# Loads every pushed repo in a fresh interpreter, so HF_ENDPOINT and HF_HUB_DISABLE_XET are read at import as
+# users set them; compares it with the local output directory; then loads the repo's card with ModelCard.load
+# and runs its "how to use" code as written. Prints one JSON line: repo -> tensors compared, card, what it printed.
+RELOAD = r"""
+import contextlib, io, json, re, sys
+from pathlib import Path
+import torch, transformers
+from huggingface_hub import ModelCard
+from peft import PeftModel
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+def model_class(local, subfolder=""):
+    return getattr(transformers, AutoConfig.from_pretrained(local, subfolder=subfolder).architectures[0])
+
+def same_weights(remote, here):
+    a, b = remote.state_dict(), here.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ"
+    return len(a)
+
+report = {}
+for repo_id, local in json.loads(sys.argv[1]):
+    tensors = 0
+    if Path(local, "adapter_config.json").exists():  # a LoRA adapter on base_model/ (and merged/)
+        cls = model_class(local, "base_model")
+        remote = PeftModel.from_pretrained(cls.from_pretrained(repo_id, subfolder="base_model"), repo_id)
+        tensors += same_weights(remote, PeftModel.from_pretrained(cls.from_pretrained(local, subfolder="base_model"), local))
+        if Path(local, "merged").is_dir():
+            tensors += same_weights(cls.from_pretrained(repo_id, subfolder="merged"), cls.from_pretrained(local, subfolder="merged"))
+    else:
+        cls = model_class(local)
+        no_pooler = {"add_pooling_layer": False} if cls is transformers.ViTModel else {}  # MIM encoders have none
+        tensors += same_weights(cls.from_pretrained(repo_id, **no_pooler), cls.from_pretrained(local, **no_pooler))
+    if Path(local, "tokenizer_config.json").exists():
+        text = "Return the [MASK] of the list, or None when the iterator is exhausted."
+        remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id), AutoTokenizer.from_pretrained(local)
+        assert remote_tok(text)["input_ids"] == local_tok(text)["input_ids"] and remote_tok.get_vocab() == local_tok.get_vocab()
+    else:
+        assert AutoImageProcessor.from_pretrained(repo_id).to_dict() == AutoImageProcessor.from_pretrained(local).to_dict()
+    card = ModelCard.load(repo_id)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for block in re.findall(r"```python\n(.*?)```", card.content, re.S):
+            exec(compile(block, f"{repo_id}/README.md", "exec"), {})
+    report[repo_id] = {"tensors": tensors, "card": card.data.to_dict(), "printed": printed.getvalue()}
+print("REPORT " + json.dumps(report))
 """
 
 
 @pytest.fixture(scope="module")
 def mlm_output(tmp_path_factory) -> Path:
-    """A finished tiny MLM output, with a checkpoint-* folder that must not be pushed."""
+    """A finished tiny MLM output (this module's own copy), with a checkpoint-* folder that must not be pushed."""
     out = tmp_path_factory.mktemp("mlm") / "out"
-    load_recipe("mlm").main(TINY_MLM + ["--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2",
-                                        "--save_steps", "2", "--max_corpus_documents", "300"])
+    shutil.copytree(tiny_output("mlm"), out)
     assert list(out.glob("checkpoint-*"))
     return out
 
@@ -80,8 +111,7 @@ def transfer(request, monkeypatch) -> str:
 
 def pushed_files(out: Path) -> dict[str, bytes]:
     """What a push of `out` must upload: everything but checkpoints and the staging folder."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.relative_to(out).parts[0].startswith(("checkpoint-", ".hfssl-staging"))}
+    return {name: (out / name).read_bytes() for name in sorted(output_files(out))}
 
 
 def assert_no_token_in(*texts: str | bytes, dirs: tuple[Path, ...] = ()) -> None:
@@ -92,35 +122,64 @@ def assert_no_token_in(*texts: str | bytes, dirs: tuple[Path, ...] = ()) -> None
             assert not p.is_file() or SENTINEL.encode() not in p.read_bytes(), p
 
 
-def reload_in_subprocess(hub: LoopbackHub, repo_id: str, local: Path, home: Path, transfer: str) -> str:
+def reload_in_subprocess(hub: LoopbackHub, pairs: list[tuple[str, Path]], home: Path, transfer: str) -> tuple[dict, str]:
+    """Run RELOAD on (repo_id, local output) pairs; return its report and everything it printed."""
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
            "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0", "HF_TOKEN": SENTINEL}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(local)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps([(r, str(p)) for r, p in pairs])], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    return report, proc.stdout + proc.stderr
 
 
-def test_pushed_output_reloads_identically(mlm_output, hub, transfer, monkeypatch, tmp_path, caplog, capfd):
+def main_weights(out: Path) -> str:
+    return "adapter_model.safetensors" if (out / "adapter_config.json").exists() else "model.safetensors"
+
+
+def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transfer, monkeypatch, tmp_path, caplog, capfd):
+    """mlm, MAE, full and LoRA classifiers (text and image): the repo is the directory, loads to the same weights,
+    and its card is complete, reports the final metrics and holds code that runs on the repo alone."""
     monkeypatch.setenv("HF_TOKEN", SENTINEL)  # the default token source
-    before = pushed_files(mlm_output)
-    url = push_output(mlm_output, "me/tiny-mlm", endpoint=hub.endpoint)
-    assert url == f"{hub.endpoint}/me/tiny-mlm"
-    remote = hub.files("me/tiny-mlm")
-    assert remote.pop(".gitattributes") and remote == before  # exactly the output directory, byte for byte
-    weights = hub.repos["me/tiny-mlm"].resolve("main").files["model.safetensors"]
-    assert weights.sha256 and (weights.xet_hash is not None) == (transfer == "xet")
+    pushed: dict[str, Path] = {}
+    for kind in KINDS:
+        out = tmp_path / "outputs" / kind  # a copy: pushing re-renders its card for the repo
+        shutil.copytree(tiny_output(kind), out)
+        before = pushed_files(out)
+        repo_id = f"me/tiny-{kind}"
+        assert push_output(out, repo_id, endpoint=hub.endpoint) == f"{hub.endpoint}/{repo_id}"
+        remote = hub.files(repo_id)
+        assert remote.pop(".gitattributes") and remote == pushed_files(out)  # exactly the output directory, byte for byte
+        assert {name for name in before if before[name] != remote[name]} == {"README.md"} and set(before) == set(remote)
+        card = remote["README.md"].decode()  # re-rendered for the repo: its code loads from the repo
+        check_card(card, set(remote), json.loads(remote["hfssl.json"]))
+        assert all(f'"{repo_id}"' in block for block in python_blocks(card)) and str(out) not in card
+        weights = hub.repos[repo_id].resolve("main").files[main_weights(out)]
+        assert weights.sha256 and (weights.xet_hash is not None) == (transfer == "xet")
+        pushed[repo_id] = out
     upload_route = "/xet-write-token/main" if transfer == "xet" else ".git/info/lfs/objects/batch"
     assert any(r.endswith(upload_route) for r in hub.requests)
     assert set(hub.authorizations) == {f"Bearer {SENTINEL}"}  # HF_TOKEN reached the Hub, and nothing else did
 
-    reload_log = reload_in_subprocess(hub, "me/tiny-mlm", mlm_output, tmp_path / "hf-home", transfer)
-    assert "identical" in reload_log
+    # Move the outputs away: the card's code must load from the repo alone, although a LoRA adapter_config.json
+    # names its base_model/ by the absolute path where it was trained.
+    (tmp_path / "moved").mkdir()
+    moved = {repo_id: out.rename(tmp_path / "moved" / out.name) for repo_id, out in pushed.items()}
+    report, reload_log = reload_in_subprocess(hub, list(moved.items()), tmp_path / "hf-home", transfer)
     assert any("/xet-read-token/" in r for r in hub.requests) == (transfer == "xet")
-    assert pushed_files(mlm_output) == before  # the local output is untouched
+    for repo_id, out in moved.items():
+        result = report[repo_id]
+        assert result["tensors"] > 0 and result["card"]["model-index"][0]["name"] == repo_id
+        record = json.loads((out / "hfssl.json").read_text())
+        if record["recipe"] == "mlm":
+            assert "'token_str'" in result["printed"]
+        elif record["recipe"] == "mim":
+            assert "torch.Size([1, 32])" in result["printed"]
+        else:
+            assert re.search(r"'label': '(%s)'" % "|".join(map(re.escape, record["labels"])), result["printed"]), result
     out, err = capfd.readouterr()
-    assert_no_token_in(reload_log, caplog.text, out, err, *remote.values(),
-                       dirs=(mlm_output, tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: Hub storage, reload cache
+    assert_no_token_in(reload_log, caplog.text, out, err, *(f for repo in moved for f in hub.files(repo).values()),
+                       dirs=(tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: the outputs, Hub storage, reload cache
 
 
 def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output, hub, tmp_path):
@@ -190,7 +249,7 @@ def test_cli_push(mlm_output, hub, monkeypatch, capsys):
     assert f"{hub.endpoint}/me/from-cli" in capsys.readouterr().out
     assert hub.repos["me/from-cli"].private
     with pytest.raises(SystemExit, match="hfssl push: .*no hfssl.json"):
-        hfssl_cli(["push", str(mlm_output / "checkpoint-2"), "--repo-id", "me/from-cli", "--endpoint", hub.endpoint])
+        hfssl_cli(["push", str(next(mlm_output.glob("checkpoint-*"))), "--repo-id", "me/from-cli", "--endpoint", hub.endpoint])
     assert_no_token_in(capsys.readouterr().out)
 
 
@@ -204,7 +263,7 @@ def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
         url = push_output(mlm_output, repo_id, private=True, endpoint=api.endpoint)
         assert repo_id in url
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": api.endpoint}
-        proc = subprocess.run([sys.executable, "-c", RELOAD, repo_id, str(mlm_output)], env=env,
+        proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps([(repo_id, str(mlm_output))])], env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert os.environ["HF_TOKEN"] not in proc.stdout + proc.stderr
