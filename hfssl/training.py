@@ -250,6 +250,8 @@ def start_run(run_args: Any) -> tuple[str | None, Any]:
     setup_logging(run_args)
     resume = resolve_resume(run_args)
     prepare_output_dir(run_args, resume)
+    if resume is not None:
+        logger.info("Resuming from %s", resume)
     push = take_push_request(run_args)
     run_args.hub_token = None  # only a push uses it; the Trainer pickles its arguments into every checkpoint
     return resume, push
