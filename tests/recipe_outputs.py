@@ -59,11 +59,11 @@ MODEL_INDEX = {
     "finetune": {"accuracy": "eval_accuracy", "macro F1": "eval_f1_macro", "macro precision": "eval_precision_macro",
                  "macro recall": "eval_recall_macro", "cross-entropy loss": "eval_loss"},
 }
-EXPECTED_METADATA = {  # recipe -> (pipeline_tag, tags every such card has)
-    "mlm": ("fill-mask", {"hfssl", "masked-lm"}),
+EXPECTED_METADATA = {  # recipe -> (pipeline_tag, tags every such card has, besides the pretext of each stage)
+    "mlm": ("fill-mask", {"hfssl"}),
     "mim": ("image-feature-extraction", {"hfssl", "masked-image-modeling"}),
-    "finetune_text": ("text-classification", {"hfssl", "transfer-learning", "masked-lm"}),
-    "finetune_image": ("image-classification", {"hfssl", "transfer-learning", "mae"}),
+    "finetune_text": ("text-classification", {"hfssl", "transfer-learning"}),
+    "finetune_image": ("image-classification", {"hfssl", "transfer-learning"}),
 }
 _FILE_NAME = re.compile(r"`([\w./-]+?\.(?:json|png|safetensors|txt|md|bin))`|`([\w.-]+/)`")
 
@@ -86,9 +86,11 @@ def check_card(text: str, files: set[str], record: dict[str, Any]) -> ModelCard:
     recipe = record["recipe"]
     data = card.data
     pipeline_tag, tags = EXPECTED_METADATA[recipe]
-    assert data.pipeline_tag == pipeline_tag and tags <= set(data.tags), (data.pipeline_tag, data.tags)
-    if recipe == "mim":
-        assert record["lineage"]["pretext"] in data.tags
+    stage, pretexts = record["lineage"], set()
+    while stage:  # a classifier is tagged with the pretraining it builds on
+        pretexts |= {stage["pretext"]} if stage.get("pretext") else {stage["strategy"]}
+        stage = stage.get("parent")
+    assert data.pipeline_tag == pipeline_tag and tags | pretexts <= set(data.tags), (data.pipeline_tag, data.tags)
     lora = record.get("lora_base_model") is not None
     assert data.library_name == ("peft" if lora else "transformers") and data.license == "apache-2.0"
     assert data.language == ("en" if recipe in ("mlm", "finetune_text") else None)

@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -16,6 +17,7 @@ from hfssl.args import RunArguments
 from hfssl.cards import output_card, refresh_card
 from hfssl.cli import main as hfssl_cli
 
+from conftest import ROOT
 from recipe_outputs import KINDS, check_card, output_files, python_blocks, tiny_output
 
 
@@ -129,3 +131,20 @@ def test_metadata_names_hub_models_and_datasets_and_follows_the_card_options(min
 def test_card_options_are_validated(tmp_path, option, value):
     with pytest.raises(ValueError, match=f"--{option} '{value}'"):
         RunArguments(output_dir=str(tmp_path), **{option: value})
+
+
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+@pytest.mark.parametrize("kind", ["mlm", "mae", "text-full", "text-lora", "image-full"])
+def test_docs_examples_are_complete_cards(kind):
+    folder = EXAMPLES / kind
+    text = (folder / "README.md").read_text()
+    record = record_of(folder)
+    repo_files = set((folder / "files.txt").read_text().split())
+    assert {"README.md", "hfssl.json"} <= repo_files and any(f.endswith(".safetensors") for f in repo_files)
+    card = check_card(text, repo_files, record)
+    assert card.data.model_name == f"your-name/hfssl-example-{kind}"
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+        assert (folder / image).stat().st_size > 0, image  # the plots are shown next to the example
+    assert f"[{kind}]({kind}/README.md)" in (EXAMPLES / "README.md").read_text()
