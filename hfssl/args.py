@@ -31,6 +31,7 @@ __all__ = [
     "ProbeArguments",
     "RunArguments",
     "TextClassificationDataArguments",
+    "TextClassifierArguments",
     "TextDataArguments",
     "TextModelArguments",
     "TransferArguments",
@@ -613,6 +614,26 @@ class ClassifierModelArguments:
             raise ValueError("Pass either --model_name_or_path or --model_preset (a ViT from scratch), not both.")
         if self.model_preset is not None and self.model_preset not in VISION_PRESETS:
             raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
+
+
+@dataclass
+class TextClassifierArguments:
+    """How a text classifier summarises the token states it classifies from (finetune_text.py only)."""
+
+    pooling: str = field(
+        default="mean",
+        metadata={"help": "mean: the head reads the average of the last hidden states over non-padding tokens, bypassing "
+                          "BERT's pooler (default: a masked-LM-pretrained encoder never trained a [CLS] summary, and mean "
+                          "pooling transfers far better with few labels) | cls: the [CLS] token, as stock transformers. Saved as "
+                          "hfssl_pooling in config.json; plain from_pretrained / pipeline pool [CLS] (ModernBERT excepted): "
+                          "reload with hfssl.transfer.pooling.restore_pooling."},
+    )
+
+    def __post_init__(self) -> None:
+        from hfssl.transfer.pooling import POOLINGS
+
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
 
 
 @dataclass

@@ -15,7 +15,8 @@ from __future__ import annotations
 from transformers import DataCollatorWithPadding
 
 from hfssl.args import (
-    ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TransferArguments, default_output_dir, parse_args,
+    ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TextClassifierArguments, TransferArguments,
+    default_output_dir, parse_args,
 )
 from hfssl.cards import output_card
 from hfssl.data.classification import load_text_classification, tokenize_classification
@@ -26,7 +27,7 @@ from hfssl.transfer.models import load_classifier, packaged_text_model, text_mod
 from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
-OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
+OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TextClassifierArguments, TransferArguments, RunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_text"),
     model_name_or_path=packaged_text_model(),
@@ -47,7 +48,7 @@ DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> Fit:
-    data_args, model_args, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the data fails here, before training.
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> Fit:
         encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers)
 
     setup = TransferSetup(
-        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch,
+        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch, pooling=classifier.pooling,
                                       trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
         train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, label_names=data.label_names,
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> Fit:
     )
     result = run_transfer(setup, transfer, run_args, resume)
 
-    options = dict(data=vars(data_args), model={**vars(model_args), "model_name_or_path": model_path},
+    options = dict(data=vars(data_args), model={**vars(model_args), **vars(classifier), "model_name_or_path": model_path},
                    transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
     save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))

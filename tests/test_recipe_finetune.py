@@ -16,6 +16,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from conftest import TINY_MLM, load_recipe
 from hfssl.data.samples import DOCSTRING_FAMILIES, digits_images
 from hfssl.transfer.models import load_classifier
+from hfssl.transfer.pooling import restore_pooling
 
 mlm, mim = load_recipe("mlm"), load_recipe("mim")
 finetune_text, finetune_image = load_recipe("finetune_text"), load_recipe("finetune_image")
@@ -65,11 +66,11 @@ def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
     assert re.search(r"accuracy 0\.\d+, macro-F1 0\.\d+ .*majority-class baseline 0\.\d+", printed)
     assert f"trainable parameters: {result.parameters['full']:,} of {result.parameters['full']:,}" in printed
 
-    loaded = AutoModelForSequenceClassification.from_pretrained(out)
-    assert list(loaded.config.id2label.values()) == list(DOCSTRING_FAMILIES)
+    loaded = restore_pooling(AutoModelForSequenceClassification.from_pretrained(out))  # mean pooling, the default
+    assert list(loaded.config.id2label.values()) == list(DOCSTRING_FAMILIES) and loaded.config.hfssl_pooling == "mean"
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert torch.allclose(text_logits(loaded, tokenizer), text_logits(result.model, tokenizer), atol=1e-5)
-    assert pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"] in DOCSTRING_FAMILIES
+    assert pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"] in DOCSTRING_FAMILIES  # [CLS]-pooled
 
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"]["base_model"] == mlm_out and record["lineage"]["strategy"] == "full"
@@ -118,10 +119,10 @@ def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, cap
     for reloaded in (AutoPeftModelForSequenceClassification.from_pretrained(out),
                      AutoModelForSequenceClassification.from_pretrained(out / "merged"),
                      AutoModelForSequenceClassification.from_pretrained(out)):  # transformers' own PEFT loading
-        after = text_logits(reloaded, tokenizer)
+        after = text_logits(restore_pooling(reloaded), tokenizer)
         assert torch.allclose(after, before, atol=1e-5) and torch.equal(after.argmax(-1), before.argmax(-1))
     assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").is_file()
-    label = pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"]
+    label = pipeline("text-classification", model=reloaded, tokenizer=tokenizer)(SENTENCES[0])[0]["label"]
     assert label == DOCSTRING_FAMILIES[int(before[0].argmax())]
     assert json.loads((out / "hfssl.json").read_text())["lora_base_model"] == "base_model"
 
@@ -144,7 +145,7 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
 
 @pytest.mark.parametrize("flags, unchanged, changed", [
     (["--strategy", "linear_probe", "--seeds", "1,2"], ("bert.embeddings.", "bert.encoder."), ()),
-    (["--strategy", "freeze", "--freeze_layers", "1"], ("bert.embeddings.", "bert.encoder.layer.0."), ("bert.encoder.layer.1.",)),
+    (["--strategy", "freeze", "--freeze_layers", "1", "--pooling", "cls"], ("bert.embeddings.", "bert.encoder.layer.0."), ("bert.encoder.layer.1.",)),
     (["--strategy", "lp_ft", "--layer_decay", "0.8", "--l2sp_alpha", "0.01", "--class_weights", "balanced",
       "--label_smoothing_factor", "0.1"], (), ("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1.")),
 ])
@@ -158,7 +159,8 @@ def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unc
             assert torch.equal(tensor, start[name]), name
     for prefix in changed:
         assert any(not torch.equal(t, start[n]) for n, t in saved.items() if n.startswith(prefix)), prefix
-    if "--seeds" in flags:
+    if "--seeds" in flags:  # the linear probe: only the classifier trains, on the mean of the token states
+        assert result.parameters["trainable"] == sum(p.numel() for p in result.model.classifier.parameters())
         seeds = json.loads((out / "seed_results.json").read_text())
         accuracies = [r["eval_accuracy"] for r in seeds["per_seed"]]
         assert seeds["seeds"] == [1, 2] and seeds["eval_accuracy_mean"] == pytest.approx(np.mean(accuracies))

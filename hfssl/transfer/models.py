@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from hfssl.models import check_model_path, load_config
+from hfssl.transfer.pooling import apply_pooling, pooler_bypassed, restore_pooling
 
 __all__ = ["image_classifier_config", "load_classifier", "load_image_processor", "packaged_text_model", "scratch_vit_config", "text_model_path"]
 
@@ -93,10 +94,12 @@ def load_classifier(
     config: Any = None,
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
+    pooling: str | None = None,
 ) -> tuple[PreTrainedModel, set[str]]:
     """A `task` ("text" | "image") classifier and the names of the checkpoint weights it lacked (initialised fresh).
 
     Weights from `model_name_or_path` (random with `from_scratch`, or when only `config` is given).
+    Text classifiers pool by `pooling` ("cls" | "mean"; None: as the checkpoint's config recorded, else "cls").
     Raises ValueError when a backbone weight is missing from the checkpoint.
     """
     auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
@@ -106,7 +109,7 @@ def load_classifier(
     config = _label_config(config, label_names)
     if model_name_or_path is None or from_scratch:  # all random; the head is the same as when loaded
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
-        return (_rgb_input(model) if task == "image" else model), set()
+        return (_rgb_input(model) if task == "image" else _pooled(model, pooling)), set()
     try:
         model, info = auto.from_pretrained(
             model_name_or_path, config=config, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
@@ -125,8 +128,23 @@ def load_classifier(
         raise ValueError(f"--model_name_or_path {model_name_or_path}: {len(lost)} backbone weights are not in the checkpoint "
                          f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}), so the backbone would start random. "
                          "Give a checkpoint of the same architecture, or pass --from_scratch true on purpose.")
+    if task == "image":
+        model = _rgb_input(model)
+    else:
+        fresh = _used_by_head(_pooled(model, pooling), fresh)
     logger.info("Initialised fresh (trained as the head): %s", ", ".join(sorted(fresh)) or "nothing")
-    return (_rgb_input(model) if task == "image" else model), fresh
+    return model, fresh
+
+
+def _pooled(model: PreTrainedModel, pooling: str | None) -> PreTrainedModel:
+    return restore_pooling(model) if pooling is None else apply_pooling(model, pooling)
+
+
+def _used_by_head(model: PreTrainedModel, fresh: set[str]) -> set[str]:
+    """`fresh` less a pooler that mean pooling bypasses: unused, it is not trained as part of the head."""
+    if not pooler_bypassed(model):
+        return fresh
+    return {k for k in fresh if not k.startswith(f"{model.base_model_prefix}.pooler.")}
 
 
 def _rgb_input(model: PreTrainedModel) -> PreTrainedModel:
