@@ -313,35 +313,52 @@ def _masked_image_card(out: _Output) -> ModelCard:
     )
 
 
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _architecture(config: dict[str, Any]) -> str | None:
+    """The model class a config names, when transformers exports it."""
+    import transformers
+
+    name = (config.get("architectures") or [None])[0]
+    return name if name and hasattr(transformers, name) else None
+
+
+def _mean_pooled(config: dict[str, Any]) -> bool:
+    """A text classifier that hfssl trained to read the mean of the token states, which plain loading does not restore."""
+    return config.get("hfssl_pooling") == "mean" and "classifier_pooling" not in config
+
+
 def _classifier_usage(out: _Output, task: str) -> str:
     """Code that loads this output and classifies one example: a plain model, or (LoRA) the adapter on base_model/."""
     text = task == "text-classification"
     example = f'"{_SAMPLE_TEXT["finetune_text"]}"' if text else "image"
     imports, image = ("", "") if text else _DIGIT if out.record["lineage"]["data"] == DEFAULT_IMAGE_NAME else _ANY_IMAGE
     head = "" if text else f"from PIL import Image\n{imports}"
-    if out.record["options"]["transfer"]["strategy"] != "lora":
+    lora = out.record["options"]["transfer"]["strategy"] == "lora"
+    config = _config(out.folder / "base_model" if lora else out.folder)
+    processor = "tokenizer" if text else "image_processor"
+    pooling = ("from hfssl.transfer.pooling import restore_pooling  # the head reads the mean of the token states, as trained\n"
+               if text and _mean_pooled(config) else "")
+    if not lora and not pooling:
         return (f"{head}from transformers import pipeline\n\n{image}"
                 f'classify = pipeline("{task}", model="{out.ref}")\nprint(classify({example}))')
+    if not lora:
+        return (f"from transformers import AutoModelForSequenceClassification, pipeline\n{pooling}\n"
+                f'model = restore_pooling(AutoModelForSequenceClassification.from_pretrained("{out.ref}"))\n'
+                f'classify = pipeline("{task}", model=model, tokenizer="{out.ref}")\nprint(classify({example}))')
     # The concrete class: an Auto class given subfolder= still reads the repo's top-level adapter_config.json
     # (transformers 5.24) and loads from the base path named there, which exists only where the model was trained.
-    model_class = _architecture(out.folder / "base_model") or (
-        "AutoModelForSequenceClassification" if text else "AutoModelForImageClassification")
-    processor = "tokenizer" if text else "image_processor"
-    return (f"{head}from peft import PeftModel\nfrom transformers import {model_class}, pipeline\n\n{image}"
+    model_class = _architecture(config) or ("AutoModelForSequenceClassification" if text else "AutoModelForImageClassification")
+    merged = f'PeftModel.from_pretrained(base, "{out.ref}").merge_and_unload()'
+    return (f"{head}from peft import PeftModel\nfrom transformers import {model_class}, pipeline\n{pooling}\n{image}"
             f'base = {model_class}.from_pretrained("{out.ref}", subfolder="base_model")  # the starting model, with this task\'s labels\n'
-            f'model = PeftModel.from_pretrained(base, "{out.ref}").merge_and_unload()  # LoRA folded into the weights\n'
+            f"model = {f'restore_pooling({merged})' if pooling else merged}  # LoRA folded into the weights\n"
             f'classify = pipeline("{task}", model=model, {processor}="{out.ref}")\nprint(classify({example}))')
-
-
-def _architecture(folder: Path) -> str | None:
-    """The model class named in `folder`/config.json, when it is one transformers exports."""
-    try:
-        name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["architectures"][0]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-    import transformers
-
-    return name if hasattr(transformers, name) else None
 
 
 def _classifier_card(out: _Output) -> ModelCard:
@@ -377,15 +394,19 @@ def _classifier_card(out: _Output) -> ModelCard:
         scores += [(f"{label} over seeds {','.join(map(str, seeds['seeds']))}",
                     f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}") for k, label in shown if f"{k}_mean" in seeds]
     usage = _classifier_usage(out, task)
+    names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
     notes = []
+    if task == "text-classification" and _mean_pooled(_config(out.folder / "base_model" if lora else out.folder)):
+        notes.append("The classifier reads the mean of the encoder's token states (`hfssl_pooling: mean` in its config), "
+                     "not the [CLS] token: a plain `from_pretrained` or `pipeline(model=...)` would pool [CLS] and predict "
+                     "differently, so the code re-applies it with hfssl's `restore_pooling` (hfssl must be installed).")
     if lora:
         notes.append("The repo holds the LoRA adapter (`adapter_model.safetensors`) and, in `base_model/`, the model it "
                      "adapts with this task's labels. In the output directory on the machine that trained it, "
-                     f"`AutoPeftModelFor{'SequenceClassification' if task == 'text-classification' else 'ImageClassification'}"
-                     ".from_pretrained(output_dir)` works too: `adapter_config.json` names `base_model/` by its absolute path there.")
+                     f"`AutoPeftModelFor{names}.from_pretrained(output_dir)` loads it too: `adapter_config.json` names "
+                     "`base_model/` by its absolute path there.")
         if out.has("merged"):
             notes.append(f'`merged/` holds the same classifier as a plain model: `from_pretrained("{out.ref}", subfolder="merged")`.')
-    names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
     return _render(
         "finetuned",
         _card_data(out, task, ["transfer-learning", transfer["strategy"], *(["peft"] if lora else []), *_pretexts(lineage)],

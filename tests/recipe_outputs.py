@@ -1,11 +1,14 @@
 """Finished outputs of every recipe kind from tiny real runs, and the checks every model card must pass.
 
 `tiny_output(kind)` runs the recipe once per test session (seconds) and returns its directory; tests
-that change an output work on a copy. docs/examples/render.py uses the same checks on its cards.
+that change an output work on a copy. For classifiers, `PREDICTIONS[kind]` is what the trained model
+(in memory, as the recipe left it) predicts for the example in its card's code: the card's code must
+print the same.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import re
 import tempfile
@@ -13,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
+from PIL import Image
+from sklearn.datasets import load_digits
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from conftest import TINY_MLM, load_recipe
 
@@ -31,6 +38,9 @@ FAST_IMAGE = ["--train_samples_per_class", "6", "--max_eval_samples", "40", "--m
               "--eval_strategy", "no", "--save_strategy", "no"]
 
 
+PREDICTIONS: dict[str, tuple[str, float]] = {}  # classifier kind -> (label, probability) for its card's example
+
+
 @functools.cache
 def tiny_output(kind: str) -> Path:
     """The output directory of a tiny run of `kind` (one of KINDS), made on first use; do not modify it."""
@@ -41,15 +51,40 @@ def tiny_output(kind: str) -> Path:
     elif kind == "mae":
         load_recipe("mim").main(TINY_MAE + _QUIET + ["--output_dir", str(out)])
     elif kind.startswith("text-"):
-        load_recipe("finetune_text").main(FAST_TEXT + _QUIET + ["--model_name_or_path", str(tiny_output("mlm")), "--output_dir", str(out),
+        fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + ["--model_name_or_path", str(tiny_output("mlm")), "--output_dir", str(out),
                                                                 "--strategy", kind.removeprefix("text-"), "--learning_rate", "5e-3"]
                                           + (["--merge_lora", "true"] if kind == "text-lora" else []))
     elif kind.startswith("image-"):
-        load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
+        fit = load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
                                                                   "--strategy", kind.removeprefix("image-")])
     else:
         raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
+    if kind.startswith(("text-", "image-")):
+        PREDICTIONS[kind] = _prediction(fit.model, out)
     return out
+
+
+def _prediction(model: torch.nn.Module, out: Path) -> tuple[str, float]:
+    """The top class and its probability for the example in the card's code (a sentence, or the first digit)."""
+    code = python_blocks((out / "README.md").read_text())[0]
+    sentence = re.search(r'print\(classify\("(.*)"\)\)', code)
+    if sentence:
+        inputs = AutoTokenizer.from_pretrained(out)(sentence.group(1), return_tensors="pt")
+    else:
+        assert "load_digits().images[0]" in code
+        image = Image.fromarray((load_digits().images[0] * 255 / 16).astype("uint8")).convert("RGB")  # as pipeline() reads it
+        inputs = AutoImageProcessor.from_pretrained(out)(images=image, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model.eval()(**inputs).logits.float().softmax(-1)[0]
+    top = int(probabilities.argmax())
+    return model.config.id2label[top], float(probabilities[top])
+
+
+def check_printed_prediction(kind: str, printed: str) -> None:
+    """What a classifier card's code printed (pipeline output) is the trained model's prediction."""
+    label, probability = PREDICTIONS[kind]
+    top = ast.literal_eval(printed.strip())[0]
+    assert top["label"] == label and top["score"] == pytest.approx(probability, abs=1e-4), (top, label, probability)
 
 
 # The model-index entries each card must hold: metric name on the card -> key in hfssl.json's metrics.
