@@ -82,6 +82,10 @@ class RunArguments(TrainingArguments):
         default="en",
         metadata={"help": "Language of the training text in the model card's metadata (ISO 639 code); text recipes only."},
     )
+    hub_endpoint: str | None = field(
+        default=None,
+        metadata={"help": "Hub URL for --push_to_hub, e.g. a self-hosted Hub-compatible server (default: HF_ENDPOINT, else https://huggingface.co)."},
+    )
 
     def __post_init__(self) -> None:
         if self.output_dir is None:

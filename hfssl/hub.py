@@ -128,7 +128,7 @@ def take_push_request(run_args: Any) -> PushRequest | None:
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"--hub_model_id {repo_id!r} is not a repo id; use NAME or NAMESPACE/NAME.")
     request = PushRequest(repo_id, run_args.hub_private_repo, getattr(run_args, "hub_revision", None),
-                          run_args.hub_token, os.environ.get("HF_ENDPOINT"))
+                          run_args.hub_token, getattr(run_args, "hub_endpoint", None) or os.environ.get("HF_ENDPOINT"))
     run_args.push_to_hub = False
     run_args.hub_token = None  # kept out of hfssl.json and the Trainer's state
     return request

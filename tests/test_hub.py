@@ -25,6 +25,7 @@ import hfssl.hub
 from hfssl.cli import main as hfssl_cli
 from hfssl.hub import PushError, push_output
 
+from conftest import TINY_MLM, load_recipe
 from hub_server import LoopbackHub
 from recipe_outputs import KINDS, check_card, check_printed_prediction, output_files, python_blocks, tiny_output
 
@@ -179,6 +180,24 @@ def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transf
     out, err = capfd.readouterr()
     assert_no_token_in(reload_log, caplog.text, out, err, *(f for repo in moved for f in hub.files(repo).values()),
                        dirs=(tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: the outputs, Hub storage, reload cache
+
+
+def test_recipe_push_to_hub_publishes_the_finished_output_once(hub, tmp_path, caplog, capfd):
+    """--push_to_hub with every push option: the finished directory (no checkpoints), its card naming the repo."""
+    out = tmp_path / "mlm"
+    load_recipe("mlm").main(TINY_MLM + [
+        "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_corpus_documents", "300",
+        "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "me/from-recipe", "--hub_private_repo", "true",
+        "--hub_revision", "v1", "--hub_endpoint", hub.endpoint, "--hub_token", SENTINEL])
+    assert list(out.glob("checkpoint-*"))  # kept locally for resuming, not pushed
+    remote = hub.files("me/from-recipe", "v1")
+    assert remote.pop(".gitattributes") and remote == pushed_files(out)
+    assert hub.repos["me/from-recipe"].private and hub.requests.count("POST /api/models/me/from-recipe/commit/v1") == 1
+    card = remote["README.md"].decode()
+    assert all('"me/from-recipe"' in block for block in python_blocks(card))
+    check_card(card, set(remote), json.loads(remote["hfssl.json"]))
+    printed, err = capfd.readouterr()
+    assert_no_token_in(caplog.text, printed, err, dirs=(out,))
 
 
 def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output, hub, tmp_path):
