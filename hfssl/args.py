@@ -294,6 +294,7 @@ def parse_args(
     # `--key none` sets an optional option to None (argparse would try float("none")).
     # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
     optional = {name for t in types for name, hint in typing.get_type_hints(t).items() if type(None) in typing.get_args(hint)}
+    optional.discard("report_to")  # its own value "none" means no integrations
     kept: list[str] = []
     i = 0
     while i < len(argv):
@@ -316,6 +317,11 @@ def parse_args(
 
 
 def _parse_error(message: str) -> typing.NoReturn:
+    """argparse's message as a ValueError; it quotes the offending arguments, so Hub tokens are blanked out first."""
+    secrets = [t for t in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if t]
+    for secret in secrets:
+        message = message.replace(secret, "<HF_TOKEN>")
+    message = re.sub(r"hf_[A-Za-z0-9]{8,}", "<HF_TOKEN>", message)  # a token typed after a misspelt --hub_token
     raise ValueError(f"Could not parse options: {message}. See `--help` for the options and their types.")
 
 
