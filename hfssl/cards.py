@@ -92,9 +92,13 @@ def _fmt(value: Any) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _hub_id(name: str | None) -> str | None:
-    """`name` as a Hub model id when it is one (or a packaged copy of one), else None (a local path)."""
-    if not name:
+def _hub_id(stage: dict[str, Any]) -> str | None:
+    """A lineage stage's starting model as a Hub model id when it is one (or a packaged copy of one), else None.
+
+    A start with a recorded parent was an hfssl output directory, so it is local whatever its path looks like.
+    """
+    name = stage.get("base_model")
+    if not name or stage.get("parent"):
         return None
     for package, hub_id in _PACKAGED_MODELS.items():
         if f"/{package}/" in f"{name}/".replace("\\", "/"):
@@ -103,12 +107,12 @@ def _hub_id(name: str | None) -> str | None:
     return name if not looks_local and re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
-def _model_ref(name: str | None) -> str:
-    """A starting point as the card shows it: a Hub link, a local path, or random initialisation."""
-    if not name:
+def _model_ref(stage: dict[str, Any]) -> str:
+    """A stage's starting point as the card shows it: a Hub link, a local path, or random initialisation."""
+    if not stage.get("base_model"):
         return "random initialisation"
-    hub_id = _hub_id(name)
-    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{name}`"
+    hub_id = _hub_id(stage)
+    return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{stage['base_model']}`"
 
 
 def _data_ref(name: str) -> str:
@@ -120,7 +124,7 @@ def lineage_text(lineage: dict[str, Any]) -> str:
     lines, stage = [], lineage
     while stage:
         what = stage.get("pretext") or f"{stage.get('recipe', '?')} ({stage.get('strategy', '?')})"
-        start = _model_ref(stage.get("base_model"))
+        start = _model_ref(stage)
         if not stage.get("base_model") and stage.get("architecture_of"):
             start += f" (architecture of `{stage['architecture_of']}`)"
         lines.append(f"- **{what}** on `{stage.get('data', '?')}`, starting from {start}")
@@ -174,7 +178,7 @@ def _card_data(out: _Output, pipeline_tag: str, tags: list[str], library: str, r
         library_name=library,
         pipeline_tag=pipeline_tag,
         tags=["hfssl", *tags],
-        base_model=_hub_id(record["lineage"].get("base_model")),
+        base_model=_hub_id(record["lineage"]),
         datasets=[_hub_dataset(record)] if _hub_dataset(record) else None,
         model_name=out.repo_id or Path(training["output_dir"]).name,
         eval_results=results or None,
@@ -213,7 +217,7 @@ def _masked_lm_card(out: _Output) -> ModelCard:
                     + (" (whole words)" if masking["whole_word_mask"] else "")
                     + f", of which {masking['mask_replace_prob']:.0%} become `{mask}` and {masking['random_replace_prob']:.0%} a random token"),
         ("training data", _data_ref(lineage["data"])),
-        ("starting point", _model_ref(lineage.get("base_model")) if lineage.get("base_model")
+        ("starting point", _model_ref(lineage) if lineage.get("base_model")
          else f"random initialisation, preset `{opts['model']['model_preset'] or 'tiny'}`"),
         ("model", f"{_parameters(out.folder)} parameters" + (f"; config overrides `{opts['model']['config_overrides']}`"
                                                              if opts["model"].get("config_overrides") else "")),
@@ -273,7 +277,7 @@ def _masked_image_card(out: _Output) -> ModelCard:
         ("pretext", pretext + f"; mask ratio {masking['mask_ratio']}"),
         ("training data", _data_ref(lineage["data"]) + (f" ({record['skipped_images']} unreadable images skipped)"
                                                         if record.get("skipped_images") else "")),
-        ("starting point", _model_ref(lineage.get("base_model")) if lineage.get("base_model")
+        ("starting point", _model_ref(lineage) if lineage.get("base_model")
          else f"random initialisation, preset `{model['model_preset']}`"),
         ("model", f"{_parameters(out.folder)} encoder parameters" + (f"; config overrides `{model['config_overrides']}`"
                                                                      if model.get("config_overrides") else "")),
@@ -367,7 +371,7 @@ def _classifier_card(out: _Output) -> ModelCard:
     transfer, training = opts["transfer"], opts["training"]
     task = "text-classification" if record["recipe"] == "finetune_text" else "image-classification"
     lora = transfer["strategy"] == "lora"
-    start = (_model_ref(lineage["base_model"]) if lineage.get("base_model")
+    start = (_model_ref(lineage) if lineage.get("base_model")
              else f"random weights (architecture of `{lineage.get('architecture_of') or 'a preset'}`): the from-scratch control")
     extras = [name for name, on in (
         (f"layer-wise LR decay {transfer['layer_decay']}", transfer["layer_decay"]),

@@ -109,8 +109,10 @@ def test_metadata_names_hub_models_and_datasets_and_follows_the_card_options(min
     record = copy.deepcopy(record_of(out))
     card = output_card(record, out, "me/tiny")
     assert card.data.base_model is None and card.data.datasets is None  # started from a local output, on embedded data
+    record["lineage"]["base_model"] = "outputs/mlm"  # an hfssl output (it has a parent stage), though it looks like a Hub id
+    assert output_card(record, out, "me/tiny").data.base_model is None
 
-    record["lineage"]["base_model"] = minilm_path  # the packaged copy of a Hub model is named by its Hub id
+    record["lineage"].update(base_model=minilm_path, parent=None)  # the packaged copy of a Hub model is named by its Hub id
     record["options"]["data"].update(dataset_name="stanfordnlp/imdb", dataset_config_name="plain_text")
     record["options"]["training"].update(card_license="mit", card_language="fr")
     card = output_card(record, out, "me/tiny")

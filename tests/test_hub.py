@@ -1,4 +1,4 @@
-"""Pushing outputs: the real clients (huggingface_hub, hf_xet, transformers) against a loopback Hub.
+"""Pushing outputs: the real clients (huggingface_hub, hf_xet, transformers, peft) against a loopback Hub.
 
 The loopback server (tests/hub_server.py) answers 501 to any route it does not know; every test
 fails on such a request, so a client upgrade that calls something new is noticed here.
