@@ -28,6 +28,7 @@ __all__ = [
     "ImageDataArguments",
     "MaskingArguments",
     "PatchMaskingArguments",
+    "PipelineArguments",
     "ProbeArguments",
     "RunArguments",
     "TextClassificationDataArguments",
@@ -724,3 +725,21 @@ class TransferArguments:
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"--seeds must list distinct integers such as 1,2,3, got {self.seeds!r}.")
         return seeds
+
+
+@dataclass
+class PipelineArguments:
+    """Where a pipeline's stages write (the stages themselves are listed in its YAML file)."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Each stage writes to OUTPUT_DIR/STAGE_NAME unless it sets its own output_dir; the resolved "
+                          "stages are saved as OUTPUT_DIR/pipeline.yaml (default: outputs/pipeline-DATE-TIME)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Passed to every stage: replace stage outputs that already hold a finished model."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ValueError("--output_dir is required.")

@@ -1,6 +1,7 @@
 """The `hfssl` console script: run a recipe, print its options, or re-render a card.
 
     hfssl mlm [config.yaml] [--key value ...]      same as: accelerate launch recipes/mlm.py ...
+    hfssl run pipeline.yaml [--output_dir DIR]     run the stages of a pipeline file (same as: hfssl pipeline ...)
     hfssl options mlm                              the recipe's options as a Markdown table
     hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
                                                    upload a finished output directory (token: HF_TOKEN or `hf auth login`)
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
+    if command == "run":  # recipes/pipeline.py
+        command = "pipeline"
     if command == "push":
         push(rest)
         return
@@ -95,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         from hfssl.args import options_table
 
         recipe = load_recipe(rest[0] if rest else "mlm")
-        print(options_table(recipe.OPTION_TYPES, skip=TrainingArguments))
-        print("\nEvery transformers TrainingArguments option (--learning_rate, --max_steps, --bf16, ...) passes through.")
+        trains = any(issubclass(t, TrainingArguments) for t in recipe.OPTION_TYPES)  # not the pipeline: its stages do
+        print(options_table(recipe.OPTION_TYPES, skip=TrainingArguments if trains else None))
+        if trains:
+            print("\nEvery transformers TrainingArguments option (--learning_rate, --max_steps, --bf16, ...) passes through.")
         return
     load_recipe(command).main(rest)
 

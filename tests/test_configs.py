@@ -7,16 +7,18 @@ import re
 import pytest
 
 from hfssl.args import parse_args
+from hfssl.pipeline import load_pipeline
 
 from conftest import ROOT, load_recipe
 
 CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))
-RECIPE_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts]
+PIPELINE_CONFIGS = [p for p in CONFIGS if p.name.startswith("pipeline")]
+RECIPE_CONFIGS = [p for p in CONFIGS if "accelerate" not in p.parts and p not in PIPELINE_CONFIGS]
 ACCELERATE_CONFIGS = [p for p in CONFIGS if "accelerate" in p.parts]
 
 
 def test_configs_exist():
-    assert RECIPE_CONFIGS and len(ACCELERATE_CONFIGS) >= 3
+    assert RECIPE_CONFIGS and PIPELINE_CONFIGS and len(ACCELERATE_CONFIGS) >= 3
 
 
 @pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: p.name)
@@ -27,6 +29,14 @@ def test_recipe_config_parses_and_validates(path, tmp_path):
     recipe = load_recipe(match.group(1))
     parsed = parse_args(recipe.OPTION_TYPES, [str(path), "--output_dir", str(tmp_path / "out")], recipe.DEFAULTS)
     assert len(parsed) == len(recipe.OPTION_TYPES)
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
+def test_pipeline_config_validates_every_stage(path, tmp_path):
+    assert path.read_text().startswith(f"# hfssl run recipes/configs/{path.name}")
+    pipeline = load_pipeline([str(path), "--output_dir", str(tmp_path / "out")])
+    assert len(pipeline.stages) >= 2 and all(s.parent == "pretrain" for s in pipeline.stages[1:])
+    assert not (tmp_path / "out").exists()  # checking writes nothing
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)

@@ -1,0 +1,227 @@
+"""One config, several recipes: pretrain, transfer with any strategy, evaluate, push.
+
+A pipeline file lists stages; each names a recipe and its options, and may start from an
+earlier stage's output (recipes/configs/pipeline_*.yaml are examples):
+
+    output_dir: outputs/my-pipeline      # optional; stage outputs go to <output_dir>/<stage name>
+    stages:
+      - name: pretrain
+        recipe: mlm                      # mlm | mim | finetune_text | finetune_image
+        config: mlm_from_scratch.yaml    # optional: a recipe preset (relative to this file); then
+        options: {max_steps: 300}        # these options on top: any option of the recipe
+      - name: probe
+        recipe: finetune_text
+        from: pretrain                   # model_name_or_path: the pretrain stage's output directory
+        options: {strategy: linear_probe, push_to_hub: true, hub_model_id: me/probe}
+
+Everything is checked before the first stage runs: the file's keys, each stage's recipe, its
+`from` (an earlier stage of the same modality that leaves a full model), every option (by the
+recipe's own parser and validation), and every stage's output directory and push target. Each
+stage then runs its recipe's `main` on a YAML file of its resolved options, exactly as
+`hfssl <recipe> that.yaml` would; the finetune recipes evaluate, and every output's hfssl.json
+and card record the lineage back to the first stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from hfssl.args import PipelineArguments, RunArguments, _load_yaml, parse_args
+
+__all__ = ["RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "summary_text"]
+
+logger = logging.getLogger(__name__)
+
+RECIPES = {"mlm": "text", "finetune_text": "text", "mim": "image", "finetune_image": "image"}  # recipe -> modality
+_STAGE_KEYS = ("name", "recipe", "from", "config", "options")
+_HEADLINE = {"mlm": ("eval_mlm_loss", "eval MLM loss"), "mim": ("eval_knn_accuracy", "kNN accuracy"),
+             "finetune_text": ("eval_accuracy", "accuracy"), "finetune_image": ("eval_accuracy", "accuracy")}
+
+
+@dataclass
+class Stage:
+    """One recipe run of a pipeline, with its options resolved (output_dir, and model_name_or_path when `from` is given)."""
+
+    name: str
+    recipe: str
+    options: dict[str, Any]
+    parent: str | None = None
+
+
+@dataclass
+class Pipeline:
+    path: str
+    output_dir: str
+    stages: list[Stage]
+
+
+def load_pipeline(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None) -> Pipeline:
+    """Read `pipeline.yaml [--output_dir DIR] [--overwrite_output_dir true]` and check every stage; raise ValueError naming the stage and key."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") or not argv[0].endswith((".yaml", ".yml")):
+        raise ValueError("Give the pipeline file first: `hfssl run pipeline.yaml [--output_dir DIR]` (see recipes/configs/pipeline_*.yaml).")
+    path = argv.pop(0)
+    if not Path(path).is_file():
+        raise ValueError(f"Pipeline file {path} does not exist.")
+    raw = _load_yaml(path)
+    specs = raw.pop("stages", None)
+    top_level = [f.name for f in dataclasses.fields(PipelineArguments)]
+    unknown = sorted(set(raw) - set(top_level))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; a pipeline file holds stages, {', '.join(top_level)}.")
+    (args,) = parse_args((PipelineArguments,), argv, {**(defaults or {}), **raw})
+    if not isinstance(specs, list) or not specs:
+        raise ValueError(f"{path}: `stages` must be a non-empty list of stages, each with a name, a recipe and its options.")
+    names = [spec.get("name") if isinstance(spec, dict) else None for spec in specs]
+    stages: list[Stage] = []
+    for index, spec in enumerate(specs, 1):
+        stages.append(_resolve_stage(path, index, spec, stages, names, args))
+    _check_output_dirs(path, stages)
+    with tempfile.TemporaryDirectory(prefix="hfssl-pipeline-") as folder:
+        pushes = [_check_stage(path, stage, folder) for stage in stages]
+    repeated = sorted({repo for repo in pushes if repo and pushes.count(repo) > 1})
+    if repeated:
+        raise ValueError(f"{path}: several stages push to {', '.join(repeated)}; give each a different hub_model_id.")
+    return Pipeline(path, args.output_dir, stages)
+
+
+def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names: list[Any], args: PipelineArguments) -> Stage:
+    """A stage of the file, its `config` preset and `options` merged, its output_dir and `from` resolved."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: stage {index} must be a mapping with name, recipe and options, got {spec!r}.")
+    name = spec.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+        raise ValueError(f"{path}: stage {index} needs a `name` made of letters, digits, _ . - (it names the stage's "
+                         f"output folder), got {name!r}.")
+    where = f"{path}: stage {name!r}"
+    unknown = sorted(set(spec) - set(_STAGE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a stage has {', '.join(_STAGE_KEYS)} "
+                         "(the recipe's options go under `options`).")
+    if any(stage.name == name for stage in earlier):
+        raise ValueError(f"{where}: an earlier stage has the same name; stage names must be unique.")
+    recipe = spec.get("recipe")
+    if recipe not in RECIPES:
+        raise ValueError(f"{where}: `recipe` must be one of {', '.join(RECIPES)}, got {recipe!r}.")
+    options: dict[str, Any] = {}
+    if spec.get("config") is not None:
+        preset = Path(path).parent / str(spec["config"])
+        if not preset.is_file():
+            raise ValueError(f"{where}: `config` {spec['config']} does not exist (a relative path starts at the pipeline file's folder).")
+        options.update(_load_yaml(str(preset)))
+    given = spec.get("options") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{where}: `options` must be a mapping of option: value, got {given!r}.")
+    options.update(given)
+    parent = spec.get("from")
+    if parent is not None:
+        source = next((stage for stage in earlier if stage.name == parent), None)
+        if source is None:
+            known = ", ".join(s.name for s in earlier) or "none"
+            problem = "a later stage" if parent in names else "no stage"
+            raise ValueError(f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it "
+                             f"(here: {known}).")
+        if "model_name_or_path" in options:
+            raise ValueError(f"{where}: give either `from: {parent}` or the option model_name_or_path, not both.")
+        if RECIPES[source.recipe] != RECIPES[recipe]:
+            raise ValueError(f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {RECIPES[source.recipe]}), "
+                             f"but {recipe} works on {RECIPES[recipe]}.")
+        if source.options.get("strategy") == "lora":
+            raise ValueError(f"{where}: `from: {parent}` writes a LoRA adapter, not a model to start from; start from "
+                             f"the stage {parent} started from, or give {parent} another strategy.")
+        options["model_name_or_path"] = source.options["output_dir"]
+    options.setdefault("output_dir", str(Path(args.output_dir) / name))
+    if args.overwrite_output_dir:
+        options["overwrite_output_dir"] = True
+    return Stage(name, recipe, options, parent)
+
+
+def _check_output_dirs(path: str, stages: list[Stage]) -> None:
+    seen: dict[Path, str] = {}
+    for stage in stages:
+        folder = Path(stage.options["output_dir"]).resolve()
+        if folder in seen:
+            raise ValueError(f"{path}: stages {seen[folder]!r} and {stage.name!r} have the same output_dir {stage.options['output_dir']}.")
+        seen[folder] = stage.name
+
+
+def _stage_file(stage: Stage, folder: str) -> str:
+    """The stage's resolved options as a recipe YAML file: what `hfssl <recipe> FILE` reads."""
+    path = Path(folder) / f"{stage.name}.yaml"
+    path.write_text(f"# hfssl {stage.recipe} {path.name}\n" + yaml.safe_dump(stage.options, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def _check_stage(path: str, stage: Stage, folder: str) -> str | None:
+    """Parse and validate the stage's options as its recipe will, and check its output dir; return the repo it pushes to."""
+    from hfssl.cli import load_recipe
+    from hfssl.hub import take_push_request
+    from hfssl.training import prepare_output_dir, resolve_resume
+
+    recipe = load_recipe(stage.recipe)
+    where = f"{path}: stage {stage.name!r} ({stage.recipe})"
+    known = {f.name for t in recipe.OPTION_TYPES for f in dataclasses.fields(t) if f.init}
+    for key in stage.options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"{where}: unknown option {key!r}{hint}. `hfssl options {stage.recipe}` lists the recipe's options.")
+    try:
+        parsed = parse_args(recipe.OPTION_TYPES, [_stage_file(stage, folder)], recipe.DEFAULTS)
+        run_args = next(p for p in parsed if isinstance(p, RunArguments))
+        prepare_output_dir(run_args, resolve_resume(run_args))
+        push = take_push_request(run_args)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return push.repo_id if push else None
+
+
+def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Run every stage in order; return each stage's final metrics by stage name."""
+    from accelerate import PartialState
+
+    from hfssl.cli import load_recipe
+    from hfssl.training import setup_logging
+
+    state = PartialState()
+    setup_logging(state)  # as each recipe does (it reads only process_index), so stage 1's log line shows too
+    if state.is_main_process:
+        out = Path(pipeline.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = [{"name": s.name, "recipe": s.recipe, **({"from": s.parent} if s.parent else {}), "options": s.options}
+                    for s in pipeline.stages]
+        (out / "pipeline.yaml").write_text(f"# resolved from {pipeline.path}\n"
+                                           + yaml.safe_dump({"stages": resolved}, sort_keys=False), encoding="utf-8")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="hfssl-pipeline-") as folder:
+        for index, stage in enumerate(pipeline.stages, 1):
+            logger.info("Pipeline stage %d of %d: %s (%s) -> %s", index, len(pipeline.stages), stage.name, stage.recipe,
+                        stage.options["output_dir"])
+            result = load_recipe(stage.recipe).main([_stage_file(stage, folder)])
+            results[stage.name] = result if isinstance(result, dict) else {
+                k: v for k, v in {**result.train_metrics, **result.eval_results, **result.seed_results}.items()
+                if not isinstance(v, (dict, list))}
+            state.wait_for_everyone()  # the next stage reads this output, which the main process finishes writing
+    return results
+
+
+def summary_text(pipeline: Pipeline, results: dict[str, dict[str, Any]]) -> str:
+    """The final human summary: one line per stage with its headline score and output directory."""
+    lines = [f"hfssl pipeline {pipeline.path}: {len(pipeline.stages)} stages"]
+    for stage in pipeline.stages:
+        key, label = _HEADLINE[stage.recipe]
+        value = results.get(stage.name, {}).get(key)
+        score = f"{label} {value:.3f}" if isinstance(value, (int, float)) else "no score"
+        start = f" (from {stage.parent})" if stage.parent else ""
+        lines.append(f"  {stage.name}: {stage.recipe}{start}, {score} -> {stage.options['output_dir']}")
+    return "\n".join(lines)
