@@ -9,7 +9,8 @@ blocks; hidden 256 and hidden 512) on the same real corpus for the same number o
   (b) hfssl: recipes/mlm.py itself, with its defaults (sparse head, bf16 autocast where
       supported, step-time masking).
 
-It prints tokens/s of each and their ratio, the eval MLM loss each model reached after the same
+It prints tokens/s of each and their ratio (steady state: steps after the first three, timed by one
+callback in both; the end-to-end rate including start-up is printed too), the eval MLM loss each model reached after the same
 tokens (both evaluated by one function: fp32, the same fixed 15% masks on the same held-out
 blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run.
 The last line is `speedup_h256=X speedup_h512=Y mfu_h512=Z`.
@@ -40,6 +41,7 @@ from transformers import (  # noqa: E402
     BertConfig,
     DataCollatorForLanguageModeling,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -78,30 +80,57 @@ def stock_blocks(raw, tokenizer):
     return tokenized.map(group_texts, batched=True)
 
 
+WARMUP_STEPS = 3  # excluded from the steady-state rate: one-time kernel selection, allocator growth
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock time of every optimizer step; the same instrument for both paths."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        self.ends.append(time.perf_counter())
+
+    def tokens_per_second(self, tokens_per_step: int) -> float:
+        timed = self.ends[WARMUP_STEPS - 1 :]
+        return (len(timed) - 1) * tokens_per_step / (timed[-1] - timed[0])
+
+
 def model_for(hidden: int, vocab: int) -> torch.nn.Module:
     set_seed(0)
     config = BertConfig(vocab_size=vocab, num_hidden_layers=4, max_position_embeddings=512, **SIZES[hidden])
     return AutoModelForMaskedLM.from_config(config)
 
 
-def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float, torch.nn.Module]:
-    """(tokens/s, trained model) for the stock run_mlm.py path."""
+def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float, float, torch.nn.Module]:
+    """(steady-state tokens/s, end-to-end tokens/s, trained model) for the stock run_mlm.py path."""
     model = model_for(hidden, len(tokenizer))
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=0.06,
         weight_decay=0.01, save_strategy="no", report_to="none", logging_steps=10_000, disable_tqdm=True, seed=0,
     )
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
-    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer)
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer,
+                      callbacks=[timer])
     runtime = trainer.train().metrics["train_runtime"]
-    return steps * batch * SEQ / runtime, trainer.model
+    return timer.tokens_per_second(batch * SEQ), steps * batch * SEQ / runtime, trainer.model
 
 
-def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, torch.nn.Module]:
-    """(tokens/s, trained model) for recipes/mlm.py run with its own defaults."""
+def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, float, torch.nn.Module]:
+    """(steady-state tokens/s, end-to-end tokens/s, trained model) for recipes/mlm.py run with its own defaults."""
     spec = importlib.util.spec_from_file_location("recipe_mlm", ROOT / "recipes" / "mlm.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    timer = StepTimer()
+
+    class TimedTrainer(recipe.MaskedLMTrainer):  # the recipe's own trainer, plus the shared step timer
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
+            super().__init__(*args, **kwargs)
+
+    recipe.MaskedLMTrainer = TimedTrainer
     size = SIZES[hidden]
     overrides = ",".join(f"{k}={v}" for k, v in {"num_hidden_layers": 4, **size}.items())
     argv = ["--tokenizer_name", tok_dir, "--config_overrides", overrides, "--max_seq_length", str(SEQ),
@@ -111,7 +140,7 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[fl
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
     metrics = recipe.main(argv)
-    return metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
+    return timer.tokens_per_second(batch * SEQ), metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
 
 
 @torch.no_grad()
@@ -176,16 +205,20 @@ def main() -> None:
 
     results = {}
     for hidden in SIZES:
-        stock_tps, stock_model = train_stock(hidden, stock_train, tokenizer, steps, args.batch_size, args.lr,
-                                             os.path.join(work, f"stock{hidden}"))
-        hfssl_tps, hfssl_model = train_hfssl(hidden, tok_dir, steps, args.batch_size, args.lr,
-                                             os.path.join(work, f"hfssl{hidden}"), corpus_docs)
+        stock_tps, stock_e2e, stock_model = train_stock(hidden, stock_train, tokenizer, steps, args.batch_size, args.lr,
+                                                        os.path.join(work, f"stock{hidden}"))
+        hfssl_tps, hfssl_e2e, hfssl_model = train_hfssl(hidden, tok_dir, steps, args.batch_size, args.lr,
+                                                        os.path.join(work, f"hfssl{hidden}"), corpus_docs)
         stock_loss = eval_mlm_loss(stock_model, eval_blocks, tokenizer)
         hfssl_loss = eval_mlm_loss(hfssl_model, eval_blocks, tokenizer)
         mfu = hfssl_tps * flops_per_token(hidden, len(tokenizer)) / peak
         results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
+                               stock_end_to_end_tokens_per_s=stock_e2e, hfssl_end_to_end_tokens_per_s=hfssl_e2e,
+                               end_to_end_speedup=hfssl_e2e / stock_e2e,
                                stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu)
-        print(f"hidden {hidden}: stock {stock_tps:,.0f} tok/s, hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; "
+        print(f"hidden {hidden}: steady state (steps {WARMUP_STEPS + 1}-{steps}) stock {stock_tps:,.0f} tok/s, "
+              f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
+              f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
               f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
               f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}")
     if args.json:

@@ -18,7 +18,7 @@ from hfssl.cards import output_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
 from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
-from hfssl.models import build_masked_image_model, masked_image_config, vit_encoder
+from hfssl.models import build_masked_image_model, masked_image_config, use_fast_attention, vit_encoder
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, held_out = (decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
     set_seed(run_args.seed)  # model initialisation, augmentation and masks all follow --seed
     model = build_masked_image_model(config, model_args.model_name_or_path, model_args.cache_dir)
+    use_fast_attention(model, run_args.device)  # SDPA on GPUs; matmul attention on CPU, where SDPA's backward is slow
 
     mean, std = processor.image_mean, processor.image_std
     collator = ImageBatchCollator(mean, std, mask_inputs(config, masking), data_args.crop_min_scale, data_args.horizontal_flip)

