@@ -27,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import yaml
@@ -188,14 +190,16 @@ def _check_stage(path: str, stage: Stage, folder: str) -> str | None:
 
 def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     """Run every stage in order; return each stage's final metrics by stage name."""
-    from accelerate import PartialState
+    import torch.distributed as dist
 
     from hfssl.cli import load_recipe
     from hfssl.training import setup_logging
 
-    state = PartialState()
-    setup_logging(state)  # as each recipe does (it reads only process_index), so stage 1's log line shows too
-    if state.is_main_process:
+    # Under `accelerate launch` the process group starts with stage 1's Trainer (starting accelerate's state
+    # here, before the Trainer sets it up for CPU or GPU, would leave every process thinking it is alone).
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(SimpleNamespace(process_index=rank))  # as each recipe does, so stage 1's log line shows too
+    if rank == 0:
         out = Path(pipeline.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         resolved = [{"name": s.name, "recipe": s.recipe, **({"from": s.parent} if s.parent else {}), "options": s.options}
@@ -211,7 +215,8 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
             results[stage.name] = result if isinstance(result, dict) else {
                 k: v for k, v in {**result.train_metrics, **result.eval_results, **result.seed_results}.items()
                 if not isinstance(v, (dict, list))}
-            state.wait_for_everyone()  # the next stage reads this output, which the main process finishes writing
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # the next stage reads this output, which the main process finishes writing
     return results
 
 
