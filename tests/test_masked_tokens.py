@@ -106,6 +106,17 @@ def test_masked_lm_metrics_are_token_weighted():
     assert m["masked_accuracy"] == pytest.approx(2 / 3)
 
 
+def test_masked_lm_metrics_ignore_gather_padding():
+    """Batches / processes with different numbers of masked tokens arrive as (B, N_max, 2), padded with -100."""
+    preds = np.full((2, 3, 2), -100, dtype=np.float32)
+    labels = np.full((2, 3), -100)
+    preds[0, :2], labels[0, :2] = [[1, 0.5], [2, 1.5]], [1, 5]
+    preds[1, :1], labels[1, :1] = [[3, 1.0]], [3]
+    m = masked_lm_metrics(EvalPrediction(predictions=preds, label_ids=labels))
+    assert m["mlm_loss"] == pytest.approx(1.0)
+    assert m["masked_accuracy"] == pytest.approx(2 / 3)
+
+
 def test_pretraining_dropout_changes_layers_not_the_saved_config(tmp_path):
     from hfssl.models import set_dropout
 

@@ -221,7 +221,9 @@ class MaskedLMTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         preds = torch.stack([logits.argmax(-1).float(), nll], dim=-1)  # (N, 2)
-        return loss, preds, targets
+        # One row per batch, (1, N, 2) and (1, N): processes hold different N, and the Trainer pads
+        # along dim 1 with -100 before gathering them (along dim 0 the shapes would not match).
+        return loss, preds[None], targets[None]
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start, rng = time.perf_counter(), self._masking_rng()
@@ -236,8 +238,9 @@ class MaskedLMTrainer(Trainer):
 
 def masked_lm_metrics(pred: EvalPrediction) -> dict[str, float]:
     """Token-weighted MLM loss, perplexity and masked-token accuracy over the whole eval set."""
-    preds, targets = np.asarray(pred.predictions), np.asarray(pred.label_ids)
-    keep = targets != -100  # padding added when gathering across processes
+    preds = np.asarray(pred.predictions).reshape(-1, 2)
+    targets = np.asarray(pred.label_ids).reshape(-1)
+    keep = targets != -100  # padding added when batches and processes are gathered
     preds, targets = preds[keep], targets[keep]
     if len(targets) == 0:
         return {}
