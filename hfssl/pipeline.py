@@ -130,7 +130,7 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
         source = next((stage for stage in earlier if stage.name == parent), None)
         if source is None:
             known = ", ".join(s.name for s in earlier) or "none"
-            problem = "a later stage" if parent in names else "no stage"
+            problem = "the stage itself" if parent == name else "a later stage" if parent in names else "no stage"
             raise ValueError(f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it "
                              f"(here: {known}).")
         if "model_name_or_path" in options:

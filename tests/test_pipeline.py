@@ -26,8 +26,9 @@ def _write(path, stages, **top) -> str:
 
 def test_two_stage_pipeline_hands_the_encoder_on_and_records_the_lineage(tmp_path, capsys):
     out = tmp_path / "run"
+    (tmp_path / "tiny_mlm.yaml").write_text(yaml.safe_dump({**TINY_PRETRAIN, "max_steps": 100}))  # a recipe preset...
     config = _write(tmp_path / "p.yaml", [
-        {"name": "pretrain", "recipe": "mlm", "options": TINY_PRETRAIN},
+        {"name": "pretrain", "recipe": "mlm", "config": "tiny_mlm.yaml", "options": {"max_steps": 4}},  # ...and an override
         {"name": "probe", "recipe": "finetune_text", "from": "pretrain",
          "options": {**TINY_TRANSFER, "strategy": "linear_probe", "learning_rate": 1e-2}},
     ], output_dir=str(out))
@@ -44,6 +45,7 @@ def test_two_stage_pipeline_hands_the_encoder_on_and_records_the_lineage(tmp_pat
     assert "**masked-lm**" in lineage and str(out / "pretrain") in lineage  # the card shows both stages
     resolved = yaml.safe_load((out / "pipeline.yaml").read_text())["stages"]
     assert resolved[1]["options"]["model_name_or_path"] == str(out / "pretrain")
+    assert resolved[0]["options"]["max_steps"] == 4 and resolved[0]["options"]["vocab_size"] == TINY_PRETRAIN["vocab_size"]
 
 
 MLM = {"name": "a", "recipe": "mlm"}
@@ -56,6 +58,8 @@ PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
     ([{**MLM, "form": "x"}], {}, r"stage 'a': unknown key\(s\) form; a stage has name, recipe, from, config, options"),
     ([{**PROBE, "from": "c"}, {**MLM, "name": "c"}], {}, r"stage 'b': `from: c` names a later stage"),
     ([MLM, {**PROBE, "from": "z"}], {}, r"stage 'b': `from: z` names no stage; .*\(here: a\)"),
+    ([MLM, {**PROBE, "from": "b"}], {}, r"stage 'b': `from: b` names the stage itself"),
+    ([{**MLM, "config": "nope.yaml"}], {}, r"stage 'a': `config` nope.yaml does not exist"),
     ([{**MLM, "recipe": "mim"}, PROBE], {}, r"stage 'b': `from: a` is an output of mim \(modality: image\), but finetune_text works on text"),
     ([MLM, {**PROBE, "options": {"strategy": "lora"}}, {**PROBE, "name": "c", "from": "b"}], {}, r"stage 'c': `from: b` writes a LoRA adapter"),
     ([MLM, {**PROBE, "options": {"model_name_or_path": "x"}}], {}, r"stage 'b': give either `from: a` or the option model_name_or_path"),
