@@ -222,6 +222,8 @@ def save_output(
     out = Path(trainer.args.output_dir)
     staging = out / STAGING_DIR
     trainer.save_model(str(staging))  # every process takes part (sharded state dicts)
+    # No process may still be writing into the staging folder when the main one moves it into place.
+    trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
         return
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the options live in hfssl.json
