@@ -204,6 +204,10 @@ def _render(template: str, data: ModelCardData, out: _Output, **fields: Any) -> 
         steps=f"{steps:,}" if steps is not None else str(training.get("max_steps")),
         learning_rate=training.get("learning_rate"), batch_size=training.get("per_device_train_batch_size"),
     )
+    if any(group.get("trust_remote_code") for group in out.record["options"].values() if isinstance(group, dict)):
+        fields["limitations"] = (fields.get("limitations", "") + " Trained with `trust_remote_code=True`: the base "
+                                 "model's own modeling code from its repository ran during training, and loading this "
+                                 "model needs `trust_remote_code=True` as well; review that code before you do.").strip()
     return ModelCard.from_template(data, template_path=str(TEMPLATES / f"{template}.md"), **common, **fields)
 
 

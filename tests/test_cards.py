@@ -149,3 +149,14 @@ def test_docs_examples_are_complete_cards(kind):
     for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
         assert (folder / image).stat().st_size > 0, image  # the plots are shown next to the example
     assert f"[{kind}]({kind}/README.md)" in (EXAMPLES / "README.md").read_text()
+
+
+def test_card_says_when_trust_remote_code_was_on(tmp_path):
+    """The card warns that custom modeling code ran (and is needed) exactly when the run allowed it."""
+    example = ROOT / "docs" / "examples" / "mae"
+    folder = tmp_path / "mae"
+    shutil.copytree(example, folder)
+    record = json.loads((folder / "hfssl.json").read_text())
+    assert "trust_remote_code=True" not in str(output_card(record, folder))
+    record["options"]["model"]["trust_remote_code"] = True
+    assert "Trained with `trust_remote_code=True`" in str(output_card(record, folder))
