@@ -28,7 +28,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,32 +35,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import Trainer, TrainerCallback, TrainingArguments, ViTMAEConfig, ViTMAEForPreTraining, set_seed  # noqa: E402
+from transformers import Trainer, TrainingArguments, ViTMAEConfig, ViTMAEForPreTraining, set_seed  # noqa: E402
 
 from hfssl.models import VISION_PRESETS  # noqa: E402
 from hfssl.training import bf16_supported, hardware_name  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")  # Debian package dataset-fashion-mnist
 SIZE, PATCH = 28, 4
 MEAN, STD = 0.5, 0.5  # ViTImageProcessor's defaults, used by both paths
-WARMUP_STEPS = 3
-
-
-class StepTimer(TrainerCallback):
-    """Wall-clock time of every optimizer step; the same instrument for both paths."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-        self.ends.append(time.perf_counter())
-
-    def rate(self, per_step: int) -> float:
-        timed = self.ends[WARMUP_STEPS - 1 :]
-        return (len(timed) - 1) * per_step / (timed[-1] - timed[0])
-
-
 def write_images(folder: Path, count: int) -> None:
     """The first `count` Fashion-MNIST training images as PNG files (what a user's image folder holds)."""
     if not FASHION.exists():

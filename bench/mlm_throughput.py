@@ -41,7 +41,6 @@ from transformers import (  # noqa: E402
     BertConfig,
     DataCollatorForLanguageModeling,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -49,6 +48,7 @@ from transformers import (  # noqa: E402
 from hfssl.args import TextDataArguments  # noqa: E402
 from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
 from hfssl.training import bf16_supported, hardware_name  # noqa: E402
+from step_timer import WARMUP_STEPS, StepTimer  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 128
@@ -80,23 +80,6 @@ def stock_blocks(raw, tokenizer):
     return tokenized.map(group_texts, batched=True)
 
 
-WARMUP_STEPS = 3  # excluded from the steady-state rate: one-time kernel selection, allocator growth
-
-
-class StepTimer(TrainerCallback):
-    """Wall-clock time of every optimizer step; the same instrument for both paths."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-        self.ends.append(time.perf_counter())
-
-    def tokens_per_second(self, tokens_per_step: int) -> float:
-        timed = self.ends[WARMUP_STEPS - 1 :]
-        return (len(timed) - 1) * tokens_per_step / (timed[-1] - timed[0])
-
-
 def model_for(hidden: int, vocab: int) -> torch.nn.Module:
     set_seed(0)
     config = BertConfig(vocab_size=vocab, num_hidden_layers=4, max_position_embeddings=512, **SIZES[hidden])
@@ -115,7 +98,7 @@ def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer,
                       callbacks=[timer])
     runtime = trainer.train().metrics["train_runtime"]
-    return timer.tokens_per_second(batch * SEQ), steps * batch * SEQ / runtime, trainer.model
+    return timer.rate(batch * SEQ), steps * batch * SEQ / runtime, trainer.model
 
 
 def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, float, torch.nn.Module]:
@@ -140,7 +123,7 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[fl
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
     metrics = recipe.main(argv)
-    return timer.tokens_per_second(batch * SEQ), metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
+    return timer.rate(batch * SEQ), metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
 
 
 @torch.no_grad()

@@ -1,0 +1,24 @@
+"""The one instrument both sides of a throughput benchmark are timed with."""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+WARMUP_STEPS = 3  # excluded from the steady-state rate: one-time kernel selection, allocator growth
+
+
+class StepTimer(TrainerCallback):
+    """Wall-clock time at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        self.ends.append(time.perf_counter())
+
+    def rate(self, per_step: int) -> float:
+        """Items (tokens, images) per second over the steps after WARMUP_STEPS."""
+        timed = self.ends[WARMUP_STEPS - 1 :]
+        return (len(timed) - 1) * per_step / (timed[-1] - timed[0])
