@@ -31,6 +31,8 @@ __all__ = [
     "PipelineArguments",
     "ProbeArguments",
     "RunArguments",
+    "SentenceDenoisingArguments",
+    "SentenceEncoderArguments",
     "TextClassificationDataArguments",
     "TextClassifierArguments",
     "TextDataArguments",
@@ -234,6 +236,39 @@ class TextModelArguments:
                 "--train_tokenizer cannot be used with --model_name_or_path: a pretrained model's embeddings "
                 "belong to its own tokenizer. Drop one of the two."
             )
+
+
+@dataclass
+class SentenceEncoderArguments:
+    """The pretrained sentence encoder to adapt (TSDAE continues training a model; it does not build one)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A Hub id or local path of a BERT-like encoder to adapt, e.g. sentence-transformers/all-MiniLM-L6-v2 "
+                          "(required). Its sentence-transformers pooling is used when it has one, else mean pooling."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modeling code from the Hub (recorded in the model card)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path:
+            raise ValueError("--model_name_or_path is required: TSDAE adapts an existing encoder to your text, e.g. "
+                             "--model_name_or_path sentence-transformers/all-MiniLM-L6-v2. To pretrain an encoder from "
+                             "scratch, use recipes/mlm.py.")
+
+
+@dataclass
+class SentenceDenoisingArguments:
+    """How sentences are damaged for the TSDAE pretext (Wang et al. 2021)."""
+
+    deletion_ratio: float = field(
+        default=0.6, metadata={"help": "Fraction of words deleted from each sentence the encoder sees (0.6 in the TSDAE paper)."}
+    )
+
+    def __post_init__(self) -> None:
+        _check_fraction("deletion_ratio", self.deletion_ratio)
 
 
 @dataclass

@@ -36,6 +36,7 @@ EVAL_METRICS: dict[str, tuple[tuple[str, str, str], ...]] = {
             ("eval_masked_accuracy", "accuracy", "masked-token accuracy")),
     "mim": (("eval_loss", "loss", "reconstruction loss"), ("eval_knn_accuracy", "accuracy", "kNN accuracy"),
             ("eval_linear_probe_accuracy", "accuracy", "linear-probe accuracy")),
+    "tsdae": (("eval_loss", "loss", "reconstruction loss"),),
     "finetune": (("eval_accuracy", "accuracy", "accuracy"), ("eval_f1_macro", "f1", "macro F1"),
                  ("eval_precision_macro", "precision", "macro precision"), ("eval_recall_macro", "recall", "macro recall"),
                  ("eval_loss", "loss", "cross-entropy loss")),
@@ -171,7 +172,7 @@ def _eval_results(out: _Output, task_type: str, task_name: str) -> list[EvalResu
 def _card_data(out: _Output, pipeline_tag: str, tags: list[str], library: str, results: list[EvalResult]) -> ModelCardData:
     record = out.record
     training = record["options"]["training"]
-    text = record["recipe"] in ("mlm", "finetune_text")
+    text = record["recipe"] in ("mlm", "tsdae", "finetune_text")
     return ModelCardData(
         license=training.get("card_license", DEFAULT_LICENSE),
         language=training.get("card_language", "en") if text else None,
@@ -321,6 +322,46 @@ def _masked_image_card(out: _Output) -> ModelCard:
     )
 
 
+def _sentence_denoising_card(out: _Output) -> ModelCard:
+    record = out.record
+    lineage, metrics, opts = record["lineage"], record["metrics"], record["options"]
+    facts = [
+        ("pretext", f"TSDAE: {opts['denoising']['deletion_ratio']:.0%} of the words of each sentence deleted; a decoder tied "
+                    "to the encoder rebuilds the sentence from the pooled sentence vector alone"),
+        ("training data", _data_ref(lineage["data"])),
+        ("starting point", _model_ref(lineage)),
+        ("model", f"{_parameters(out.folder)} parameters"),
+        ("sentences seen", _fmt(metrics.get("train_sentences", 0))),
+        ("sequence length", record["max_seq_length"]),
+        ("training speed", f"{metrics['train_sentences_per_second']:,.1f} sentences/s" if "train_sentences_per_second" in metrics else "?"),
+    ]
+    return _render(
+        "pretrained",
+        _card_data(out, "feature-extraction", ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"], "transformers",
+                   _eval_results(out, "feature-extraction", "Sentence reconstruction from the pooled embedding")),
+        out,
+        title="Domain-adapted sentence encoder (TSDAE)",
+        summary="A sentence encoder adapted to new text by sequential denoising (TSDAE, Wang et al. 2021): it learned "
+        "to pack each sentence, seen with most words deleted, into one vector from which the sentence can be rebuilt. "
+        "Fine-tune it on a labeled task, or use its mean-pooled token states as sentence embeddings.",
+        pretext="tsdae",
+        usage=(f"import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+               f'tokenizer = AutoTokenizer.from_pretrained("{out.ref}")\n'
+               f'encoder = AutoModel.from_pretrained("{out.ref}")\n'
+               f'batch = tokenizer(["{_SAMPLE_TEXT["finetune_text"]}"], return_tensors="pt")\n'
+               "with torch.no_grad():\n    states = encoder(**batch).last_hidden_state\n"
+               'mask = batch["attention_mask"][..., None]\n'
+               "embedding = (states * mask).sum(1) / mask.sum(1)  # mean pooling\nprint(embedding.shape)  # (1, hidden_size)"),
+        next_step=f"hfssl finetune_text --model_name_or_path {out.ref}",
+        facts=facts,
+        metrics=[(label, _fmt(metrics[k])) for k, _, label in EVAL_METRICS["tsdae"] if k in metrics],
+        plots=[("loss curve", "loss_curve.png")],
+        limitations="Adapted briefly to one corpus: it suits text like its training data. The reconstruction loss is "
+        "on held-out sentences of the same source with fixed deletions; it tracks the pretext, not downstream accuracy. "
+        "The weights are a plain transformers encoder: the decoder used for training is not saved.",
+    )
+
+
 def _config(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -444,6 +485,8 @@ def output_card(record: dict[str, Any], folder: str | Path, repo_id: str | None 
         return _masked_lm_card(out)
     if out.kind == "mim":
         return _masked_image_card(out)
+    if out.kind == "tsdae":
+        return _sentence_denoising_card(out)
     if out.kind == "finetune":
         return _classifier_card(out)
     raise ValueError(f"{folder}: hfssl.json names recipe {record['recipe']!r}, which has no model card.")
