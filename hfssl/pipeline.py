@@ -6,7 +6,7 @@ earlier stage's output (recipes/configs/pipeline_*.yaml are examples):
     output_dir: outputs/my-pipeline      # optional; stage outputs go to <output_dir>/<stage name>
     stages:
       - name: pretrain
-        recipe: mlm                      # mlm | mim | finetune_text | finetune_image
+        recipe: mlm                      # mlm | tsdae | mim | finetune_text | finetune_image
         config: mlm_from_scratch.yaml    # optional: a recipe preset (relative to this file); then
         options: {max_steps: 300}        # these options on top: any option of the recipe
       - name: probe
@@ -44,9 +44,9 @@ __all__ = ["RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "sum
 
 logger = logging.getLogger(__name__)
 
-RECIPES = {"mlm": "text", "finetune_text": "text", "mim": "image", "finetune_image": "image"}  # recipe -> modality
+RECIPES = {"mlm": "text", "tsdae": "text", "finetune_text": "text", "mim": "image", "finetune_image": "image"}  # recipe -> modality
 _STAGE_KEYS = ("name", "recipe", "from", "config", "options")
-_HEADLINE = {"mlm": ("eval_mlm_loss", "eval MLM loss"), "mim": ("eval_knn_accuracy", "kNN accuracy"),
+_HEADLINE = {"mlm": ("eval_mlm_loss", "eval MLM loss"), "tsdae": ("eval_loss", "reconstruction loss"), "mim": ("eval_knn_accuracy", "kNN accuracy"),
              "finetune_text": ("eval_accuracy", "accuracy"), "finetune_image": ("eval_accuracy", "accuracy")}
 
 

@@ -53,7 +53,7 @@ PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
 
 
 @pytest.mark.parametrize("stages, top, message", [
-    ([{**MLM, "recipe": "mlmm"}], {}, r"stage 'a': `recipe` must be one of mlm, finetune_text, mim, finetune_image, got 'mlmm'"),
+    ([{**MLM, "recipe": "mlmm"}], {}, r"stage 'a': `recipe` must be one of mlm, tsdae, finetune_text, mim, finetune_image, got 'mlmm'"),
     ([{**MLM, "options": {"max_stpes": 3}}], {}, r"stage 'a' \(mlm\): unknown option 'max_stpes' \(did you mean max_steps\?\)"),
     ([{**MLM, "form": "x"}], {}, r"stage 'a': unknown key\(s\) form; a stage has name, recipe, from, config, options"),
     ([{**PROBE, "from": "c"}, {**MLM, "name": "c"}], {}, r"stage 'b': `from: c` names a later stage"),

@@ -132,3 +132,20 @@ def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, tiny_encod
     with pytest.raises(ValueError, match=message):
         tsdae.main(TINY + flags + ["--output_dir", str(out), "--max_steps", "2"])
     assert not out.exists()
+
+
+def test_pipeline_adapts_then_fine_tunes(tmp_path, tiny_encoder, capsys):
+    import yaml
+
+    pipeline = load_recipe("pipeline")
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [
+        {"name": "adapt", "recipe": "tsdae", "options": {"model_name_or_path": tiny_encoder, "max_steps": 4,
+                                                          "max_corpus_documents": 300, "max_eval_samples": 16}},
+        {"name": "classify", "recipe": "finetune_text", "from": "adapt", "options": {"max_steps": 4}},
+    ]}))
+    results = pipeline.main([str(config)])
+    assert "adapt: tsdae, reconstruction loss" in capsys.readouterr().out
+    assert 0 <= results["classify"]["eval_accuracy"] <= 1
+    child = json.loads((tmp_path / "run" / "classify" / "hfssl.json").read_text())
+    assert child["lineage"]["parent"]["pretext"] == "tsdae"
