@@ -1,6 +1,6 @@
 """The `hfssl` console script: run a recipe, print its options, or re-render a card.
 
-    hfssl mlm [config.yaml] [--key value ...]      same as: accelerate launch recipes/mlm.py ...
+    hfssl mlm [config.yaml] [--key value ...]      same as: accelerate launch recipes/mlm.py ... (likewise tsdae, mim, finetune_text, ...)
     hfssl run pipeline.yaml [--output_dir DIR]     run the stages of a pipeline file (same as: hfssl pipeline ...)
     hfssl options mlm                              the recipe's options as a Markdown table
     hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
