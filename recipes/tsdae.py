@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        data_collator=collator, processing_class=tokenizer, callbacks=[history])
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate()}
     sentences = trainer.state.global_step * run_args.per_device_train_batch_size * run_args.world_size
     metrics.update(train_sentences=sentences, train_sentences_per_second=sentences / max(train_seconds, 1e-9),

