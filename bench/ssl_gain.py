@@ -181,11 +181,16 @@ def prepare_images(quick: bool) -> dict[str, Path]:
 
 def pretrain(kind: str, options: dict, out: Path) -> dict:
     """Run a pretraining recipe once (reused when its output exists); returns its metrics and wall time."""
-    record = out / "hfssl.json"
+    record, used = out / "hfssl.json", out / "bench_options.json"
+    wanted = json.dumps({k: str(v) for k, v in options.items()}, sort_keys=True)
+    if record.exists() and (not used.exists() or used.read_text() != wanted):
+        print(f"{out}: made with other options than this script now sets; pretraining again")
+        shutil.rmtree(out)
     if not record.exists():
         start = time.perf_counter()
         recipe(kind).main(argv_of({**options, "output_dir": out, "overwrite_output_dir": "true"}))
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}")
+        used.write_text(wanted)
     metrics = json.loads(record.read_text())["metrics"]
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "wall_seconds": float((out / "wall_seconds.txt").read_text())}
@@ -277,7 +282,9 @@ def selected(arm: str, only: str | None) -> bool:
 def finetune_selected(kind: str, section: dict, previous: dict, runs: dict, arms: list[str], only: str | None,
                       seeds: list[int], out: Path, jobs: int) -> None:
     """Run the arms that --arms selects; keep the earlier results of the others (same seeds), in table order."""
-    fits = finetune_all(kind, {key: options for key, options in runs.items() if selected(key[0], only)}, seeds, out, jobs)
+    # an arm that is not selected but has no earlier result runs too, so the table never loses a row
+    chosen = {key: options for key, options in runs.items() if selected(key[0], only) or str(key[1]) not in previous.get(key[0], {})}
+    fits = finetune_all(kind, chosen, seeds, out, jobs)
     for arm in arms:
         for per_class in sorted({pc for _, pc in runs}):
             if (arm, per_class) in fits:
@@ -324,7 +331,7 @@ def text_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: st
     finetune_selected("finetune_text", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / "ft", jobs)
     baseline = "TF-IDF + logistic regression"
     for per_class in (10, 100):
-        if selected(baseline, only) or baseline not in (previous or {}).get("arms", {}):
+        if selected(baseline, only) or str(per_class) not in (previous or {}).get("arms", {}).get(baseline, {}):
             record(section, baseline, per_class, classic_text(files, per_class, seeds), None)
         else:
             section["arms"].setdefault(baseline, {})[str(per_class)] = previous["arms"][baseline][str(per_class)]
@@ -352,7 +359,7 @@ def image_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: s
     finetune_selected("finetune_image", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / "ft", jobs)
     baseline = "pixels + logistic regression"
     for per_class, percent in ((60, 1), (600, 10)):
-        if selected(baseline, only) or baseline not in (previous or {}).get("arms", {}):
+        if selected(baseline, only) or str(per_class) not in (previous or {}).get("arms", {}).get(baseline, {}):
             record(section, baseline, per_class, classic_pixels(per_class, seeds, quick), None)
         else:
             section["arms"].setdefault(baseline, {})[str(per_class)] = previous["arms"][baseline][str(per_class)]
@@ -450,6 +457,11 @@ def main() -> None:
             sys.exit(f"--arms keeps earlier results, which are for seeds {previous.get('seeds')}: pass --seeds to match.")
         results[task] = {"budgets": {}, "arms": {}, "seeds": seeds}
         (text_bench if task == "text" else image_bench)(seeds, args.quick, results, args.jobs, args.arms, previous)
+        if args.arms and not any(selected(arm, args.arms) for arm in results[task]["arms"]):
+            print(f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(results[task]['arms'])}): "
+                  f"{task} results left as they were. It is a regular expression: escape + and parentheses.")
+            results[task] = previous
+            continue
         if not args.quick:  # a --quick smoke test never overwrites the committed results
             save(results, task)
     if not args.quick:

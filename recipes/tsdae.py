@@ -20,7 +20,9 @@ from hfssl.cards import output_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column
 from hfssl.hub import publish
 from hfssl.models import check_model_path, load_config, usable_positions
-from hfssl.pretext.sentence_denoising import DenoisingCollator, SentenceDenoiser, SentenceDenoisingTrainer
+from hfssl.pretext.sentence_denoising import (
+    DenoisingCollator, SentenceDenoiser, SentenceDenoisingTrainer, check_decoder_support, drop_blank_rows,
+)
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
 OPTION_TYPES = (TextDataArguments, SentenceEncoderArguments, SentenceDenoisingArguments, RunArguments)
@@ -41,11 +43,16 @@ def main(argv: list[str] | None = None) -> dict:
     # Everything that can be wrong with the options or the data fails here, before the model is built.
     check_model_path(model_args.model_name_or_path)
     config = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+    check_decoder_support(config)
+    if run_args.remove_unused_columns or run_args.dataloader_persistent_workers:
+        raise ValueError("--remove_unused_columns and --dataloader_persistent_workers must stay false for tsdae: the "
+                         "collator reads the raw text column, and draws new deletions each epoch in the main process.")
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
                                               cache_dir=model_args.cache_dir)
     max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
     raw = load_text_datasets(data_args, seed=run_args.seed)
     text_column = resolve_text_column(raw["train"], data_args.text_column)
+    raw = drop_blank_rows(raw, text_column)
 
     set_seed(run_args.seed)
     model = SentenceDenoiser(model_args.model_name_or_path, max_seq_length, model_args.trust_remote_code, model_args.cache_dir)
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate()}
-    sentences = trainer.state.global_step * run_args.per_device_train_batch_size * run_args.world_size
+    sentences = (trainer.state.global_step * run_args.per_device_train_batch_size * run_args.gradient_accumulation_steps
+                 * run_args.world_size)
     metrics.update(train_sentences=sentences, train_sentences_per_second=sentences / max(train_seconds, 1e-9),
                    train_steps=trainer.state.global_step)
 

@@ -63,6 +63,12 @@ def test_collator_pairs_damaged_input_with_the_original(tiny_encoder):
     assert (sources <= targets).all() and sources[0] < targets[0]  # words were deleted from the long sentence
     again = DenoisingCollator(tokenizer, "text", deletion_ratio=0.6, max_length=32, seed=0)(rows)
     assert torch.equal(batch["input_ids"], again["input_ids"])  # the noise follows the seed
+    # a text longer than max_length: the encoder only sees words that the decoder is asked to rebuild
+    long = {"text": " ".join(f"word{i}" for i in range(200))}
+    cut = DenoisingCollator(tokenizer, "text", deletion_ratio=0.6, max_length=32, seed=0)([long])
+    source = set(tokenizer.decode(cut["input_ids"][0], skip_special_tokens=True).replace(" ", "").split("word"))
+    target = set(tokenizer.decode(cut["target_input_ids"][0], skip_special_tokens=True).replace(" ", "").split("word"))
+    assert source <= target and len(source) < len(target)
 
 
 def test_loss_falls_and_encoder_is_saved_without_the_decoder(adapted, tiny_encoder):
@@ -122,11 +128,18 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_encoder)
         (["--model_name_or_path", "{tmp}/adapter"], "is a LoRA adapter"),
         (["--model_name_or_path", "{encoder}", "--train_file", "{tmp}/missing.txt"], "--train_file .* does not exist"),
         (["--model_name_or_path", "{encoder}", "--max_seq_length", "4096"], "--max_seq_length 4096 is beyond"),
+        (["--model_name_or_path", "{tmp}/distilbert"], "TSDAE ties a decoder to the encoder.*'distilbert'"),
+        (["--model_name_or_path", "{encoder}", "--train_file", "{tmp}/blank.jsonl"], "no non-blank text in column 'text'"),
+        (["--model_name_or_path", "{encoder}", "--remove_unused_columns", "true"], "--remove_unused_columns .* must stay false"),
     ],
 )
 def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, tiny_encoder, flags, message):
+    from transformers import DistilBertConfig, DistilBertModel
+
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "distilbert")
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "   "}\n{"text": null}\n' * 20)
     out = tmp_path / "out"
     flags = [f.format(tmp=tmp_path, encoder=tiny_encoder) for f in flags]
     with pytest.raises(ValueError, match=message):
@@ -149,3 +162,23 @@ def test_pipeline_adapts_then_fine_tunes(tmp_path, tiny_encoder, capsys):
     assert 0 <= results["classify"]["eval_accuracy"] <= 1
     child = json.loads((tmp_path / "run" / "classify" / "hfssl.json").read_text())
     assert child["lineage"]["parent"]["pretext"] == "tsdae"
+
+
+def test_saving_writes_the_given_state_dict_not_the_live_weights(tmp_path, tiny_encoder):
+    """Under FSDP / DeepSpeed the Trainer hands `_save` a gathered state dict: that one must be written."""
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from hfssl.pretext.sentence_denoising import SentenceDenoiser, SentenceDenoisingTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    model = SentenceDenoiser(tiny_encoder, max_seq_length=32)
+    trainer = SentenceDenoisingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none"),
+                                       data_collator=DenoisingCollator(tokenizer, "text"), processing_class=tokenizer)
+    gathered = {k: v.detach().clone() + 1.0 for k, v in model.state_dict().items()}
+    trainer._save(str(tmp_path / "out"), state_dict=gathered)
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    prefix = model.encoder_prefix
+    assert saved and all(torch.equal(saved[k], gathered[prefix + k]) for k in saved)
+    assert not (tmp_path / "out" / "denoiser.safetensors").exists()  # a final save keeps the encoder only
+    with pytest.raises(RuntimeError, match="No encoder weights"):
+        trainer._save(str(tmp_path / "bad"), state_dict={"unrelated.weight": torch.zeros(1)})

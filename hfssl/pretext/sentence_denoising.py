@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-__all__ = ["DenoisingCollator", "SentenceDenoiser", "SentenceDenoisingTrainer", "delete_words"]
+__all__ = ["DenoisingCollator", "SentenceDenoiser", "SentenceDenoisingTrainer", "check_decoder_support", "delete_words", "drop_blank_rows"]
 
 CHECKPOINT_WEIGHTS = "denoiser.safetensors"  # encoder + decoder + cross-attention, in checkpoints only
 
@@ -62,7 +62,7 @@ class DenoisingCollator:
     round: int = 1
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [str(row[self.text_column]) for row in rows]
+        texts = [self._truncate(str(row[self.text_column])) for row in rows]
         noisy = [delete_words(t, self.deletion_ratio, np.random.default_rng([self.seed, self.round, zlib.crc32(t.encode())]))
                  for t in texts]
         settings = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -71,6 +71,16 @@ class DenoisingCollator:
         batch.update(target_input_ids=target["input_ids"], target_attention_mask=target["attention_mask"])
         return batch
 
+    def _truncate(self, text: str) -> str:
+        """The part of `text` that fits in `max_length` tokens: words past it would be deleted from the encoder's
+        input or not, yet never be asked of the decoder (the target is truncated too)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return text
+        offsets = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                                 add_special_tokens=True)["offset_mapping"]
+        end = max((stop for _, stop in offsets), default=len(text))
+        return text if end >= len(text.rstrip()) else text[:end]
+
 
 class _NewNoiseEachEpoch(TrainerCallback):
     def __init__(self, collator: DenoisingCollator) -> None:
@@ -78,6 +88,26 @@ class _NewNoiseEachEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.collator.round = 1 + int(state.epoch or 0)
+
+
+def drop_blank_rows(raw: Any, text_column: str) -> Any:
+    """Drop rows whose text is missing or blank (they would teach the decoder to emit [SEP]); fail if none is left."""
+    raw = raw.filter(lambda row: row[text_column] is not None and bool(str(row[text_column]).strip()))
+    for split in raw:
+        if hasattr(raw[split], "__len__") and len(raw[split]) == 0:
+            raise ValueError(f"The {split} split has no non-blank text in column {text_column!r}: give text to adapt to.")
+    return raw
+
+
+def check_decoder_support(config: Any, option: str = "model_name_or_path") -> None:
+    """TSDAE builds its decoder from the encoder's own architecture: it needs a causal-LM class with cross-attention."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    encoders = ("bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert", "data2vec-text")
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or config.model_type not in encoders:
+        raise ValueError(f"--{option}: TSDAE ties a decoder to the encoder, which needs an encoder architecture with a "
+                         f"decoder form ({', '.join(encoders)}); this model is {config.model_type!r}. Use a BERT-like "
+                         "sentence encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or recipes/mlm.py for DAPT.")
 
 
 class SentenceDenoiser(nn.Module):
@@ -90,6 +120,12 @@ class SentenceDenoiser(nn.Module):
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
 
+        if not os.path.isdir(str(model_name_or_path)):
+            # one local copy for both: sentence-transformers builds the decoder from the encoder's path without
+            # --cache_dir, so a Hub id would be fetched a second time into the default cache
+            from huggingface_hub import snapshot_download
+
+            model_name_or_path = snapshot_download(str(model_name_or_path), cache_dir=cache_dir)
         sentence_model = SentenceTransformer(str(model_name_or_path), device="cpu", trust_remote_code=trust_remote_code,
                                              cache_folder=cache_dir)
         sentence_model.max_seq_length = max_seq_length
@@ -99,6 +135,11 @@ class SentenceDenoiser(nn.Module):
     def encoder(self) -> Any:
         """The transformers model inside the sentence encoder (its weights are shared with the decoder)."""
         return self.objective.encoder.transformers_model
+
+    @property
+    def encoder_prefix(self) -> str:
+        """The encoder's key prefix in this module's state dict (where it sits depends on the sentence-transformers version)."""
+        return next(name for name, module in self.named_modules() if module is self.encoder) + "."
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
                 target_attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
@@ -147,17 +188,26 @@ class SentenceDenoisingTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         denoiser = self.accelerator.unwrap_model(self.model)
         state_dict = denoiser.state_dict() if state_dict is None else state_dict
-        prefix = "objective.encoder.0.auto_model."
+        prefix = denoiser.encoder_prefix
         encoder_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        denoiser.encoder.save_pretrained(output_dir, state_dict=encoder_state or None)
+        if not encoder_state:  # a gathered (DDP/FSDP/DeepSpeed) state dict must never be swapped for the local one
+            raise RuntimeError(f"No encoder weights (keys starting with {prefix!r}) in the state dict to save.")
+        denoiser.encoder.save_pretrained(output_dir, state_dict=encoder_state)
         if self._checkpointing:  # tied tensors are stored once per name: safetensors refuses shared storage
             safetensors.torch.save_file({k: v.detach().clone().contiguous() for k, v in state_dict.items()},
                                         os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
+    def _load_best_model(self) -> None:
+        """--load_best_model_at_end: checkpoints' model.safetensors hold the encoder only; reload the whole model."""
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model or self.model
+        if self.is_fsdp_enabled:
+            raise ValueError("Resuming the tsdae recipe under FSDP is not supported (its checkpoints hold a full state "
+                             "dict): resume with DDP or DeepSpeed, or start the run again.")
+        model = self.accelerator.unwrap_model(model or self.model)
         path = os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS)
         if not os.path.isfile(path):
             raise ValueError(f"{resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}: it is not a checkpoint of the tsdae "
