@@ -285,8 +285,9 @@ def finetune_selected(kind: str, section: dict, previous: dict, runs: dict, arms
     # an arm that is not selected but has no earlier result runs too, so the table never loses a row
     chosen = {key: options for key, options in runs.items() if selected(key[0], only) or str(key[1]) not in previous.get(key[0], {})}
     fits = finetune_all(kind, chosen, seeds, out, jobs)
+    budgets = sorted({per_class for _, per_class in runs})
     for arm in arms:
-        for per_class in sorted({pc for _, pc in runs}):
+        for per_class in budgets:
             if (arm, per_class) in fits:
                 record(section, arm, per_class, *fits[arm, per_class])
             elif str(per_class) in previous.get(arm, {}):

@@ -62,24 +62,21 @@ class DenoisingCollator:
     round: int = 1
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [self._truncate(str(row[self.text_column])) for row in rows]
+        texts = [str(row[self.text_column]) for row in rows]
+        settings = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        # The target, tokenized once. Its offsets (fast tokenizers) give the part of each text that fits, so the
+        # encoder only sees words the decoder is asked to rebuild.
+        fast = getattr(self.tokenizer, "is_fast", False)
+        target = self.tokenizer(texts, return_offsets_mapping=fast, **settings)
+        if fast:
+            ends = target.pop("offset_mapping")[..., 1].amax(dim=1).tolist()
+            texts = [t[:end] if end < len(t.rstrip()) else t for t, end in zip(texts, ends)]
         noisy = [delete_words(t, self.deletion_ratio, np.random.default_rng([self.seed, self.round, zlib.crc32(t.encode())]))
                  for t in texts]
-        settings = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        source, target = self.tokenizer(noisy, **settings), self.tokenizer(texts, **settings)
+        source = self.tokenizer(noisy, **settings)
         batch = {key: source[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in source}
         batch.update(target_input_ids=target["input_ids"], target_attention_mask=target["attention_mask"])
         return batch
-
-    def _truncate(self, text: str) -> str:
-        """The part of `text` that fits in `max_length` tokens: words past it would be deleted from the encoder's
-        input or not, yet never be asked of the decoder (the target is truncated too)."""
-        if not getattr(self.tokenizer, "is_fast", False):
-            return text
-        offsets = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
-                                 add_special_tokens=True)["offset_mapping"]
-        end = max((stop for _, stop in offsets), default=len(text))
-        return text if end >= len(text.rstrip()) else text[:end]
 
 
 class _NewNoiseEachEpoch(TrainerCallback):
@@ -101,10 +98,8 @@ def drop_blank_rows(raw: Any, text_column: str) -> Any:
 
 def check_decoder_support(config: Any, option: str = "model_name_or_path") -> None:
     """TSDAE builds its decoder from the encoder's own architecture: it needs a causal-LM class with cross-attention."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    encoders = ("bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert", "data2vec-text")
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or config.model_type not in encoders:
+    encoders = ("bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert", "data2vec-text")  # each has a *ForCausalLM
+    if config.model_type not in encoders:
         raise ValueError(f"--{option}: TSDAE ties a decoder to the encoder, which needs an encoder architecture with a "
                          f"decoder form ({', '.join(encoders)}); this model is {config.model_type!r}. Use a BERT-like "
                          "sentence encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or recipes/mlm.py for DAPT.")
@@ -188,6 +183,8 @@ class SentenceDenoisingTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         denoiser = self.accelerator.unwrap_model(self.model)
         state_dict = denoiser.state_dict() if state_dict is None else state_dict
+        if not state_dict:  # DeepSpeed ZeRO-3 without gathered weights: it writes its own checkpoint next
+            return
         prefix = denoiser.encoder_prefix
         encoder_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not encoder_state:  # a gathered (DDP/FSDP/DeepSpeed) state dict must never be swapped for the local one
