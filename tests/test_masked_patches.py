@@ -7,7 +7,7 @@ import torch
 from transformers import ViTForImageClassification, ViTForMaskedImageModeling, ViTMAEForPreTraining
 
 from hfssl.args import PatchMaskingArguments, VisionModelArguments
-from hfssl.models import build_masked_image_model, masked_image_config, vit_encoder
+from hfssl.models import build_masked_image_model, masked_image_config, use_fast_attention, vit_encoder
 from hfssl.pretext.masked_patches import block_mask, mask_inputs, random_mask, reconstruct
 
 SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
@@ -69,6 +69,20 @@ def test_reconstruction_keeps_visible_pixels_and_predicts_masked_ones(method, ma
     visible = ~pixel_mask.expand_as(recon)
     assert torch.equal(recon[visible], batch["pixel_values"][visible])
     assert not torch.allclose(recon[~visible], batch["pixel_values"][~visible])
+
+
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_cpu_attention_switch_reaches_every_layer_and_keeps_the_loss(method):
+    """ViT-MAE's decoder keeps a private config copy; the switch must reach it, and the loss must not change."""
+    model, masking = tiny_model(method)
+    batch = {"pixel_values": torch.randn(4, 1, 16, 16), **mask_inputs(model.config, masking)(4, torch.Generator().manual_seed(0))}
+    model.eval()  # the masks (MAE: its shuffle noise) come from the seeded batch, the same for both passes
+    sdpa_loss = model(**batch).loss
+    assert use_fast_attention(model, "cpu") == "eager"
+    implementations = {m.config._attn_implementation for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    assert implementations == {"eager"}
+    torch.testing.assert_close(model(**batch).loss, sdpa_loss, rtol=1e-5, atol=1e-6)
+    assert use_fast_attention(model, "cuda") == "eager"  # the switch is CPU-only: a model already switched is left as it is
 
 
 def test_mae_from_scratch_has_sin_cos_positions():
