@@ -215,6 +215,12 @@ class TextModelArguments:
         metadata={"help": "Dropout probability of every dropout layer while pretraining; the saved config keeps the "
                   "model's own values for fine-tuning. 'none' keeps the model's. 0 as in Cramming (Geiping & Goldstein 2023)."},
     )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the MLM head's own weights (those outside the encoder; a decoder tied to "
+                  "the input embeddings follows --learning_rate). For continued pretraining of a checkpoint that has no "
+                  "MLM head (e.g. a sentence-transformers model), whose head starts random, e.g. 1e-3. Default: --learning_rate."},
+    )
 
     def __post_init__(self) -> None:
         from hfssl.models import TEXT_PRESETS
@@ -227,6 +233,8 @@ class TextModelArguments:
             raise ValueError(f"--tokenizer_type must be 'wordpiece' or 'bpe', got {self.tokenizer_type!r}.")
         if self.pretraining_dropout is not None and not 0 <= self.pretraining_dropout < 1:
             raise ValueError(f"--pretraining_dropout must be in [0, 1), got {self.pretraining_dropout}.")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}. Leave it unset to use --learning_rate.")
         if self.vocab_size < 64:
             raise ValueError(f"--vocab_size must be at least 64, got {self.vocab_size}.")
         if self.model_name_or_path and self.config_overrides:

@@ -17,7 +17,7 @@ from hfssl.cards import output_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.hub import publish
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
-from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, masked_lm_metrics
+from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, head_parameters, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_masked_lm(config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
     set_dropout(model, model_args.pretraining_dropout)
     use_fast_attention(model, run_args.device)  # SDPA on GPUs; matmul attention on CPU, where SDPA's backward is slow
+    if model_args.head_learning_rate is not None:
+        head_parameters(model)  # a model without a separate head fails here, before tokenizing
     with run_args.main_process_first(desc="tokenizing"):
         blocks = tokenize_and_pack(raw, tokenizer, text_column, max_seq_length, data_args.line_by_line,
                                    masking.whole_word_mask, data_args.preprocessing_num_workers, data_args.overwrite_cache)
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=model, args=run_args, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
         masker=build_masker(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
         compute_metrics=masked_lm_metrics, callbacks=[history], sparse=model_args.sparse_head,
+        head_learning_rate=model_args.head_learning_rate,
     )
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)

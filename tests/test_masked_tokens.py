@@ -16,7 +16,7 @@ from transformers import (
 
 from hfssl.args import MaskingArguments
 from hfssl.data.text import tokenize_and_pack
-from hfssl.pretext.masked_tokens import build_masker, masked_lm_metrics, mlm_head_module, sparse_head
+from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, head_parameters, masked_lm_metrics, mlm_head_module, sparse_head
 
 TEXT = ["Serialization of hierarchical configurations uncovers unexpectedly idiosyncratic incompatibilities."] * 8
 
@@ -127,3 +127,29 @@ def test_pretraining_dropout_changes_layers_not_the_saved_config(tmp_path):
     reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path)
     assert reloaded.config.hidden_dropout_prob == 0.1  # fine-tuning gets the architecture's dropout back
     assert any(m.p == 0.1 for m in reloaded.modules() if isinstance(m, torch.nn.Dropout))
+
+
+@pytest.mark.parametrize("config_cls", [BertConfig, DistilBertConfig, ModernBertConfig])
+def test_head_learning_rate_applies_to_the_head_only_and_follows_the_schedule(tmp_path, wordpiece, config_cls):
+    """--head_learning_rate: the head's own weights get their lr; the tied decoder stays with the encoder's."""
+    from hfssl.args import RunArguments
+
+    kw = dict(vocab_size=len(wordpiece), hidden_size=32, num_attention_heads=2, intermediate_size=64, pad_token_id=wordpiece.pad_token_id)
+    kw.update(dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64) if config_cls is DistilBertConfig else dict(num_hidden_layers=1))
+    model = AutoModelForMaskedLM.from_config(config_cls(**kw))
+    args = RunArguments(output_dir=str(tmp_path), learning_rate=1e-4, warmup_steps=2, max_steps=10, report_to="none", use_cpu=True)
+    trainer = MaskedLMTrainer(model=model, args=args, masker=build_masker(wordpiece, MaskingArguments()), head_learning_rate=1e-2)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    head = {id(p) for p in head_parameters(model)}
+    embeddings = model.get_input_embeddings().weight
+    assert id(embeddings) not in head and id(model.get_output_embeddings().weight) not in head  # tied: the encoder's
+    groups = trainer.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+    for g in groups:  # every group is all-head at the head lr, or all-encoder at the base lr
+        assert {id(p) in head for p in g["params"]} == {g["initial_lr"] == 1e-2}
+    assert {g["initial_lr"] for g in groups} == {1e-4, 1e-2}
+    for _ in range(5):  # warm-up then decay scale both lrs by the same factor
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        lrs = {g["initial_lr"]: g["lr"] for g in groups}
+        assert lrs[1e-2] == pytest.approx(100 * lrs[1e-4]) and lrs[1e-4] > 0

@@ -112,6 +112,7 @@ def test_continued_pretraining_from_packaged_minilm(tmp_path, minilm_path, caplo
         (["--train_file", "{tmp}/empty.txt"], "--train_file: .* empty"),
         (["--train_file", "{tmp}/data.csv", "--text_column", "content"], "--text_column 'content'"),
         (["--mlm_probability", "1.5"], "--mlm_probability must be in"),
+        (["--head_learning_rate", "0"], "--head_learning_rate must be positive"),
         (["--max_seq_length", "4096"], "--max_seq_length 4096 is beyond the model's 512 positions"),
         (["--tokenizer_name", "{tmp}/nomask"], "has no mask token"),
         (["--model_name_or_path", "{tmp}/no_such_model"], "does not exist"),

@@ -99,6 +99,18 @@ def mlm_head_module(model: PreTrainedModel) -> nn.Module | None:
     return getattr(model, name, None) if name else None
 
 
+def head_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
+    """The MLM head's own parameters: those outside the encoder (`model.base_model`); a tied decoder is the encoder's.
+
+    Raises ValueError when the model has no separate head (nothing outside its base model).
+    """
+    encoder = {id(p) for p in model.base_model.parameters()} if model.base_model is not model else set()
+    head = [p for p in model.parameters() if id(p) not in encoder]
+    if not encoder or not head:
+        raise ValueError(f"--head_learning_rate: {type(model).__name__} has no MLM head separate from its encoder; leave it unset.")
+    return head
+
+
 @contextlib.contextmanager
 def sparse_head(model: PreTrainedModel, selected: torch.Tensor) -> Iterator[bool]:
     """Within the block, the MLM head sees hidden[selected] (N, hidden) and returns (N, vocab) logits.
@@ -130,12 +142,33 @@ class MaskedLMTrainer(Trainer):
     uses the same fixed masks, so eval losses are comparable across steps and runs.
     """
 
-    def __init__(self, *args: Any, masker: DataCollatorForLanguageModeling, sparse: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, masker: DataCollatorForLanguageModeling, sparse: bool = True,
+                 head_learning_rate: float | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("data_collator", PadForMasking(masker.tokenizer))
         super().__init__(*args, **kwargs)
         self.masker = masker
         self.sparse = sparse
+        self.head_learning_rate = head_learning_rate
         self.eval_seconds = 0.0
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; with `head_learning_rate`, the head's own weights move to groups with that lr.
+
+        Built before the scheduler, so the warmup and decay scale every group's own peak lr. Written here
+        because the Trainer has one lr for all parameters.
+        """
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.head_learning_rate is not None:
+            head = {id(p) for p in head_parameters(self.model if model is None else model)}
+            for group in list(optimizer.param_groups):
+                moved = [p for p in group["params"] if id(p) in head]
+                if moved:
+                    group["params"] = [p for p in group["params"] if id(p) not in head]
+                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
+                                               "params": moved, "lr": self.head_learning_rate, "initial_lr": self.head_learning_rate})
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
