@@ -153,3 +153,17 @@ def test_head_learning_rate_applies_to_the_head_only_and_follows_the_schedule(tm
         trainer.lr_scheduler.step()
         lrs = {g["initial_lr"]: g["lr"] for g in groups}
         assert lrs[1e-2] == pytest.approx(100 * lrs[1e-4]) and lrs[1e-4] > 0
+
+
+def test_head_learning_rate_is_refused_when_deepspeed_builds_the_optimizer(tmp_path, wordpiece):
+    from types import SimpleNamespace
+
+    from hfssl.args import RunArguments
+
+    model = AutoModelForMaskedLM.from_config(BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=1,
+                                                        num_attention_heads=2, intermediate_size=64))
+    args = RunArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    args.hf_deepspeed_config = SimpleNamespace(config={"optimizer": {"type": "AdamW"}})  # what a DeepSpeed config sets
+    with pytest.raises(ValueError, match="--head_learning_rate cannot apply"):
+        MaskedLMTrainer(model=model, args=args, masker=build_masker(wordpiece, MaskingArguments()), head_learning_rate=1e-3)
+    MaskedLMTrainer(model=model, args=args, masker=build_masker(wordpiece, MaskingArguments()))  # without it: fine

@@ -150,6 +150,10 @@ class MaskedLMTrainer(Trainer):
         self.sparse = sparse
         self.head_learning_rate = head_learning_rate
         self.eval_seconds = 0.0
+        ds_config = getattr(getattr(self.args, "hf_deepspeed_config", None), "config", None) or {}
+        if head_learning_rate is not None and "optimizer" in ds_config:  # DeepSpeed then builds the optimizer, not create_optimizer
+            raise ValueError("--head_learning_rate cannot apply when the DeepSpeed config defines its own optimizer; "
+                             "remove the config's 'optimizer' section or leave --head_learning_rate unset.")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer; with `head_learning_rate`, the head's own weights move to groups with that lr.
