@@ -25,6 +25,7 @@ T = TypeVar("T")
 __all__ = [
     "ClassifierModelArguments",
     "ImageClassificationDataArguments",
+    "ImageClassifierArguments",
     "ImageDataArguments",
     "MaskingArguments",
     "PatchMaskingArguments",
@@ -687,6 +688,26 @@ class TextClassifierArguments:
         from hfssl.transfer.pooling import POOLINGS
 
         if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+
+
+@dataclass
+class ImageClassifierArguments:
+    """How a ViT image classifier summarises the patch states it classifies from (finetune_image.py only)."""
+
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
+                          "states, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
+                          "from scratch): the [CLS] token, as stock transformers. Saved as hfssl_pooling in config.json; plain from_pretrained / pipeline pool "
+                          "[CLS]: reload with hfssl.transfer.pooling.restore_pooling. Convolutional models (ResNet, "
+                          "ConvNeXt, ...) average their feature map themselves and take no --pooling."},
+    )
+
+    def __post_init__(self) -> None:
+        from hfssl.transfer.pooling import POOLINGS
+
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
 
 

@@ -378,7 +378,7 @@ def _architecture(config: dict[str, Any]) -> str | None:
 
 
 def _mean_pooled(config: dict[str, Any]) -> bool:
-    """A text classifier that hfssl trained to read the mean of the token states, which plain loading does not restore."""
+    """A classifier that hfssl trained to read the mean of the token (or patch) states, which plain loading does not restore."""
     return config.get("hfssl_pooling") == "mean" and "classifier_pooling" not in config
 
 
@@ -391,15 +391,17 @@ def _classifier_usage(out: _Output, task: str) -> str:
     lora = out.record["options"]["transfer"]["strategy"] == "lora"
     config = _config(out.folder / "base_model" if lora else out.folder)
     processor = "tokenizer" if text else "image_processor"
-    pooling = ("from hfssl.transfer.pooling import restore_pooling  # the head reads the mean of the token states, as trained\n"
-               if text and _mean_pooled(config) else "")
+    states = "token" if text else "patch"
+    pooling = (f"from hfssl.transfer.pooling import restore_pooling  # the head reads the mean of the {states} states, as trained\n"
+               if _mean_pooled(config) else "")
     if not lora and not pooling:
         return (f"{head}from transformers import pipeline\n\n{image}"
                 f'classify = pipeline("{task}", model="{out.ref}")\nprint(classify({example}))')
     if not lora:
-        return (f"from transformers import AutoModelForSequenceClassification, pipeline\n{pooling}\n"
-                f'model = restore_pooling(AutoModelForSequenceClassification.from_pretrained("{out.ref}"))\n'
-                f'classify = pipeline("{task}", model=model, tokenizer="{out.ref}")\nprint(classify({example}))')
+        auto = "AutoModelForSequenceClassification" if text else "AutoModelForImageClassification"
+        return (f"{head}from transformers import {auto}, pipeline\n{pooling}\n{image}"
+                f'model = restore_pooling({auto}.from_pretrained("{out.ref}"))\n'
+                f'classify = pipeline("{task}", model=model, {processor}="{out.ref}")\nprint(classify({example}))')
     # The concrete class: an Auto class given subfolder= still reads the repo's top-level adapter_config.json
     # (transformers 5.24) and loads from the base path named there, which exists only where the model was trained.
     model_class = _architecture(config) or ("AutoModelForSequenceClassification" if text else "AutoModelForImageClassification")
@@ -445,8 +447,9 @@ def _classifier_card(out: _Output) -> ModelCard:
     usage = _classifier_usage(out, task)
     names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
     notes = []
-    if task == "text-classification" and _mean_pooled(_config(out.folder / "base_model" if lora else out.folder)):
-        notes.append("The classifier reads the mean of the encoder's token states (`hfssl_pooling: mean` in its config), "
+    if _mean_pooled(_config(out.folder / "base_model" if lora else out.folder)):
+        states = "token" if task == "text-classification" else "patch"
+        notes.append(f"The classifier reads the mean of the encoder's {states} states (`hfssl_pooling: mean` in its config), "
                      "not the [CLS] token: a plain `from_pretrained` or `pipeline(model=...)` would pool [CLS] and predict "
                      "differently, so the code re-applies it with hfssl's `restore_pooling` (hfssl must be installed).")
     if lora:

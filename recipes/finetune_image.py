@@ -15,17 +15,17 @@ from __future__ import annotations
 import torch
 
 from hfssl.args import (
-    ClassifierModelArguments, ImageClassificationDataArguments, RunArguments, TransferArguments, default_output_dir, parse_args,
+    ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments, default_output_dir, parse_args,
 )
 from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
 from hfssl.training import bf16_supported, start_run
-from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
+from hfssl.transfer.models import image_classifier_config, image_pooling, load_classifier, load_image_processor
 from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
-OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, TransferArguments, RunArguments)
+OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments, RunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_image"),
     per_device_train_batch_size=64,
@@ -45,19 +45,21 @@ DEFAULTS = dict(
 
 
 def main(argv: list[str] | None = None) -> Fit:
-    data_args, model_args, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.
     splits = load_image_classification(data_args, seed=run_args.seed)
     config = image_classifier_config(model_args, splits.class_names)
+    pooling = image_pooling(config, classifier.pooling, model_args.from_scratch or not model_args.model_name_or_path)
     processor = load_image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     # Classifiers read RGB, as pipeline() feeds them (grayscale encoders are adapted when loaded).
     train, held_out = (decode_images(s, processor, 3, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
 
     setup = TransferSetup(
         build=lambda: load_classifier("image", model_args.model_name_or_path, splits.class_names, model_args.from_scratch,
-                                      config=config, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
+                                      config=config, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir,
+                                      pooling=pooling),
         train_dataset=LabeledImages(train), eval_dataset=LabeledImages(held_out),
         collator=LabeledImageCollator(ImageBatchCollator(processor.image_mean, processor.image_std, None,
                                                          data_args.crop_min_scale, data_args.horizontal_flip)),
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> Fit:
     result = run_transfer(setup, transfer, run_args, resume)
 
     skipped = len(train.skipped) + len(held_out.skipped)
-    options = dict(data=vars(data_args), model=vars(model_args), transfer=vars(transfer), training=run_args.to_dict(),
+    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer), training=run_args.to_dict(),
                    image_size=getattr(config, "image_size", None), skipped_images=skipped)
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
     record = transfer_record("finetune_image", result, splits.description, architecture,

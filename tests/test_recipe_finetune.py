@@ -92,14 +92,15 @@ def test_image_chain_mim_to_classifier(mim_out, tmp_path):
 
     out = tmp_path / "ft"
     result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out)] + FAST_IMAGE)
-    loaded = AutoModelForImageClassification.from_pretrained(out)
+    loaded = restore_pooling(AutoModelForImageClassification.from_pretrained(out))  # the head reads the patch mean (the default)
+    assert loaded.config.hfssl_pooling == "mean"
     pixels = torch.randn(3, 3, loaded.config.image_size, loaded.config.image_size)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(pixel_values=pixels).logits, result.model.eval()(pixel_values=pixels).logits, atol=1e-5)
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"]["parent"]["pretext"] == "mae" and record["lineage"]["base_model"] == mim_out
     # the grayscale encoder now reads RGB, which is what pipeline() gives it
-    predictions = pipeline("image-classification", model=str(out))(digit_images(2))
+    predictions = pipeline("image-classification", model=loaded, image_processor=str(out))(digit_images(2))
     assert all(p[0]["label"] in loaded.config.label2id for p in predictions)
 
 
@@ -136,8 +137,9 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
     pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = result.model.eval()(pixel_values=pixels).logits
-        adapter = PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(out / "base_model"), out).eval()
-        merged = AutoModelForImageClassification.from_pretrained(out / "merged").eval()
+        base = AutoModelForImageClassification.from_pretrained(out / "base_model")
+        adapter = restore_pooling(PeftModel.from_pretrained(base, out)).eval()
+        merged = restore_pooling(AutoModelForImageClassification.from_pretrained(out / "merged")).eval()
         for after in (adapter(pixel_values=pixels).logits, merged(pixel_values=pixels).logits):
             assert torch.allclose(after, before, atol=1e-5) and torch.equal(after.argmax(-1), before.argmax(-1))
     assert len(pipeline("image-classification", model=str(out))(digit_images(1))[0]) == 5

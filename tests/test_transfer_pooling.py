@@ -1,4 +1,5 @@
-"""Mean pooling on stock text classifiers: the head reads the masked mean, padding is ignored, the choice survives a reload."""
+"""Mean pooling on stock classifiers: the head reads the masked mean (text) or the patch mean (ViT), padding is ignored,
+the choice survives a reload, and image models that pool by themselves take no --pooling."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import copy
 import pytest
 import torch
 from transformers import (
-    AlbertConfig, AutoModelForSequenceClassification, BertConfig, DistilBertConfig, ElectraConfig, ModernBertConfig, RobertaConfig,
+    AlbertConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, BertConfig, DistilBertConfig, ElectraConfig,
+    ModernBertConfig, ResNetConfig, RobertaConfig, ViTConfig,
 )
 
-from hfssl.args import TextClassifierArguments
+from hfssl.args import ImageClassifierArguments, TextClassifierArguments
+from hfssl.transfer.models import image_pooling
 from hfssl.transfer.pooling import apply_pooling, restore_pooling
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1, num_labels=3)
@@ -95,3 +98,36 @@ def test_unknown_heads_and_values_are_rejected_with_the_fix():
     apply_pooling(albert, "cls")  # [CLS] pooling is what every stock head does
     with pytest.raises(ValueError, match=r"--pooling must be one of cls, mean, got 'max'"):
         TextClassifierArguments(pooling="max")
+
+
+VIT = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=32, num_labels=3)
+
+
+def test_vit_mean_pooling_reads_the_patch_mean_and_survives_a_reload(tmp_path):
+    torch.manual_seed(0)
+    model = AutoModelForImageClassification.from_config(VIT).eval()
+    plain = copy.deepcopy(model)
+    apply_pooling(model, "mean")
+    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = plain.vit(pixel_values=pixels).last_hidden_state  # (2, 1 + 4 patches, 16), [CLS] first
+        expected = plain.classifier(hidden[:, 1:].mean(dim=1))  # [CLS] left out of the mean
+        logits = model(pixel_values=pixels).logits
+        assert torch.allclose(logits, expected, atol=1e-5)
+        assert not torch.allclose(logits, plain(pixel_values=pixels).logits, atol=1e-3)
+        model.save_pretrained(tmp_path)
+        reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+        assert reloaded.config.hfssl_pooling == "mean"
+        assert torch.equal(restore_pooling(reloaded)(pixel_values=pixels).logits, logits)
+
+
+def test_image_pooling_defaults_to_mean_for_pretrained_vit_and_is_refused_for_models_that_pool_themselves():
+    assert image_pooling(VIT, None) == "mean" and image_pooling(VIT, "cls") == "cls"
+    assert image_pooling(VIT, None, from_scratch=True) == "cls"  # [CLS] trains with the task there
+    resnet = ResNetConfig(num_labels=3)
+    assert image_pooling(resnet, None) is None  # a CNN averages its feature map: left as it is
+    with pytest.raises(ValueError, match=r"--pooling applies to ViT classifiers; a 'resnet' classifier pools .* Drop --pooling"):
+        image_pooling(resnet, "cls")
+    with pytest.raises(ValueError, match=r"--pooling must be one of cls, mean, got 'avg'"):
+        ImageClassifierArguments(pooling="avg")

@@ -1,4 +1,4 @@
-"""How a text classifier turns the encoder's token states into one vector: the [CLS] token or their mean.
+"""How a classifier turns the encoder's token states into one vector: the [CLS] token or their mean.
 
 A BERT encoder pretrained with masked-LM never trained its pooler, and the stock
 `BertForSequenceClassification` classifies from a fresh dense + tanh layer on the [CLS] state, a
@@ -16,6 +16,11 @@ sentence-transformers does, so a linear probe stays linear. Measured on the embe
 pooled vector (RoBERTa's and ELECTRA's classification head, DistilBERT's pre-classifier) keep them.
 ModernBERT has the same choice built in (`classifier_pooling`), which is set instead.
 
+ViT image classifiers read the [CLS] token too, which neither MAE's nor SimMIM's loss reaches
+(their decoders read patch tokens only); `mean` puts the mean of the patch tokens there instead,
+which is how the MAE paper fine-tunes ("global average pooling"). Convolutional classifiers
+(ResNet, ConvNeXt, ...) average their feature map already and are left as they are.
+
 The choice is saved in the config as `hfssl_pooling`; `restore_pooling` re-applies it after
 `from_pretrained`. Without it, a plain `from_pretrained` / `pipeline` pools the [CLS] token
 (ModernBERT excepted) and predicts differently.
@@ -28,12 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CONFIG_KEY", "POOLINGS", "apply_pooling", "masked_mean", "pooler_bypassed", "restore_pooling"]
+__all__ = ["CONFIG_KEY", "PATCH_TOKEN_HEADS", "POOLINGS", "apply_pooling", "masked_mean", "pooler_bypassed", "restore_pooling"]
 
 POOLINGS = ("cls", "mean")
 CONFIG_KEY = "hfssl_pooling"
 # Classifiers whose head reads position 0 of the backbone's last hidden states (no pooler in between).
 _FIRST_TOKEN_HEADS = ("distilbert", "electra", "roberta", "xlm-roberta", "camembert")
+# Image classifiers whose head reads the [CLS] state at position 0, followed by one state per patch.
+PATCH_TOKEN_HEADS = ("vit",)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -63,6 +70,13 @@ def _mean_into_first_token(backbone: nn.Module, args: tuple, kwargs: dict, outpu
     return output
 
 
+def _patch_mean_into_first_token(backbone: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """ViT backbones: the head reads position 0; put the mean of the patch states (all but [CLS]) there."""
+    patches = output["last_hidden_state"][:, 1:]
+    output["last_hidden_state"] = torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+    return output
+
+
 def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
     """Make a stock sequence classifier pool by `pooling` ("cls" | "mean") and record it in its config.
 
@@ -80,9 +94,11 @@ def apply_pooling(model: nn.Module, pooling: str) -> nn.Module:
             backbone.register_forward_hook(_mean_as_pooler_output, with_kwargs=True)
         elif config.model_type in _FIRST_TOKEN_HEADS:
             backbone.register_forward_hook(_mean_into_first_token, with_kwargs=True)
+        elif config.model_type in PATCH_TOKEN_HEADS:
+            backbone.register_forward_hook(_patch_mean_into_first_token, with_kwargs=True)
         else:
             raise ValueError(f"--pooling mean is not available for {type(inner).__name__} ({config.model_type!r}): hfssl "
-                             f"mean-pools BERT-style models, ModernBERT and {', '.join(_FIRST_TOKEN_HEADS)}. Pass --pooling cls.")
+                             f"mean-pools BERT-style models, ModernBERT, {', '.join(_FIRST_TOKEN_HEADS)} and ViT. Pass --pooling cls.")
     setattr(config, CONFIG_KEY, pooling)
     return model
 
