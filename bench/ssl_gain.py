@@ -184,15 +184,13 @@ def prepare_images(quick: bool) -> dict[str, Path]:
         if quick:
             images, labels = images[: (6000 if split == "train" else 2000)], labels[: (6000 if split == "train" else 2000)]
         for c in FASHION_CLASSES:
-            for name in (("test",) if split == "test" else ("train", "labeled", "validation")):
+            for name in ((split,) if split == "test" else ("train", "labeled", "validation")):
                 (dirs[name] / c).mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
             name = f"{FASHION_CLASSES[label]}/{i:05d}.png"
-            if split == "test":
-                Image.fromarray(image, mode="L").save(dirs["test"] / name)
-                continue
-            Image.fromarray(image, mode="L").save(dirs["train"] / name)
-            os.link(dirs["train"] / name, dirs["validation" if i >= len(images) - held_out else "labeled"] / name)
+            Image.fromarray(image, mode="L").save(dirs[split] / name)
+            if split == "train":
+                os.link(dirs["train"] / name, dirs["validation" if i >= len(images) - held_out else "labeled"] / name)
     (folder / "done-v2").touch()
     return dirs
 

@@ -671,6 +671,13 @@ class ClassifierModelArguments:
             raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
 
 
+def _check_pooling(pooling: str) -> None:
+    from hfssl.transfer.pooling import POOLINGS
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
+
+
 @dataclass
 class TextClassifierArguments:
     """How a text classifier summarises the token states it classifies from (finetune_text.py only)."""
@@ -685,10 +692,7 @@ class TextClassifierArguments:
     )
 
     def __post_init__(self) -> None:
-        from hfssl.transfer.pooling import POOLINGS
-
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        _check_pooling(self.pooling)
 
 
 @dataclass
@@ -699,16 +703,15 @@ class ImageClassifierArguments:
         default=None,
         metadata={"help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
                           "states, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
-                          "from scratch): the [CLS] token, as stock transformers. Saved as hfssl_pooling in config.json; plain from_pretrained / pipeline pool "
-                          "[CLS]: reload with hfssl.transfer.pooling.restore_pooling. Convolutional models (ResNet, "
-                          "ConvNeXt, ...) average their feature map themselves and take no --pooling."},
+                          "from scratch): the [CLS] token, as stock transformers. Saved as hfssl_pooling in config.json; "
+                          "plain from_pretrained / pipeline pool [CLS]: reload with hfssl.transfer.pooling.restore_pooling. "
+                          "Convolutional models (ResNet, ConvNeXt, ...) average their feature map themselves and take no "
+                          "--pooling."},
     )
 
     def __post_init__(self) -> None:
-        from hfssl.transfer.pooling import POOLINGS
-
-        if self.pooling is not None and self.pooling not in POOLINGS:
-            raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.models.image_pooling)
+            _check_pooling(self.pooling)
 
 
 @dataclass

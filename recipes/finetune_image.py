@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from hfssl.args import (
-    ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments, default_output_dir, parse_args,
+    ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments,
+    default_output_dir, parse_args,
 )
 from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
@@ -25,7 +26,8 @@ from hfssl.transfer.models import image_classifier_config, image_pooling, load_c
 from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
-OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments, RunArguments)
+OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments,
+                RunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_image"),
     per_device_train_batch_size=64,
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> Fit:
     result = run_transfer(setup, transfer, run_args, resume)
 
     skipped = len(train.skipped) + len(held_out.skipped)
-    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer), training=run_args.to_dict(),
+    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer),
+                   training=run_args.to_dict(),
                    image_size=getattr(config, "image_size", None), skipped_images=skipped)
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
     record = transfer_record("finetune_image", result, splits.description, architecture,

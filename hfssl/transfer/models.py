@@ -17,7 +17,8 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from hfssl.models import check_model_path, load_config
 from hfssl.transfer.pooling import PATCH_TOKEN_HEADS, apply_pooling, pooler_bypassed, restore_pooling
 
-__all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model", "scratch_vit_config", "text_model_path"]
+__all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model",
+           "scratch_vit_config", "text_model_path"]
 
 logger = logging.getLogger(__name__)
 
