@@ -13,7 +13,8 @@ decoder, 28x28 grayscale images in 4x4 patches, 75% masking) on the same real im
       attention on CPU in encoder and decoder), given the stock path's augmentation (crops down
       to 20% of the area, flips) so that both do the same work per image.
 
-Both are timed by the same step callback; the rate excludes the first three steps (start-up). The
+Every run is a fresh process (hfssl's recipe tunes malloc process-wide; the stock path keeps the C
+library's defaults, as run_mae.py would). Both are timed by the same step callback; the rate excludes the first three steps (start-up). The
 two paths run in alternating rounds (stock, hfssl, stock, hfssl, ...) and the speedup is the median
 of the per-round ratios: on a shared virtual machine the rate of one path drifts by 20% or more
 between minutes, and a ratio of two runs taken back to back is steadier than either rate. It prints
@@ -45,7 +46,7 @@ from transformers import Trainer, TrainingArguments, ViTMAEConfig, ViTMAEForPreT
 
 from hfssl.models import VISION_PRESETS  # noqa: E402
 from hfssl.training import bf16_supported, hardware_name  # noqa: E402
-from step_timer import StepTimer  # noqa: E402  (bench/ is on sys.path when run as a script)
+from step_timer import StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")  # Debian package dataset-fashion-mnist
@@ -136,8 +137,9 @@ def main() -> None:
           f"{steps} steps x {args.batch_size} images")
     rounds = []
     for r in range(args.rounds):
-        stock = train_stock(work / "images", steps, args.batch_size, str(work / f"stock{r}"))
-        hfssl = train_hfssl(work / "images", steps, args.batch_size, str(work / f"hfssl{r}"))
+        # Each run in a fresh process: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
+        stock = in_fresh_process(train_stock, work / "images", steps, args.batch_size, str(work / f"stock{r}"))
+        hfssl = in_fresh_process(train_hfssl, work / "images", steps, args.batch_size, str(work / f"hfssl{r}"))
         rounds.append(dict(stock_images_per_s=stock, hfssl_images_per_s=hfssl, speedup=hfssl / stock))
         print(f"round {r + 1}: stock {stock:,.0f} images/s, hfssl {hfssl:,.0f} images/s, ratio {hfssl / stock:.2f}x", flush=True)
     speedup = statistics.median(r["speedup"] for r in rounds)

@@ -9,13 +9,14 @@ blocks; hidden 256 and hidden 512) on the same real corpus for the same number o
   (b) hfssl: recipes/mlm.py itself, with its defaults (sparse head, bf16 autocast where
       supported, step-time masking).
 
-It prints tokens/s of each and their ratio (steady state: steps after the first three, timed by one
+Each path trains in a fresh process of its own (hfssl's recipe tunes malloc process-wide; the
+stock path runs with the C library's defaults, as run_mlm.py would). It prints tokens/s of each and their ratio (steady state: steps after the first three, timed by one
 callback in both; the end-to-end rate including start-up is printed too), the eval MLM loss each model reached after the same
 tokens (both evaluated by one function: fp32, the same fixed 15% masks on the same held-out
 blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run.
 The last line is `speedup_h256=X speedup_h512=Y mfu_h512=Z`.
 
-    python bench/mlm_throughput.py [--quick] [--steps N] [--batch_size B]
+    python bench/mlm_throughput.py [--quick] [--steps N] [--batch_size B] [--stock_keep_freed_memory]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from transformers import (  # noqa: E402
 from hfssl.args import TextDataArguments  # noqa: E402
 from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
 from hfssl.training import bf16_supported, hardware_name  # noqa: E402
-from step_timer import WARMUP_STEPS, StepTimer  # noqa: E402  (bench/ is on sys.path when run as a script)
+from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 128
@@ -86,8 +87,18 @@ def model_for(hidden: int, vocab: int) -> torch.nn.Module:
     return AutoModelForMaskedLM.from_config(config)
 
 
-def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float, float, torch.nn.Module]:
-    """(steady-state tokens/s, end-to-end tokens/s, trained model) for the stock run_mlm.py path."""
+def train_stock(hidden, steps, batch, lr, out, corpus_docs, keep_freed_memory=False) -> tuple[float, float]:
+    """(steady-state tokens/s, end-to-end tokens/s) of the stock run_mlm.py path; the model is saved to `out`.
+
+    Runs in a fresh process (see main) with the C library's malloc defaults, as run_mlm.py would, unless
+    `keep_freed_memory` (the --stock_keep_freed_memory check) gives it hfssl's setting.
+    """
+    if keep_freed_memory:
+        from hfssl.training import keep_freed_memory as keep
+
+        keep()
+    tokenizer = bert_uncased_tokenizer()
+    blocks = stock_blocks(load_text_datasets(TextDataArguments(max_corpus_documents=corpus_docs), seed=42)["train"], tokenizer)
     model = model_for(hidden, len(tokenizer))
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=0.06,
@@ -98,11 +109,12 @@ def train_stock(hidden, blocks, tokenizer, steps, batch, lr, out) -> tuple[float
     trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer,
                       callbacks=[timer])
     runtime = trainer.train().metrics["train_runtime"]
-    return timer.rate(batch * SEQ), steps * batch * SEQ / runtime, trainer.model
+    trainer.save_model(out)
+    return timer.rate(batch * SEQ), steps * batch * SEQ / runtime
 
 
-def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, float, torch.nn.Module]:
-    """(steady-state tokens/s, end-to-end tokens/s, trained model) for recipes/mlm.py run with its own defaults."""
+def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, float]:
+    """(steady-state tokens/s, end-to-end tokens/s) of recipes/mlm.py run with its own defaults; it saves the model to `out`."""
     spec = importlib.util.spec_from_file_location("recipe_mlm", ROOT / "recipes" / "mlm.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -123,7 +135,7 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[fl
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
     metrics = recipe.main(argv)
-    return timer.rate(batch * SEQ), metrics["train_tokens_per_second"], AutoModelForMaskedLM.from_pretrained(out)
+    return timer.rate(batch * SEQ), metrics["train_tokens_per_second"]
 
 
 @torch.no_grad()
@@ -170,6 +182,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    parser.add_argument("--stock_keep_freed_memory", action="store_true",
+                        help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator")
     args = parser.parse_args()
     steps = args.steps or (20 if args.quick else 100)
     corpus_docs = 3000 if args.quick else None
@@ -179,21 +193,23 @@ def main() -> None:
     tok_dir = os.path.join(work, "tokenizer")
     tokenizer.save_pretrained(tok_dir)
     raw = load_text_datasets(TextDataArguments(max_corpus_documents=corpus_docs), seed=42)
-    stock_train = stock_blocks(raw["train"], tokenizer)
     eval_blocks = tokenize_and_pack(raw, tokenizer, "text", SEQ)["validation"]
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), 256)))
     peak = peak_bf16_flops()
     print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; "
-          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens")
+          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens"
+          + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else ""))
 
     results = {}
     for hidden in SIZES:
-        stock_tps, stock_e2e, stock_model = train_stock(hidden, stock_train, tokenizer, steps, args.batch_size, args.lr,
-                                                        os.path.join(work, f"stock{hidden}"))
-        hfssl_tps, hfssl_e2e, hfssl_model = train_hfssl(hidden, tok_dir, steps, args.batch_size, args.lr,
-                                                        os.path.join(work, f"hfssl{hidden}"), corpus_docs)
-        stock_loss = eval_mlm_loss(stock_model, eval_blocks, tokenizer)
-        hfssl_loss = eval_mlm_loss(hfssl_model, eval_blocks, tokenizer)
+        # Each path trains in a process of its own: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
+        stock_dir, hfssl_dir = os.path.join(work, f"stock{hidden}"), os.path.join(work, f"hfssl{hidden}")
+        stock_tps, stock_e2e = in_fresh_process(train_stock, hidden, steps, args.batch_size, args.lr, stock_dir,
+                                                corpus_docs, args.stock_keep_freed_memory)
+        hfssl_tps, hfssl_e2e = in_fresh_process(train_hfssl, hidden, tok_dir, steps, args.batch_size, args.lr,
+                                                hfssl_dir, corpus_docs)
+        stock_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(stock_dir), eval_blocks, tokenizer)
+        hfssl_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(hfssl_dir), eval_blocks, tokenizer)
         mfu = hfssl_tps * flops_per_token(hidden, len(tokenizer)) / peak
         results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
                                stock_end_to_end_tokens_per_s=stock_e2e, hfssl_end_to_end_tokens_per_s=hfssl_e2e,
@@ -203,9 +219,10 @@ def main() -> None:
               f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
               f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
               f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
-              f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}")
+              f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": hardware_name(), "steps": steps, "batch_size": args.batch_size,
+                                               "stock_keep_freed_memory": args.stock_keep_freed_memory,
                                                "peak_bf16_flops": peak, "results": results}, indent=2))
     print(f"speedup_h256={results[256]['speedup']:.2f} speedup_h512={results[512]['speedup']:.2f} mfu_h512={results[512]['mfu']:.2f}")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from typing import Any, Callable, TypeVar
 
 from transformers import TrainerCallback
 
+T = TypeVar("T")
 WARMUP_STEPS = 3  # excluded from the steady-state rate: one-time kernel selection, allocator growth
 
 
@@ -22,3 +25,13 @@ class StepTimer(TrainerCallback):
         """Items (tokens, images) per second over the steps after WARMUP_STEPS."""
         timed = self.ends[WARMUP_STEPS - 1 :]
         return (len(timed) - 1) * per_step / (timed[-1] - timed[0])
+
+
+def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a new Python process, so that nothing one path sets process-wide reaches the other.
+
+    hfssl's recipes tune the process they run in (the malloc setting of `--keep_freed_memory`), and
+    the stock path must run as a user would run run_mlm.py / run_mae.py: with the defaults.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)

@@ -91,6 +91,13 @@ class RunArguments(TrainingArguments):
         metadata={"help": "Hub URL for --push_to_hub, e.g. a self-hosted Hub-compatible server (default: HF_ENDPOINT, else https://huggingface.co)."},
     )
 
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={"help": "On Linux (glibc): keep freed memory in the process for reuse instead of unmapping each large tensor "
+                          "and page-faulting it back on the next step (a 4-layer BERT's step: 700 -> 500 ms on 2 CPU cores); "
+                          "false keeps the C library's defaults."},
+    )
+
     def __post_init__(self) -> None:
         if self.output_dir is None:
             raise ValueError("--output_dir is required.")

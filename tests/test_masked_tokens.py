@@ -16,7 +16,8 @@ from transformers import (
 
 from hfssl.args import MaskingArguments
 from hfssl.data.text import tokenize_and_pack
-from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, head_parameters, masked_lm_metrics, mlm_head_module, sparse_head
+from hfssl.pretext.masked_tokens import (MaskedLMTrainer, build_masker, head_parameters, masked_lm_metrics, masked_token_nll,
+                                        mlm_head_module, sparse_head)
 
 TEXT = ["Serialization of hierarchical configurations uncovers unexpectedly idiosyncratic incompatibilities."] * 8
 
@@ -95,6 +96,31 @@ def test_sparse_head_loss_equals_dense_loss(arch):
         torch.nn.functional.cross_entropy(model(input_ids=input_ids).logits, labels[selected]).backward()
     sparse_grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(dense_grads, sparse_grads))
+
+
+@pytest.mark.parametrize("vocab", [300, 30522])
+def test_masked_token_nll_equals_cross_entropy_and_its_gradient(vocab):
+    torch.manual_seed(0)
+    logits = (torch.randn(70, vocab) * 3).requires_grad_()  # 70 rows: several chunks and a partial one at 30,522
+    targets = torch.randint(0, vocab, (70,))
+    weights = torch.rand(70)  # a non-uniform upstream gradient
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    (expected * weights).sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+    nll = masked_token_nll(logits, targets)
+    assert nll.dtype == torch.float32 and torch.allclose(nll, expected, atol=1e-5)
+    (nll * weights).sum().backward()
+    assert torch.allclose(logits.grad, expected_grad, atol=1e-6)
+    # bf16 logits: an fp32 loss, a bf16 gradient, both as accurate as bf16 inputs allow
+    low = logits.detach().bfloat16().requires_grad_()
+    nll_low = masked_token_nll(low, targets)
+    reference = torch.nn.functional.cross_entropy(low.detach().float(), targets, reduction="none")
+    assert nll_low.dtype == torch.float32 and torch.allclose(nll_low, reference, atol=1e-5)
+    nll_low.mean().backward()
+    high = low.detach().float().requires_grad_()
+    torch.nn.functional.cross_entropy(high, targets).backward()
+    assert low.grad.dtype == torch.bfloat16
+    assert torch.allclose(low.grad.float(), high.grad, rtol=1e-2, atol=1e-6)
 
 
 def test_masked_lm_metrics_are_token_weighted():

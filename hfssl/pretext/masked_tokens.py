@@ -18,13 +18,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
 from hfssl.args import MaskingArguments
 
-__all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "mlm_head_module", "sparse_head"]
+__all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
+           "mlm_head_module", "sparse_head"]
 
 # The first module of each architecture's MLM head; everything after it is position-wise.
 _HEAD_MODULES = {
@@ -133,6 +133,46 @@ def sparse_head(model: PreTrainedModel, selected: torch.Tensor) -> Iterator[bool
         handle.remove()
 
 
+class _MaskedTokenNLL(torch.autograd.Function):
+    """Per-token cross-entropy of (N, vocab) logits, in fp32 precision whatever the logits' dtype.
+
+    `F.cross_entropy(logits.float(), targets)` makes an fp32 copy of every logit, a log-softmax of
+    the same size, a zero-filled gradient for nll_loss and another for log_softmax, then casts the
+    gradient back: four vocab-sized passes over memory, 110 ms of a 600 ms step (4-layer BERT, hidden
+    512, 30,522 tokens, 2-core CPU). Here the logits are read in row chunks that fit in cache: the
+    forward keeps only the log-sum-exp per row, and the backward writes softmax - one-hot straight
+    into a gradient of the logits' own dtype. Hand-written: PyTorch has no such fused loss on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        rows = max(1, (1 << 20) // max(1, logits.shape[-1]))  # ~4 MB of fp32 per chunk
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[0], rows):
+            lse[i : i + rows] = torch.logsumexp(logits[i : i + rows].float(), dim=-1)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.rows = rows
+        return lse - logits.gather(1, targets[:, None]).squeeze(1).float()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        out = torch.empty_like(logits)
+        rows = ctx.rows
+        for i in range(0, logits.shape[0], rows):
+            part = slice(i, i + rows)
+            probs = torch.exp(logits[part].float() - lse[part, None])
+            probs.scatter_add_(1, targets[part, None], probs.new_full((probs.shape[0], 1), -1.0))
+            out[part] = probs.mul_(grad[part, None].float())
+        return out, None
+
+
+def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) fp32 negative log-likelihoods of `targets` under (N, vocab) logits; equals
+    `F.cross_entropy(logits.float(), targets, reduction="none")` and its gradient, with far less memory traffic."""
+    return _MaskedTokenNLL.apply(logits, targets)
+
+
 class MaskedLMTrainer(Trainer):
     """A Trainer whose loss is cross-entropy over masked tokens, computed sparsely when possible.
 
@@ -238,10 +278,10 @@ class MaskedLMTrainer(Trainer):
         logits, targets = self._masked_logits(model, dict(inputs))
         if num_items_in_batch is None:
             self.loss_is_scaled_for_ga = False
-            loss = F.cross_entropy(logits.float(), targets)
+            loss = masked_token_nll(logits, targets).mean()
         else:
             self.loss_is_scaled_for_ga = True
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / num_items_in_batch
+            loss = masked_token_nll(logits, targets).sum() / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -253,7 +293,7 @@ class MaskedLMTrainer(Trainer):
         inputs = self._mask(self._prepare_inputs(inputs))
         with torch.no_grad(), self.compute_loss_context_manager():
             logits, targets = self._masked_logits(model, dict(inputs))
-            nll = F.cross_entropy(logits.float(), targets, reduction="none")
+            nll = masked_token_nll(logits, targets)
         loss = nll.mean().detach()
         if prediction_loss_only:
             return loss, None, None

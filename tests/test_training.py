@@ -1,0 +1,48 @@
+"""Run-level helpers in hfssl/training.py: the malloc setting that keeps freed memory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import hfssl.training as training
+from hfssl.args import RunArguments
+
+# Allocates and frees a 64 MB tensor eight times and reports the page faults of the last five.
+_FAULTS = """
+import json, resource, sys, torch
+from hfssl.training import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):  # warm-up: the heap reaches its steady layout
+    torch.ones(16 * 2**20).sum()
+before = faults()
+for _ in range(5):
+    torch.ones(16 * 2**20).sum()
+print(json.dumps({"applied": applied, "faults": faults() - before}))
+"""
+
+
+def _faults(mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_keep_freed_memory_stops_page_faults_on_reused_tensors():
+    default, kept = _faults("default"), _faults("keep")
+    # glibc's default unmaps each 64 MB block on free: every reuse faults its 16k pages back in.
+    assert default["faults"] > 5 * 10_000, default
+    assert kept["applied"] is True
+    assert kept["faults"] < 2_000, kept  # none of the 16k pages of a block is faulted in again
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_start_run_applies_the_setting_only_when_asked(tmp_path, monkeypatch, flag):
+    calls = []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(1) or True)
+    run_args = RunArguments(output_dir=str(tmp_path / "out"), keep_freed_memory=flag, report_to="none")
+    training.start_run(run_args)
+    assert calls == ([1] if flag else [])
