@@ -14,13 +14,13 @@ decoder, 28x28 grayscale images in 4x4 patches, 75% masking) on the same real im
       to 20% of the area, flips) so that both do the same work per image.
 
 Every run is a fresh process (hfssl's recipe tunes malloc process-wide; the stock path keeps the C
-library's defaults, as run_mae.py would). Both are timed by the same step callback; the rate excludes the first three steps (start-up). The
-two paths run in alternating rounds (stock, hfssl, stock, hfssl, ...) and the speedup is the median
+library's defaults, as run_mae.py would). Both are timed by the same step callback; the rate
+excludes the first three steps (start-up). The two paths run in alternating rounds (stock, hfssl, stock, hfssl, ...) and the speedup is the median
 of the per-round ratios: on a shared virtual machine the rate of one path drifts by 20% or more
 between minutes, and a ratio of two runs taken back to back is steadier than either rate. It prints
 images/s of each path in each round and the ratios. The last line is `mae_speedup=X`.
 
-    python bench/mim_throughput.py [--quick] [--steps N] [--rounds R] [--batch_size B]
+    python bench/mim_throughput.py [--quick] [--steps N] [--rounds R] [--batch_size B] [--stock_keep_freed_memory]
 """
 
 from __future__ import annotations
@@ -83,9 +83,13 @@ def stock_transform(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy((array - MEAN) / STD)[None]
 
 
-def train_stock(folder: Path, steps: int, batch: int, out: str) -> float:
+def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memory: bool = False) -> float:
     from datasets import load_dataset
 
+    if keep_freed_memory:  # the --stock_keep_freed_memory check: hfssl's malloc setting on the stock path
+        from hfssl.training import keep_freed_memory as keep
+
+        keep()
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
     dataset = dataset.with_transform(lambda rows: {"pixel_values": [stock_transform(im) for im in rows["image"]]})
     preset = VISION_PRESETS["tiny"] | dict(image_size=SIZE, patch_size=PATCH, num_channels=1)
@@ -128,17 +132,21 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    parser.add_argument("--stock_keep_freed_memory", action="store_true",
+                        help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator")
     args = parser.parse_args()
     steps = args.steps or (30 if args.quick else 100)
     count = args.images or (4_000 if args.quick else 20_000)
     work = Path(tempfile.mkdtemp(prefix="hfssl-mim-bench-"))
     write_images(work / "images", count)
     print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; {count:,} Fashion-MNIST images; "
-          f"{steps} steps x {args.batch_size} images")
+          f"{steps} steps x {args.batch_size} images"
+          + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else ""))
     rounds = []
     for r in range(args.rounds):
         # Each run in a fresh process: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
-        stock = in_fresh_process(train_stock, work / "images", steps, args.batch_size, str(work / f"stock{r}"))
+        stock = in_fresh_process(train_stock, work / "images", steps, args.batch_size, str(work / f"stock{r}"),
+                                 args.stock_keep_freed_memory)
         hfssl = in_fresh_process(train_hfssl, work / "images", steps, args.batch_size, str(work / f"hfssl{r}"))
         rounds.append(dict(stock_images_per_s=stock, hfssl_images_per_s=hfssl, speedup=hfssl / stock))
         print(f"round {r + 1}: stock {stock:,.0f} images/s, hfssl {hfssl:,.0f} images/s, ratio {hfssl / stock:.2f}x", flush=True)
@@ -148,7 +156,8 @@ def main() -> None:
           f"median ratio {speedup:.2f}x (range {min(r['speedup'] for r in rounds):.2f}-{max(r['speedup'] for r in rounds):.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": hardware_name(), "steps": steps, "batch_size": args.batch_size,
-                                               "images": count, "stock_images_per_s": stock, "hfssl_images_per_s": hfssl,
+                                               "images": count, "stock_keep_freed_memory": args.stock_keep_freed_memory,
+                                               "stock_images_per_s": stock, "hfssl_images_per_s": hfssl,
                                                "speedup": speedup, "rounds": rounds}, indent=2))
     print(f"mae_speedup={speedup:.2f}")
 
