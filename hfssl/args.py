@@ -31,6 +31,7 @@ __all__ = [
     "PatchMaskingArguments",
     "PipelineArguments",
     "ProbeArguments",
+    "PretrainingRunArguments",
     "RunArguments",
     "SentenceDenoisingArguments",
     "SentenceEncoderArguments",
@@ -111,6 +112,26 @@ class RunArguments(TrainingArguments):
         if (self.bf16 or self.bf16_full_eval) and not torch.cuda.is_available():
             self.use_cpu = True  # transformers only allows CPU bf16 autocast when told it is on CPU
         super().__post_init__()
+
+
+
+@dataclass
+class PretrainingRunArguments(RunArguments):
+    """RunArguments of the pretraining recipes (mlm, mim), whose trainers can keep the weights in bf16."""
+
+    bf16_weights: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the model's weights in bf16 and fp32 master copies in the optimizer, instead of autocast's "
+                          "casts at every op. Default: on with --bf16 on a CPU in one process without gradient accumulation "
+                          "(autocast stays on GPUs). The saved model is fp32."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bf16_weights:
+            from hfssl.precision import master_weights_apply
+
+            master_weights_apply(self)  # raises, before any data is read, when the run cannot use bf16 weights
 
 
 def _check_run_sizes(args: TrainingArguments) -> None:

@@ -13,7 +13,8 @@ import time
 
 from transformers import set_seed
 
-from hfssl.args import ImageDataArguments, PatchMaskingArguments, ProbeArguments, RunArguments, VisionModelArguments, default_output_dir, parse_args
+from hfssl.args import (ImageDataArguments, PatchMaskingArguments, PretrainingRunArguments, ProbeArguments, VisionModelArguments,
+                        default_output_dir, parse_args)
 from hfssl.cards import output_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
 from hfssl.hub import publish
@@ -22,7 +23,7 @@ from hfssl.models import build_masked_image_model, masked_image_config, use_fast
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
-OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, RunArguments)
+OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, PretrainingRunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("mim"), per_device_train_batch_size=128, per_device_eval_batch_size=256,
     learning_rate=1e-3,  # MAE's 1.5e-4 x batch/256 rule is tuned for ViT-B; a 4-layer ViT wants more

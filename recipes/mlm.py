@@ -12,7 +12,7 @@ import time
 
 from transformers import set_seed
 
-from hfssl.args import MaskingArguments, RunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
+from hfssl.args import MaskingArguments, PretrainingRunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
 from hfssl.cards import output_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.hub import publish
@@ -21,7 +21,7 @@ from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
-OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, RunArguments)
+OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"), max_seq_length=128, per_device_train_batch_size=64, per_device_eval_batch_size=64,
     learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup

@@ -138,6 +138,8 @@ def _read_only(tmp_path: Path, existing: bool) -> Path:
 CASES = [
     # --- recipes/mlm.py: text files --------------------------------------------------------------------------------
     ("mlm", ["--train_file", "{empty.txt}"], r"--train_file: .*empty\.txt is empty"),
+    ("mlm", ["--bf16_weights", "true", "--bf16", "false"], r"--bf16_weights true needs --bf16 true on a CPU in a single process"),
+    ("mim", ["--bf16_weights", "true", "--gradient_accumulation_steps", "2"], r"--bf16_weights true needs .*without gradient accumulation"),
     ("mlm", ["--train_file", "{binary.txt}"], r"--train_file: .*binary\.txt looks like a binary file"),
     ("mlm", ["--train_file", "{latin1.txt}"], r"--train_file: .*latin1\.txt is not UTF-8 text .*iconv"),
     ("mlm", ["--train_file", "{blank.txt}"], r"tokenizer training text is empty"),

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, Trainer
 
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import vit_encoder
+from hfssl.precision import restore_master_weights, with_master_weights
 
 __all__ = [
     "MaskedImageTrainer",
@@ -200,6 +201,15 @@ class MaskedImageTrainer(Trainer):
             self.train_images += len(inputs["pixel_values"])
         outputs = model(**inputs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        return with_master_weights(self, super().create_optimizer(model), model)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            restore_master_weights(self)  # --bf16_weights: evaluation and the saved encoder use the fp32 masters
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
 from hfssl.args import MaskingArguments
+from hfssl.precision import restore_master_weights, with_master_weights
 
 __all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
            "mlm_head_module", "sparse_head"]
@@ -214,7 +215,7 @@ class MaskedLMTrainer(Trainer):
                     optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
                                                "params": moved, "lr": self.head_learning_rate, "initial_lr": self.head_learning_rate})
             optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-        return optimizer
+        return with_master_weights(self, optimizer, model)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -261,7 +262,10 @@ class MaskedLMTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if isinstance(resume_from_checkpoint, str) and os.path.isfile(self._rng_file(resume_from_checkpoint)):
             self._masking_rng().set_state(torch.load(self._rng_file(resume_from_checkpoint), weights_only=True))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            restore_master_weights(self)  # --bf16_weights: evaluation and the saved model use the fp32 masters
 
     def _masked_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, vocab) logits and (N,) targets at the masked positions of `inputs`."""
