@@ -37,13 +37,15 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
         self._slots: list[tuple[nn.Module, str, nn.Parameter]] = []
         for module in model.modules():
             for name, param in list(module._parameters.items()):
-                if param is None or id(param) not in managed:
+                # Frozen floating-point parameters (e.g. MAE's fixed sin-cos position embeddings) become bf16 too:
+                # an fp32 one would turn the residual stream back to fp32 and meet bf16 layer norms.
+                if param is None or not param.is_floating_point():
                     continue
                 if id(param) not in copies:
                     copies[id(param)] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
                 module._parameters[name] = copies[id(param)]
                 self._slots.append((module, name, param))
-        self._pairs = [(copies[id(p)], p) for p in dict.fromkeys(p for _, _, p in self._slots)]
+        self._pairs = [(copies[id(p)], p) for p in dict.fromkeys(p for _, _, p in self._slots) if id(p) in managed]
         self._restored = False
         # The Optimizer base holds no parameters of its own: groups and state are the inner optimizer's.
         self.defaults = inner.defaults

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 
+import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForMaskedLM, BertConfig
+from transformers import AutoModel, AutoModelForMaskedLM, BertConfig
 
 from conftest import load_recipe
 from hfssl.precision import MasterWeightOptimizer
@@ -90,3 +92,35 @@ def test_mlm_recipe_with_bf16_weights_saves_fp32_and_learns(tmp_path):
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.float32
     assert metrics["train_loss"] < 6.3, metrics  # from ln(500) = 6.2 at start: it learned
+
+
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_mim_recipe_with_bf16_weights_learns_and_saves_an_fp32_encoder(tmp_path, method):
+    # MAE's frozen sin-cos position embeddings must turn bf16 with the rest, or its layer norms meet fp32 inputs.
+    out = tmp_path / "out"
+    encoder = "num_hidden_layers=2,hidden_size=64,num_attention_heads=2,intermediate_size=128"
+    decoder = ",decoder_num_hidden_layers=1,decoder_hidden_size=64,decoder_num_attention_heads=2,decoder_intermediate_size=128"
+    load_recipe("mim").main(["--method", method, "--config_overrides", encoder + (decoder if method == "mae" else ""),
+                             "--bf16", "true", "--bf16_weights", "true", "--max_steps", "60", "--max_train_samples", "640",
+                             "--probe_samples", "256", "--per_device_train_batch_size", "64", "--learning_rate", "2e-3",
+                             "--logging_steps", "10", "--save_steps", "60", "--eval_steps", "60", "--output_dir", str(out)])
+    state = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses[-1] < 0.8 * losses[0], losses
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert next(AutoModel.from_pretrained(out).parameters()).dtype == torch.float32
+
+
+def test_frozen_parameters_turn_bf16_and_come_back_unchanged():
+    model = _model()
+    frozen = model.bert.embeddings.position_embeddings.weight
+    frozen.requires_grad_(False)
+    original = frozen.detach().clone()
+    optimizer = MasterWeightOptimizer(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2), model)
+    assert model.bert.embeddings.position_embeddings.weight.dtype == torch.bfloat16
+    ids = torch.randint(5, 300, (4, 16), generator=torch.Generator().manual_seed(1))
+    _step(model, optimizer, ids)
+    optimizer.step()
+    optimizer.restore()
+    assert model.bert.embeddings.position_embeddings.weight is frozen and torch.equal(frozen, original)
