@@ -12,14 +12,15 @@ torch optimizer works unchanged underneath.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MasterWeightOptimizer", "master_weights_apply", "restore_master_weights", "with_master_weights"]
+__all__ = ["MasterWeightOptimizer", "master_weights_apply", "restore_master_weights", "saved_in_fp32", "with_master_weights"]
 
 
 class MasterWeightOptimizer(torch.optim.Optimizer):
@@ -102,6 +103,21 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
             master.copy_(saved)
             low.copy_(master)
 
+    @contextlib.contextmanager
+    def fp32_weights(self) -> Iterator[None]:
+        """Within the block the model holds the fp32 masters (for saving a checkpoint); then its bf16 copies again."""
+        if self._restored:
+            yield
+            return
+        lows = [(module, name, module._parameters[name]) for module, name, _ in self._slots]
+        for module, name, master in self._slots:
+            module._parameters[name] = master
+        try:
+            yield
+        finally:
+            for module, name, low in lows:
+                module._parameters[name] = low
+
     @torch.no_grad()
     def restore(self) -> None:
         """Give the model its fp32 master parameters back (values as trained); the bf16 copies are dropped."""
@@ -137,6 +153,12 @@ def with_master_weights(trainer: Any, optimizer: torch.optim.Optimizer, model: n
     trainer.optimizer = MasterWeightOptimizer(optimizer, trainer.model if model is None else model)
     logger.info("bf16 weights, fp32 master weights in the optimizer (--bf16_weights; the saved model is fp32)")
     return trainer.optimizer
+
+
+def saved_in_fp32(trainer: Any) -> contextlib.AbstractContextManager:
+    """Around a Trainer's `_save`: checkpoints hold the fp32 masters, loadable like any fp32 model."""
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    return optimizer.fp32_weights() if isinstance(optimizer, MasterWeightOptimizer) else contextlib.nullcontext()
 
 
 def restore_master_weights(trainer: Any) -> None:

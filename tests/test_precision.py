@@ -87,8 +87,9 @@ def test_mlm_recipe_with_bf16_weights_saves_fp32_and_learns(tmp_path):
     metrics = load_recipe("mlm").main(["--bf16", "true", "--bf16_weights", "true", "--max_steps", "30", "--max_corpus_documents", "300",
                                        "--vocab_size", "500", "--eval_steps", "30", "--save_steps", "30", "--logging_steps", "5",
                                        "--output_dir", str(out)])
-    with safe_open(out / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    for folder in (out, out / "checkpoint-30"):  # the final model and the checkpoint both hold the fp32 masters
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}, folder
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.float32
     assert metrics["train_loss"] < 6.3, metrics  # from ln(500) = 6.2 at start: it learned
@@ -107,8 +108,9 @@ def test_mim_recipe_with_bf16_weights_learns_and_saves_an_fp32_encoder(tmp_path,
     state = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert losses[-1] < 0.8 * losses[0], losses
-    with safe_open(out / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    for folder in (out, out / "checkpoint-60"):
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}, folder
     assert next(AutoModel.from_pretrained(out).parameters()).dtype == torch.float32
 
 

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, Trainer
 
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import vit_encoder
-from hfssl.precision import restore_master_weights, with_master_weights
+from hfssl.precision import restore_master_weights, saved_in_fp32, with_master_weights
 
 __all__ = [
     "MaskedImageTrainer",
@@ -210,6 +210,10 @@ class MaskedImageTrainer(Trainer):
             return super().train(*args, **kwargs)
         finally:
             restore_master_weights(self)  # --bf16_weights: evaluation and the saved encoder use the fp32 masters
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with saved_in_fp32(self):  # --bf16_weights: checkpoints hold the fp32 masters, not the bf16 copies
+            super()._save(output_dir, state_dict)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None

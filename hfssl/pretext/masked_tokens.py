@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
 from hfssl.args import MaskingArguments
-from hfssl.precision import restore_master_weights, with_master_weights
+from hfssl.precision import restore_master_weights, saved_in_fp32, with_master_weights
 
 __all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
            "mlm_head_module", "sparse_head"]
@@ -266,6 +266,10 @@ class MaskedLMTrainer(Trainer):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
             restore_master_weights(self)  # --bf16_weights: evaluation and the saved model use the fp32 masters
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with saved_in_fp32(self):  # --bf16_weights: checkpoints hold the fp32 masters, not the bf16 copies
+            super()._save(output_dir, state_dict)
 
     def _masked_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, vocab) logits and (N,) targets at the masked positions of `inputs`."""
