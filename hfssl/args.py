@@ -114,7 +114,6 @@ class RunArguments(TrainingArguments):
         super().__post_init__()
 
 
-
 @dataclass
 class PretrainingRunArguments(RunArguments):
     """RunArguments of the pretraining recipes (mlm, mim), whose trainers can keep the weights in bf16."""

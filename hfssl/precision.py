@@ -11,8 +11,8 @@ torch optimizer works unchanged underneath.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 from typing import Any, Iterator
 
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MasterWeightOptimizer", "master_weights_apply", "restore_master_weights", "saved_in_fp32", "with_master_weights"]
+__all__ = ["MasterWeightOptimizer", "MasterWeightsMixin", "master_weights_apply", "with_master_weights"]
 
 
 class MasterWeightOptimizer(torch.optim.Optimizer):
@@ -103,31 +103,30 @@ class MasterWeightOptimizer(torch.optim.Optimizer):
             master.copy_(saved)
             low.copy_(master)
 
+    def _install(self, params: list[nn.Parameter]) -> None:
+        """Put `params` (one per slot, in slot order) into the model's modules."""
+        for (module, name, _), param in zip(self._slots, params):
+            module._parameters[name] = param
+
     @contextlib.contextmanager
     def fp32_weights(self) -> Iterator[None]:
         """Within the block the model holds the fp32 masters (for saving a checkpoint); then its bf16 copies again."""
         if self._restored:
             yield
             return
-        lows = [(module, name, module._parameters[name]) for module, name, _ in self._slots]
-        for module, name, master in self._slots:
-            module._parameters[name] = master
+        lows = [module._parameters[name] for module, name, _ in self._slots]
+        self._install([master for _, _, master in self._slots])
         try:
             yield
         finally:
-            for module, name, low in lows:
-                module._parameters[name] = low
+            self._install(lows)
 
-    @torch.no_grad()
     def restore(self) -> None:
         """Give the model its fp32 master parameters back (values as trained); the bf16 copies are dropped."""
-        if self._restored:
-            return
-        for module, name, master in self._slots:
-            module._parameters[name] = master
-        for _, master in self._pairs:
-            master.grad = None
-        self._restored = True
+        if not self._restored:
+            self._install([master for _, _, master in self._slots])
+            self.zero_grad()
+            self._restored = True
 
 
 def master_weights_apply(args: Any) -> bool:
@@ -155,14 +154,27 @@ def with_master_weights(trainer: Any, optimizer: torch.optim.Optimizer, model: n
     return trainer.optimizer
 
 
-def saved_in_fp32(trainer: Any) -> contextlib.AbstractContextManager:
-    """Around a Trainer's `_save`: checkpoints hold the fp32 masters, loadable like any fp32 model."""
+def _master_optimizer(trainer: Any) -> MasterWeightOptimizer | None:
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
-    return optimizer.fp32_weights() if isinstance(optimizer, MasterWeightOptimizer) else contextlib.nullcontext()
+    return optimizer if isinstance(optimizer, MasterWeightOptimizer) else None
 
 
-def restore_master_weights(trainer: Any) -> None:
-    """After training: the fp32 masters go back into the model, so evaluation and the saved model are fp32."""
-    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
-    if isinstance(optimizer, MasterWeightOptimizer):
-        optimizer.restore()
+class MasterWeightsMixin:
+    """For a Trainer subclass whose `create_optimizer` ends with `with_master_weights(...)`.
+
+    Checkpoints hold the fp32 masters, and after training they go back into the model, so that
+    evaluation and the saved model are fp32. (`create_optimizer` is not here: the wrap must come
+    after a subclass's own changes to the parameter groups, which name the fp32 parameters.)
+    """
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if (optimizer := _master_optimizer(self)) is not None:
+                optimizer.restore()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        optimizer = _master_optimizer(self)
+        with optimizer.fp32_weights() if optimizer is not None else contextlib.nullcontext():
+            super()._save(output_dir, state_dict)  # type: ignore[misc]

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, Trainer
 
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import vit_encoder
-from hfssl.precision import restore_master_weights, saved_in_fp32, with_master_weights
+from hfssl.precision import MasterWeightsMixin, with_master_weights
 
 __all__ = [
     "MaskedImageTrainer",
@@ -179,7 +179,7 @@ def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, o
     return "".join(parts) + f"\nSaved to {output_dir}"
 
 
-class MaskedImageTrainer(Trainer):
+class MaskedImageTrainer(MasterWeightsMixin, Trainer):
     """A Trainer for MAE / SimMIM: fixed masks and no augmentation in evaluation, images/s, encoder-only final save.
 
     The loss is the model's own (a per-batch mean, so the Trainer scales it for gradient accumulation).
@@ -204,16 +204,6 @@ class MaskedImageTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         return with_master_weights(self, super().create_optimizer(model), model)
-
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            restore_master_weights(self)  # --bf16_weights: evaluation and the saved encoder use the fp32 masters
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        with saved_in_fp32(self):  # --bf16_weights: checkpoints hold the fp32 masters, not the bf16 copies
-            super()._save(output_dir, state_dict)
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None

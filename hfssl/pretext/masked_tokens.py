@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
 
 from hfssl.args import MaskingArguments
-from hfssl.precision import restore_master_weights, saved_in_fp32, with_master_weights
+from hfssl.precision import MasterWeightsMixin, with_master_weights
 
 __all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
            "mlm_head_module", "sparse_head"]
@@ -176,7 +176,7 @@ def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return _MaskedTokenNLL.apply(logits, targets)
 
 
-class MaskedLMTrainer(Trainer):
+class MaskedLMTrainer(MasterWeightsMixin, Trainer):
     """A Trainer whose loss is cross-entropy over masked tokens, computed sparsely when possible.
 
     The loss equals the model's own dense loss (mean over tokens with label != -100); with
@@ -262,14 +262,7 @@ class MaskedLMTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if isinstance(resume_from_checkpoint, str) and os.path.isfile(self._rng_file(resume_from_checkpoint)):
             self._masking_rng().set_state(torch.load(self._rng_file(resume_from_checkpoint), weights_only=True))
-        try:
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        finally:
-            restore_master_weights(self)  # --bf16_weights: evaluation and the saved model use the fp32 masters
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        with saved_in_fp32(self):  # --bf16_weights: checkpoints hold the fp32 masters, not the bf16 copies
-            super()._save(output_dir, state_dict)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _masked_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, vocab) logits and (N,) targets at the masked positions of `inputs`."""
