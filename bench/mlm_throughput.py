@@ -13,8 +13,9 @@ Each path trains in a fresh process of its own (hfssl's recipe tunes malloc proc
 stock path runs with the C library's defaults, as run_mlm.py would). It prints tokens/s of each and their ratio (steady state: steps after the first three, timed by one
 callback in both; the end-to-end rate including start-up is printed too), the eval MLM loss each model reached after the same
 tokens (both evaluated by one function: fp32, the same fixed 15% masks on the same held-out
-blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run.
-The last line is `speedup_h256=X speedup_h512=Y mfu_h512=Z`.
+blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run, with
+the ceiling on it that the step's unavoidable work sets (its matrix products and optimizer update,
+each timed alone: see step_floor). The last line is `speedup_h256=X speedup_h512=Y mfu_h512=Z`.
 
     python bench/mlm_throughput.py [--quick] [--steps N] [--batch_size B] [--stock_keep_freed_memory]
 """
@@ -48,6 +49,7 @@ from transformers import (  # noqa: E402
 
 from hfssl.args import TextDataArguments  # noqa: E402
 from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
+from hfssl.pretext.masked_tokens import masked_token_nll  # noqa: E402
 from hfssl.training import bf16_supported, hardware_name  # noqa: E402
 from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -167,6 +169,65 @@ def peak_bf16_flops(n: int = 2048, repeat: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def _best(fn, repeat: int = 5) -> float:
+    """Best wall time of `repeat` calls after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15) -> dict[str, float]:
+    """Seconds per training step of the work no implementation of this model's training can skip, timed in isolation.
+
+    matmuls: every matrix product of one hfssl step in bf16, each timed alone (hot cache, no other op
+    in between), in the layouts autograd uses: y = x W^T + b, dX = dY W, dW = dY^T X for every linear
+    layer (the head at masked rows only), and the attention's two batched products forward and four
+    backward. adamw: one fused AdamW update of the model's parameters in fp32. norms_gelu_softmax_loss:
+    forward + backward of the model's other compute, PyTorch's kernels, each alone: GELU, layer norms,
+    attention softmax, the masked-token loss (residual adds, the embedding gradient and all casts are
+    left out, as if fused away). The sum bounds the step time from below, so the MFU it allows is a
+    ceiling for any orchestration of PyTorch's CPU kernels.
+    """
+    bf16 = torch.bfloat16
+    tokens, inter, heads = batch * SEQ, SIZES[hidden]["intermediate_size"], SIZES[hidden]["num_attention_heads"]
+    rows = round(mask_fraction * tokens)
+
+    def linear(m: int, k: int, n: int) -> float:
+        x, w, b, dy = (torch.randn(m, k, dtype=bf16), torch.randn(n, k, dtype=bf16), torch.randn(n, dtype=bf16),
+                       torch.randn(m, n, dtype=bf16))
+        return (_best(lambda: torch.addmm(b, x, w.t())) + _best(lambda: dy.mm(w)) + _best(lambda: dy.t().mm(x)))
+
+    layer = 4 * linear(tokens, hidden, hidden) + linear(tokens, hidden, inter) + linear(tokens, inter, hidden)
+    q = torch.randn(batch * heads, SEQ, hidden // heads, dtype=bf16)
+    p = torch.randn(batch * heads, SEQ, SEQ, dtype=bf16)
+    scores, mix = _best(lambda: torch.bmm(q, q.transpose(1, 2))), _best(lambda: torch.bmm(p, q))
+    layer += 3 * (scores + mix)  # forward: 1 of each; backward: 2 of each
+    matmuls = 4 * layer + linear(rows, hidden, hidden) + linear(rows, hidden, vocab)
+
+    def forward_backward(fn, *shape: int) -> float:
+        x = torch.randn(*shape, dtype=bf16, requires_grad=True)
+        grad = torch.randn(*shape, dtype=bf16)
+        return _best(lambda: fn(x).backward(grad))
+
+    norm = torch.nn.LayerNorm(hidden, dtype=bf16)
+    per_layer = (forward_backward(F.gelu, tokens, inter) + 2 * forward_backward(norm, tokens, hidden)
+                 + forward_backward(lambda x: torch.softmax(x, -1), batch * heads, SEQ, SEQ))
+    logits = torch.randn(rows, vocab, dtype=bf16, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    loss = _best(lambda: masked_token_nll(logits, targets).mean().backward())
+    other = 4 * per_layer + forward_backward(norm, tokens, hidden) + forward_backward(norm, rows, hidden) + loss
+    params = [torch.nn.Parameter(torch.randn_like(p)) for p in model_for(hidden, vocab).parameters()]
+    for param in params:
+        param.grad = torch.randn_like(param)
+    adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    return {"matmuls": matmuls, "adamw": _best(adamw.step), "norms_gelu_softmax_loss": other}
+
+
 def flops_per_token(hidden: int, vocab: int, layers: int = 4, mask_fraction: float = 0.15) -> float:
     """Training FLOPs per token of hfssl's path: 3x forward; the head runs at masked positions only."""
     inter = SIZES[hidden]["intermediate_size"]
@@ -210,16 +271,27 @@ def main() -> None:
                                                 hfssl_dir, corpus_docs)
         stock_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(stock_dir), eval_blocks, tokenizer)
         hfssl_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(hfssl_dir), eval_blocks, tokenizer)
+        step_flops = flops_per_token(hidden, len(tokenizer)) * args.batch_size * SEQ
         mfu = hfssl_tps * flops_per_token(hidden, len(tokenizer)) / peak
+        floor = step_floor(hidden, len(tokenizer), args.batch_size)
+        ceiling = step_flops / sum(floor.values()) / peak
         results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
                                stock_end_to_end_tokens_per_s=stock_e2e, hfssl_end_to_end_tokens_per_s=hfssl_e2e,
                                end_to_end_speedup=hfssl_e2e / stock_e2e,
-                               stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu)
+                               stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu,
+                               hfssl_step_s=args.batch_size * SEQ / hfssl_tps, matmul_floor_s=floor["matmuls"],
+                               adamw_floor_s=floor["adamw"], other_ops_floor_s=floor["norms_gelu_softmax_loss"],
+                               mfu_ceiling=ceiling)
         print(f"hidden {hidden}: steady state (steps {WARMUP_STEPS + 1}-{steps}) stock {stock_tps:,.0f} tok/s, "
               f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
               f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
               f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
               f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}", flush=True)
+        print(f"hidden {hidden}: hfssl step {args.batch_size * SEQ / hfssl_tps * 1000:.0f} ms; its matrix products alone, "
+              f"each timed in isolation, {floor['matmuls'] * 1000:.0f} ms, the fused AdamW update {floor['adamw'] * 1000:.0f} ms, "
+              f"GELU + layer norms + softmax + loss {floor['norms_gelu_softmax_loss'] * 1000:.0f} ms: MFU ceiling {ceiling:.2f} "
+              f"with nothing else and no time between ops; MFU 0.5 needs a "
+              f"{step_flops / (0.5 * peak) * 1000:.0f} ms step", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": hardware_name(), "steps": steps, "batch_size": args.batch_size,
                                                "stock_keep_freed_memory": args.stock_keep_freed_memory,
