@@ -156,29 +156,28 @@ def eval_mlm_loss(model, blocks, tokenizer, batch=64) -> float:
     return total / count
 
 
-def peak_bf16_flops(n: int = 2048, repeat: int = 10) -> float:
-    """FLOP/s of a square bf16 matrix product on this machine, best of `repeat`."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the recipe trains (bench/gpu_check.sh)
 
 
 def _best(fn, repeat: int = 5) -> float:
-    """Best wall time of `repeat` calls after two warm-up calls."""
+    """Best wall time of `repeat` calls of fn on DEVICE, after two warm-up calls."""
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
     for _ in range(2):
         fn()
     best = float("inf")
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def peak_bf16_flops(n: int = 2048, repeat: int = 10) -> float:
+    """FLOP/s of a square bf16 matrix product on DEVICE, best of `repeat`."""
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
+    return 2 * n**3 / _best(lambda: a @ b, repeat)
 
 
 def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15) -> dict[str, float]:
@@ -191,37 +190,37 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
     forward + backward of the model's other compute, PyTorch's kernels, each alone: GELU, layer norms,
     attention softmax, the masked-token loss (residual adds, the embedding gradient and all casts are
     left out, as if fused away). The sum bounds the step time from below, so the MFU it allows is a
-    ceiling for any orchestration of PyTorch's CPU kernels.
+    ceiling for any orchestration of PyTorch's kernels.
     """
     bf16 = torch.bfloat16
     tokens, inter, heads = batch * SEQ, SIZES[hidden]["intermediate_size"], SIZES[hidden]["num_attention_heads"]
     rows = round(mask_fraction * tokens)
 
     def linear(m: int, k: int, n: int) -> float:
-        x, w, b, dy = (torch.randn(m, k, dtype=bf16), torch.randn(n, k, dtype=bf16), torch.randn(n, dtype=bf16),
-                       torch.randn(m, n, dtype=bf16))
+        x, w, dy = (torch.randn(*shape, dtype=bf16, device=DEVICE) for shape in ((m, k), (n, k), (m, n)))
+        b = torch.randn(n, dtype=bf16, device=DEVICE)
         return (_best(lambda: torch.addmm(b, x, w.t())) + _best(lambda: dy.mm(w)) + _best(lambda: dy.t().mm(x)))
 
     layer = 4 * linear(tokens, hidden, hidden) + linear(tokens, hidden, inter) + linear(tokens, inter, hidden)
-    q = torch.randn(batch * heads, SEQ, hidden // heads, dtype=bf16)
-    p = torch.randn(batch * heads, SEQ, SEQ, dtype=bf16)
+    q = torch.randn(batch * heads, SEQ, hidden // heads, dtype=bf16, device=DEVICE)
+    p = torch.randn(batch * heads, SEQ, SEQ, dtype=bf16, device=DEVICE)
     scores, mix = _best(lambda: torch.bmm(q, q.transpose(1, 2))), _best(lambda: torch.bmm(p, q))
     layer += 3 * (scores + mix)  # forward: 1 of each; backward: 2 of each
     matmuls = 4 * layer + linear(rows, hidden, hidden) + linear(rows, hidden, vocab)
 
     def forward_backward(fn, *shape: int) -> float:
-        x = torch.randn(*shape, dtype=bf16, requires_grad=True)
-        grad = torch.randn(*shape, dtype=bf16)
+        x = torch.randn(*shape, dtype=bf16, device=DEVICE, requires_grad=True)
+        grad = torch.randn(*shape, dtype=bf16, device=DEVICE)
         return _best(lambda: fn(x).backward(grad))
 
-    norm = torch.nn.LayerNorm(hidden, dtype=bf16)
+    norm = torch.nn.LayerNorm(hidden, dtype=bf16, device=DEVICE)
     per_layer = (forward_backward(F.gelu, tokens, inter) + 2 * forward_backward(norm, tokens, hidden)
                  + forward_backward(lambda x: torch.softmax(x, -1), batch * heads, SEQ, SEQ))
-    logits = torch.randn(rows, vocab, dtype=bf16, requires_grad=True)
-    targets = torch.randint(0, vocab, (rows,))
+    logits = torch.randn(rows, vocab, dtype=bf16, device=DEVICE, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,), device=DEVICE)
     loss = _best(lambda: masked_token_nll(logits, targets).mean().backward())
     other = 4 * per_layer + forward_backward(norm, tokens, hidden) + forward_backward(norm, rows, hidden) + loss
-    params = [torch.nn.Parameter(torch.randn_like(p)) for p in model_for(hidden, vocab).parameters()]
+    params = [torch.nn.Parameter(torch.randn_like(p)) for p in model_for(hidden, vocab).to(DEVICE).parameters()]
     for param in params:
         param.grad = torch.randn_like(param)
     adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
