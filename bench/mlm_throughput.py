@@ -186,7 +186,7 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
     matmuls: every matrix product of one hfssl step in bf16, each timed alone (hot cache, no other op
     in between), in the layouts autograd uses: y = x W^T + b, dX = dY W, dW = dY^T X for every linear
     layer (the head at masked rows only), and the attention's two batched products forward and four
-    backward. adamw: one fused AdamW update of the model's parameters in fp32. norms_gelu_softmax_loss:
+    backward. adamw: one fused AdamW update of the model's parameters in fp32. other_ops:
     forward + backward of the model's other compute, PyTorch's kernels, each alone: GELU, layer norms,
     attention softmax, the masked-token loss (residual adds, the embedding gradient and all casts are
     left out, as if fused away). The sum bounds the step time from below, so the MFU it allows is a
@@ -203,8 +203,8 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
 
     layer = 4 * linear(tokens, hidden, hidden) + linear(tokens, hidden, inter) + linear(tokens, inter, hidden)
     q = torch.randn(batch * heads, SEQ, hidden // heads, dtype=bf16, device=DEVICE)
-    p = torch.randn(batch * heads, SEQ, SEQ, dtype=bf16, device=DEVICE)
-    scores, mix = _best(lambda: torch.bmm(q, q.transpose(1, 2))), _best(lambda: torch.bmm(p, q))
+    probs = torch.randn(batch * heads, SEQ, SEQ, dtype=bf16, device=DEVICE)
+    scores, mix = _best(lambda: torch.bmm(q, q.transpose(1, 2))), _best(lambda: torch.bmm(probs, q))
     layer += 3 * (scores + mix)  # forward: 1 of each; backward: 2 of each
     matmuls = 4 * layer + linear(rows, hidden, hidden) + linear(rows, hidden, vocab)
 
@@ -224,7 +224,7 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
     for param in params:
         param.grad = torch.randn_like(param)
     adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    return {"matmuls": matmuls, "adamw": _best(adamw.step), "norms_gelu_softmax_loss": other}
+    return {"matmuls": matmuls, "adamw": _best(adamw.step), "other_ops": other}
 
 
 def flops_per_token(hidden: int, vocab: int, layers: int = 4, mask_fraction: float = 0.15) -> float:
@@ -271,24 +271,25 @@ def main() -> None:
         stock_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(stock_dir), eval_blocks, tokenizer)
         hfssl_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(hfssl_dir), eval_blocks, tokenizer)
         step_flops = flops_per_token(hidden, len(tokenizer)) * args.batch_size * SEQ
-        mfu = hfssl_tps * flops_per_token(hidden, len(tokenizer)) / peak
+        step_s = args.batch_size * SEQ / hfssl_tps
+        mfu = step_flops / step_s / peak
         floor = step_floor(hidden, len(tokenizer), args.batch_size)
         ceiling = step_flops / sum(floor.values()) / peak
         results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
                                stock_end_to_end_tokens_per_s=stock_e2e, hfssl_end_to_end_tokens_per_s=hfssl_e2e,
                                end_to_end_speedup=hfssl_e2e / stock_e2e,
                                stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu,
-                               hfssl_step_s=args.batch_size * SEQ / hfssl_tps, matmul_floor_s=floor["matmuls"],
-                               adamw_floor_s=floor["adamw"], other_ops_floor_s=floor["norms_gelu_softmax_loss"],
+                               hfssl_step_s=step_s, matmul_floor_s=floor["matmuls"],
+                               adamw_floor_s=floor["adamw"], other_ops_floor_s=floor["other_ops"],
                                mfu_ceiling=ceiling)
         print(f"hidden {hidden}: steady state (steps {WARMUP_STEPS + 1}-{steps}) stock {stock_tps:,.0f} tok/s, "
               f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
               f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
               f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
               f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}", flush=True)
-        print(f"hidden {hidden}: hfssl step {args.batch_size * SEQ / hfssl_tps * 1000:.0f} ms; its matrix products alone, "
+        print(f"hidden {hidden}: hfssl step {step_s * 1000:.0f} ms; its matrix products alone, "
               f"each timed in isolation, {floor['matmuls'] * 1000:.0f} ms, the fused AdamW update {floor['adamw'] * 1000:.0f} ms, "
-              f"GELU + layer norms + softmax + loss {floor['norms_gelu_softmax_loss'] * 1000:.0f} ms: MFU ceiling {ceiling:.2f} "
+              f"GELU + layer norms + softmax + loss {floor['other_ops'] * 1000:.0f} ms: MFU ceiling {ceiling:.2f} "
               f"with nothing else and no time between ops; MFU 0.5 needs a "
               f"{step_flops / (0.5 * peak) * 1000:.0f} ms step", flush=True)
     if args.json:
