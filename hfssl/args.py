@@ -212,7 +212,13 @@ class TextModelArguments:
         metadata={"help": "A Hub id or local path of a BERT-like checkpoint to continue pretraining (domain adaptation)."},
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build a BERT encoder from scratch at this size: tiny | mini | small | base (default: tiny)."}
+        default=None, metadata={"help": "Build an encoder from scratch at this size: tiny | mini | small | base (default: tiny)."}
+    )
+    architecture: str = field(
+        default="modernbert",
+        metadata={"help": "Architecture of a from-scratch encoder: modernbert (default: its classifier mean-pools natively, "
+                          "so a fine-tuned model loads with the stock classes and predicts as evaluated; rotary positions, "
+                          "GeGLU, pre-norm) | bert (the original; its stock classifier reads the [CLS] token)."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -257,6 +263,8 @@ class TextModelArguments:
             raise ValueError("Pass either --model_name_or_path (continue pretraining) or --model_preset (from scratch), not both.")
         if self.model_preset is not None and self.model_preset not in TEXT_PRESETS:
             raise ValueError(f"--model_preset must be one of {', '.join(TEXT_PRESETS)}, got {self.model_preset!r}.")
+        if self.architecture not in ("modernbert", "bert"):
+            raise ValueError(f"--architecture must be 'modernbert' or 'bert', got {self.architecture!r}.")
         if self.tokenizer_type not in ("wordpiece", "bpe"):
             raise ValueError(f"--tokenizer_type must be 'wordpiece' or 'bpe', got {self.tokenizer_type!r}.")
         if self.pretraining_dropout is not None and not 0 <= self.pretraining_dropout < 1:
@@ -709,17 +717,19 @@ def _check_pooling(pooling: str) -> None:
 class TextClassifierArguments:
     """How a text classifier summarises the token states it classifies from (finetune_text.py only)."""
 
-    pooling: str = field(
-        default="mean",
-        metadata={"help": "mean: the head reads the average of the last hidden states over non-padding tokens, bypassing "
-                          "BERT's pooler (default: a masked-LM-pretrained encoder never trained a [CLS] summary, and mean "
-                          "pooling transfers far better with few labels) | cls: the [CLS] token, as stock transformers. Saved as "
-                          "hfssl_pooling in config.json; plain from_pretrained / pipeline pool [CLS] (ModernBERT excepted): "
-                          "reload with hfssl.transfer.pooling.restore_pooling."},
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
+                          "architecture pools natively: ModernBERT, which mlm.py builds from scratch; a masked-LM-pretrained "
+                          "encoder never trained a [CLS] summary, and mean pooling transfers far better with few labels) | "
+                          "cls: the [CLS] token (default, and the only choice, for BERT, MiniLM, RoBERTa and the other "
+                          "architectures whose stock classifier reads [CLS]). Saved in the model's own config, so "
+                          "pipeline() and from_pretrained predict as evaluated."},
     )
 
     def __post_init__(self) -> None:
-        _check_pooling(self.pooling)
+        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.pooling.text_pooling)
+            _check_pooling(self.pooling)
 
 
 @dataclass
@@ -729,15 +739,15 @@ class ImageClassifierArguments:
     pooling: str | None = field(
         default=None,
         metadata={"help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
-                          "states, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
-                          "from scratch): the [CLS] token, as stock transformers. Saved as hfssl_pooling in config.json; "
-                          "plain from_pretrained / pipeline pool [CLS]: reload with hfssl.transfer.pooling.restore_pooling. "
+                          "states, layer-normed, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
+                          "from scratch): the [CLS] token. ViT encoders are classified as BEiT, whose stock head pools "
+                          "either way (use_mean_pooling in config.json), so pipeline() predicts as evaluated. "
                           "Convolutional models (ResNet, ConvNeXt, ...) average their feature map themselves and take no "
                           "--pooling."},
     )
 
     def __post_init__(self) -> None:
-        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.models.image_pooling)
+        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.pooling.image_pooling)
             _check_pooling(self.pooling)
 
 

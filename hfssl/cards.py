@@ -58,6 +58,7 @@ _STRATEGY_NAMES = {
     "freeze": "partial fine-tuning (bottom layers frozen)",
     "lp_ft": "linear probe, then full fine-tuning (LP-FT)",
 }
+_POOLING_NAMES = {"mean": "mean of the encoder's states (layer-normed, for images)", "cls": "[CLS] token's state"}
 _SAMPLE_TEXT = {
     "mlm": "Return the {mask} of the list, or None when the iterator is exhausted.",
     "finetune_text": "Return the running event loop of the current thread.",
@@ -96,10 +97,13 @@ def _fmt(value: Any) -> str:
 def _hub_id(stage: dict[str, Any]) -> str | None:
     """A lineage stage's starting model as a Hub model id when it is one (or a packaged copy of one), else None.
 
-    A start with a recorded parent was an hfssl output directory, so it is local whatever its path looks like.
+    A start with a recorded parent was an hfssl output directory, so it is local whatever its path looks like:
+    it is named by the repo it was pushed to, if any.
     """
     name = stage.get("base_model")
-    if not name or stage.get("parent"):
+    if stage.get("parent"):
+        return stage["parent"].get("repo_id")
+    if not name:
         return None
     for package, hub_id in _PACKAGED_MODELS.items():
         if f"/{package}/" in f"{name}/".replace("\\", "/"):
@@ -302,23 +306,24 @@ def _masked_image_card(out: _Output) -> ModelCard:
                    _eval_results(out, "image-feature-extraction", f"{name} pretraining; frozen-feature probes")),
         out,
         title=f"{name}-pretrained ViT encoder",
-        summary="A Vision Transformer encoder pretrained by reconstructing masked image patches. Fine-tune it on a "
-        "labeled task, or use its features directly. The kNN and linear-probe accuracies classify the held-out "
-        "images from the mean of the encoder's final patch tokens, with the encoder frozen.",
+        summary="A Vision Transformer encoder pretrained by reconstructing masked image patches, saved as a stock "
+        "`BeitModel` (a ViT with the same weights) whose pooler is the layer norm of the mean of the patch states, "
+        "MAE's fine-tuning head. Fine-tune it on a labeled task, or use its pooled features directly: the kNN and "
+        "linear-probe accuracies classify the held-out images from exactly those features, with the encoder frozen.",
         pretext=method,
-        usage=(f"from PIL import Image\n{imports}from transformers import AutoImageProcessor, AutoModel\n\n"
-               f'processor = AutoImageProcessor.from_pretrained("{out.ref}")\n'
-               f'encoder = AutoModel.from_pretrained("{out.ref}", add_pooling_layer=False)  # pretraining had no pooler\n'
+        usage=(f"import torch\nfrom PIL import Image\n{imports}from transformers import pipeline\n\n"
+               f'extract = pipeline("image-feature-extraction", model="{out.ref}")\n'
                f"{image}"
-               'features = encoder(**processor(images=image, return_tensors="pt")).last_hidden_state.mean(dim=1)\n'
+               "features = torch.tensor(extract(image, pool=True))  # the probed image embedding\n"
                "print(features.shape)  # (1, hidden_size)"),
         next_step=f"hfssl finetune_image --model_name_or_path {out.ref}",
         facts=facts,
         metrics=[(label, _fmt(metrics[k])) for k, label in shown if k in metrics],
         plots=[("loss curve", "loss_curve.png"), ("original | masked | reconstruction", "reconstructions.png")],
         limitations="Pretrained briefly on a small image set: its features suit images like its training data. "
-        "The encoder has no pooler; `AutoModel` adds an untrained one unless told `add_pooling_layer=False`, so use "
-        "`last_hidden_state` for features. The probe scores are on a held-out split of the same data.",
+        "It reads RGB (a grayscale encoder's first layer is spread evenly over three channels, so gray images give the "
+        "same features). `pool=False` gives the patch states before the final layer norm, which the pooler applies. "
+        "The probe scores are on a held-out split of the same data.",
     )
 
 
@@ -377,39 +382,15 @@ def _architecture(config: dict[str, Any]) -> str | None:
     return name if name and hasattr(transformers, name) else None
 
 
-def _mean_pooled(config: dict[str, Any]) -> bool:
-    """A classifier that hfssl trained to read the mean of the token (or patch) states, which plain loading does not restore."""
-    return config.get("hfssl_pooling") == "mean" and "classifier_pooling" not in config
-
-
 def _classifier_usage(out: _Output, task: str) -> str:
-    """Code that loads this output and classifies one example: a plain model, or (LoRA) the adapter on base_model/."""
+    """Code that loads this output with the stock classes and classifies one example: `pipeline` alone, for plain
+    models and LoRA adapters alike (transformers applies an adapter to the base that its output ships)."""
     text = task == "text-classification"
     example = f'"{_SAMPLE_TEXT["finetune_text"]}"' if text else "image"
     imports, image = ("", "") if text else _DIGIT if out.record["lineage"]["data"] == DEFAULT_IMAGE_NAME else _ANY_IMAGE
     head = "" if text else f"from PIL import Image\n{imports}"
-    lora = out.record["options"]["transfer"]["strategy"] == "lora"
-    config = _config(out.folder / "base_model" if lora else out.folder)
-    processor = "tokenizer" if text else "image_processor"
-    states = "token" if text else "patch"
-    pooling = (f"from hfssl.transfer.pooling import restore_pooling  # the head reads the mean of the {states} states, as trained\n"
-               if _mean_pooled(config) else "")
-    if not lora and not pooling:
-        return (f"{head}from transformers import pipeline\n\n{image}"
-                f'classify = pipeline("{task}", model="{out.ref}")\nprint(classify({example}))')
-    if not lora:
-        auto = "AutoModelForSequenceClassification" if text else "AutoModelForImageClassification"
-        return (f"{head}from transformers import {auto}, pipeline\n{pooling}\n{image}"
-                f'model = restore_pooling({auto}.from_pretrained("{out.ref}"))\n'
-                f'classify = pipeline("{task}", model=model, {processor}="{out.ref}")\nprint(classify({example}))')
-    # The concrete class: an Auto class given subfolder= still reads the repo's top-level adapter_config.json
-    # (transformers 5.24) and loads from the base path named there, which exists only where the model was trained.
-    model_class = _architecture(config) or ("AutoModelForSequenceClassification" if text else "AutoModelForImageClassification")
-    merged = f'PeftModel.from_pretrained(base, "{out.ref}").merge_and_unload()'
-    return (f"{head}from peft import PeftModel\nfrom transformers import {model_class}, pipeline\n{pooling}\n{image}"
-            f'base = {model_class}.from_pretrained("{out.ref}", subfolder="base_model")  # the starting model, with this task\'s labels\n'
-            f"model = {f'restore_pooling({merged})' if pooling else merged}  # LoRA folded into the weights\n"
-            f'classify = pipeline("{task}", model=model, {processor}="{out.ref}")\nprint(classify({example}))')
+    return (f"{head}from transformers import pipeline\n\n{image}"
+            f'classify = pipeline("{task}", model="{out.ref}")\nprint(classify({example}))')
 
 
 def _classifier_card(out: _Output) -> ModelCard:
@@ -446,17 +427,17 @@ def _classifier_card(out: _Output) -> ModelCard:
                     f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}") for k, label in shown if f"{k}_mean" in seeds]
     usage = _classifier_usage(out, task)
     names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
-    notes = []
-    if _mean_pooled(_config(out.folder / "base_model" if lora else out.folder)):
-        states = "token" if task == "text-classification" else "patch"
-        notes.append(f"The classifier reads the mean of the encoder's {states} states (`hfssl_pooling: mean` in its config), "
-                     "not the [CLS] token: a plain `from_pretrained` or `pipeline(model=...)` would pool [CLS] and predict "
-                     "differently, so the code re-applies it with hfssl's `restore_pooling` (hfssl must be installed).")
+    pooling = opts["model"].get("pooling")
+    notes = [f"The model is a plain `{_architecture(_config(out.folder)) or 'AutoModelFor' + names}`"
+             + (f" that reads the {_POOLING_NAMES[pooling]}, set in its config: " if pooling else ": ")
+             + "the stock classes give exactly the predictions scored below, with no hfssl code."]
     if lora:
-        notes.append("The repo holds the LoRA adapter (`adapter_model.safetensors`) and, in `base_model/`, the model it "
-                     "adapts with this task's labels. In the output directory on the machine that trained it, "
-                     f"`AutoPeftModelFor{names}.from_pretrained(output_dir)` loads it too: `adapter_config.json` names "
-                     "`base_model/` by its absolute path there.")
+        peft_route = (f'`AutoPeftModelForSequenceClassification.from_pretrained("{out.ref}")`' if task == "text-classification"
+                      else f'`AutoPeftModel.from_pretrained("{out.ref}")`')
+        notes.append("The repo holds the LoRA adapter (`adapter_model.safetensors`, `adapter_config.json`) beside the model "
+                     "it adapts (`model.safetensors`: the frozen weights with this task's labels and trained head), so "
+                     f"`pipeline`, `AutoModelFor{names}.from_pretrained` and peft's {peft_route} all load the adapted "
+                     "classifier from this repo alone.")
         if out.has("merged"):
             notes.append(f'`merged/` holds the same classifier as a plain model: `from_pretrained("{out.ref}", subfolder="merged")`.')
     return _render(
@@ -468,7 +449,7 @@ def _classifier_card(out: _Output) -> ModelCard:
         summary=f"A classifier transferred from a pretrained encoder to a labeled task ({len(labels)} classes).",
         strategy=transfer["strategy"],
         usage=usage,
-        usage_notes="\n\n".join(notes) or f"The model is a plain `AutoModelFor{names}`.",
+        usage_notes="\n\n".join(notes),
         facts=facts,
         metrics=scores,
         eval_samples=metrics.get("eval_samples", "?"),

@@ -1,12 +1,16 @@
 """Publishing a finished output directory to the Hugging Face Hub, retried, with the token kept secret.
 
 The repo ends up holding exactly the output directory (checkpoints and the staging folder left out),
-so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads. The one file a push may
-change is an unedited model card, re-rendered first so that its code loads from the repo.
+so `from_pretrained(repo_id)` loads what `from_pretrained(output_dir)` loads. The files a push may
+change, first and locally, are an unedited model card, re-rendered so that its code loads from the
+repo, a LoRA adapter's `adapter_config.json`, whose base (the output itself) is then named by
+the repo id instead of a local path, and `hfssl.json`, which records the repo (`pushed_to`) so that
+models trained from this output name it as their base_model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -19,9 +23,9 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
 from hfssl.cards import CARD_FILE, refresh_card
-from hfssl.training import RECORD_FILE, STAGING_DIR
+from hfssl.training import RECORD_FILE, STAGING_DIR, write_json
 
-__all__ = ["PushError", "PushRequest", "publish", "push_output", "take_push_request"]
+__all__ = ["PushError", "PushRequest", "point_adapter_at_repo", "publish", "push_output", "take_push_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ def _push(api: HfApi, out: Path, repo_id: str, private: bool | None, revision: s
     repo_id = url.repo_id  # a bare name lands in the token owner's namespace
     if refresh_card(out, repo_id):  # the card's code now loads from the repo; an edited card is left alone
         logger.info("Re-rendered %s/%s for %s", out, CARD_FILE, repo_id)
+    point_adapter_at_repo(out, repo_id, revision)
+    _record_push(out, repo_id, revision)
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     api.upload_folder(
@@ -88,6 +94,30 @@ def _push(api: HfApi, out: Path, repo_id: str, private: bool | None, revision: s
     )
     logger.info("Pushed %s to %s", out, url)
     return str(url)
+
+
+def point_adapter_at_repo(out: Path, repo_id: str, revision: str | None) -> bool:
+    """Make a LoRA output's adapter name the repo (and branch) as its base, where the output ships the base itself.
+
+    peft's AutoPeftModel* load the base from `base_model_name_or_path`; a local path there would fail for
+    everyone else. An adapter whose base is a Hub model (no config.json beside it) is left as it is.
+    """
+    path = out / "adapter_config.json"
+    if not (path.is_file() and (out / "config.json").is_file()):
+        return False
+    config = json.loads(path.read_text())
+    config.update(base_model_name_or_path=repo_id, revision=revision)
+    write_json(path, config)
+    return True
+
+
+def _record_push(out: Path, repo_id: str, revision: str | None) -> None:
+    """Note the repo in hfssl.json, so that a model trained from this output later names it as its base_model."""
+    path = out / RECORD_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("pushed_to") != {"repo_id": repo_id, "revision": revision}:
+        record["pushed_to"] = {"repo_id": repo_id, "revision": revision}
+        write_json(path, record)
 
 
 def _is_transient(err: Exception) -> bool:

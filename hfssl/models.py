@@ -1,7 +1,10 @@
 """Model size presets and building/loading of the encoders hfssl pretrains.
 
 Text presets follow the BERT miniatures of Turc et al. (2019), "Well-Read Students Learn Better"
-(tiny 2x128, mini 4x256, small 4x512, base 12x768). Vision presets: small and base are ViT-S/16
+(tiny 2x128, mini 4x256, small 4x512, base 12x768). From scratch they are built as ModernBERT by
+default (`--architecture`): its `ModernBertForSequenceClassification` mean-pools the token states
+natively (`classifier_pooling="mean"`), so a fine-tuned model loads with the stock classes and
+predicts exactly as hfssl evaluated it; BERT's stock classifier can only read the [CLS] token. Vision presets: small and base are ViT-S/16
 and ViT-B/16 with the MAE paper's decoder widths; tiny is a 4-layer ViT at 16 pixels with 4-pixel
 patches, sized for the embedded 8x8 digits and a few minutes on a laptop CPU (pass --image_size 32
 for CIFAR-like images).
@@ -13,13 +16,14 @@ kind of checkpoint, and every pretrained encoder is saved as a stock `ViTModel`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, ModernBertConfig, PreTrainedModel
 
 __all__ = [
     "TEXT_PRESETS",
@@ -30,9 +34,16 @@ __all__ = [
     "load_config",
     "masked_image_config",
     "mlm_config",
+    "modernbert_config",
     "set_dropout",
     "usable_positions",
-    "vit_encoder",
+    "beit_config",
+    "beit_to_vit",
+    "check_vit_like",
+    "pooled_encoder",
+    "rgb_input",
+    "rgb_processor",
+    "vit_to_beit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,18 +131,29 @@ def _apply_overrides(config: Any, overrides: str | None) -> None:
                              f"{prefix}num_attention_heads {heads}. Pick sizes such as hidden_size={heads * max(1, width // heads)}.")
 
 
+def modernbert_config(size: dict[str, int]) -> ModernBertConfig:
+    """A ModernBERT config at a BERT preset's size: the same parameter count (its GeGLU feed-forward has two input
+    projections, so the hidden width is 2/3 of BERT's), every layer attending globally (the sliding window only pays
+    beyond a few hundred tokens), mean pooling for classifiers, and 512 positions as BERT."""
+    glu = max(8, round(size["intermediate_size"] * 2 / 3 / 8) * 8)
+    return ModernBertConfig(**{**size, "intermediate_size": glu}, max_position_embeddings=512, global_attn_every_n_layers=1,
+                            classifier_pooling="mean")
+
+
 def mlm_config(
     model_name_or_path: str | None,
     preset: str | None = "tiny",
     config_overrides: str | None = None,
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
+    architecture: str = "modernbert",
 ) -> Any:
-    """The config of the model to pretrain: a checkpoint's, or a BERT preset (vocab size set later)."""
+    """The config of the model to pretrain: a checkpoint's, or a preset of `architecture` (vocab size set later)."""
     if model_name_or_path is not None:
         check_model_path(model_name_or_path)
         return load_config(model_name_or_path, trust_remote_code, cache_dir)
-    config = BertConfig(**TEXT_PRESETS[preset or "tiny"])
+    size = TEXT_PRESETS[preset or "tiny"]
+    config = modernbert_config(size) if architecture == "modernbert" else BertConfig(**size)
     _apply_overrides(config, config_overrides)
     return config
 
@@ -147,6 +169,9 @@ def build_masked_lm(
     if model_name_or_path is None:
         config.vocab_size = len(tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
+        if config.model_type == "modernbert":  # its defaults are the ids of ModernBERT's own 50k vocabulary
+            config.cls_token_id = config.bos_token_id = tokenizer.cls_token_id
+            config.sep_token_id = config.eos_token_id = tokenizer.sep_token_id
         return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
 
     try:
@@ -232,9 +257,11 @@ def masked_image_config(model_args: Any, masking: Any) -> Any:
     if model_args.model_name_or_path:
         check_model_path(model_args.model_name_or_path)
         source = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
-        if source.model_type not in ("vit", "vit_mae"):
+        if source.model_type not in ("vit", "vit_mae", "beit"):
             raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {source.model_type!r} model; "
-                             "masked-image pretraining needs a ViT or ViT-MAE checkpoint.")
+                             "masked-image pretraining needs a ViT, ViT-MAE or mim.py (BEiT) checkpoint.")
+        if source.model_type == "beit":
+            check_vit_like(source)
         encoder = {f: getattr(source, f) for f in _ENCODER_FIELDS}
         nearest = min(_DECODERS, key=lambda p: abs(VISION_PRESETS[p]["hidden_size"] - source.hidden_size))
         decoder = {f: getattr(source, f, v) for f, v in _DECODERS[nearest].items()}
@@ -281,7 +308,8 @@ def build_masked_image_model(config: Any, model_name_or_path: str | None = None,
         return cls.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir)
     model = cls(config)
     source = AutoModel.from_pretrained(model_name_or_path, cache_dir=cache_dir)
-    missing, unexpected = model.vit.load_state_dict(source.state_dict(), strict=False)
+    weights = beit_to_vit(source.state_dict()) if source.config.model_type == "beit" else source.state_dict()
+    missing, unexpected = model.vit.load_state_dict(weights, strict=False)
     missing = [k for k in missing if k != "embeddings.mask_token"]  # SimMIM's learned token starts fresh
     unexpected = [k for k in unexpected if not k.startswith("pooler.")]
     if missing or unexpected:
@@ -305,14 +333,100 @@ def _restore_mae_init(model: PreTrainedModel) -> None:
         decoder.initialize_weights(embeddings.patch_embeddings.num_patches)
 
 
-def vit_encoder(model: PreTrainedModel) -> PreTrainedModel:
-    """The encoder of an MAE or SimMIM model as a stock `ViTModel` (no pooler) sharing its weights, not copying them."""
-    from transformers import ViTConfig, ViTModel
+# ViT encoders are exported and classified as BEiT, whose stock heads can pool the way MAE fine-tunes: BEiT with
+# absolute position embeddings, no relative position bias and no layer scale is a ViT, module for module, except
+# that its key projection has no bias. That bias adds q.b_k to every attention score of a query, the same for all
+# keys, which softmax cancels: dropping it is exact (tests/test_models.py checks it). Its pooler can be the layer
+# norm of the patch mean (`use_mean_pooling`: MAE's `fc_norm`) or, without it, the [CLS] state after the final
+# layer norm, which is ViT's classifier input: one stock class serves both poolings with no hook.
+_BEIT_AS_VIT = dict(use_absolute_position_embeddings=True, use_relative_position_bias=False,
+                    use_shared_relative_position_bias=False, layer_scale_init_value=0.0, drop_path_rate=0.0, use_mask_token=False)
 
-    config = ViTConfig(**{f: getattr(model.config, f) for f in _ENCODER_FIELDS}, encoder_stride=model.config.patch_size)
+
+def beit_config(vit_config: Any, mean_pooling: bool) -> Any:
+    """The BeitConfig of a ViT (or ViT-MAE, or BEiT) encoder: same sizes, pooling by the patch mean or by [CLS]."""
+    from transformers import BeitConfig
+
+    if vit_config.model_type == "beit":
+        check_vit_like(vit_config)
+        config = copy.deepcopy(vit_config)
+        config.use_mean_pooling = mean_pooling
+    else:
+        config = BeitConfig(**{f: getattr(vit_config, f) for f in _ENCODER_FIELDS if f != "qkv_bias"}, **_BEIT_AS_VIT,
+                            use_mean_pooling=mean_pooling)
+    for key in ("id2label", "label2id"):
+        if getattr(vit_config, key, None) and getattr(vit_config, "num_labels", 2) != 2:
+            setattr(config, key, getattr(vit_config, key))
+    return config
+
+
+def check_vit_like(config: Any) -> None:
+    """Raise ValueError for a BEiT that is not a ViT in disguise (relative position bias, layer scale)."""
+    if (config.use_relative_position_bias or config.use_shared_relative_position_bias or not config.use_absolute_position_embeddings
+            or config.layer_scale_init_value):
+        raise ValueError("This BEiT checkpoint uses relative position biases or layer scale, which a ViT does not have; "
+                         "hfssl reads BEiT encoders saved by mim.py / finetune_image.py (absolute positions, no layer scale).")
+
+
+def vit_to_beit(weights: dict[str, torch.Tensor], mean_pooling: bool, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A ViT encoder's state dict (`embeddings.`, `layers.N.`, `layernorm.`) in BEiT's names under `prefix`; key biases dropped."""
+    out = {}
+    for key, value in weights.items():
+        if key.endswith("attention.k_proj.bias") or key.startswith("pooler.") or key == "embeddings.mask_token":
+            continue
+        if key.startswith("layernorm.") and mean_pooling:
+            key = "pooler." + key
+        out[prefix + key] = value
+        if key.endswith(("q_proj.weight", "v_proj.weight")) and key.removesuffix("weight") + "bias" not in weights:
+            out[prefix + key.removesuffix("weight") + "bias"] = torch.zeros(value.shape[0], dtype=value.dtype)  # qkv_bias=False
+    return out
+
+
+def beit_to_vit(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ViT-like BEiT encoder's state dict in ViT's names: its final norm from either place, zero key biases."""
+    out = {k.removeprefix("pooler."): v for k, v in weights.items() if k != "embeddings.mask_token"}
+    for key in [k for k in out if k.endswith("attention.k_proj.weight")]:
+        out[key.removesuffix("weight") + "bias"] = torch.zeros(out[key].shape[0], dtype=out[key].dtype)
+    return out
+
+
+def pooled_encoder(model: PreTrainedModel) -> PreTrainedModel:
+    """The encoder of an MAE or SimMIM model as a stock `BeitModel` whose pooler is the layer norm of the patch mean.
+
+    It shares the model's weights (no copy); `pooler_output` is the image embedding that hfssl probes and exports.
+    """
+    from transformers import BeitModel
+
+    config = beit_config(model.config, mean_pooling=True)
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
-        encoder = ViTModel(config, add_pooling_layer=False)
-    weights = {k: v for k, v in model.vit.state_dict().items() if k != "embeddings.mask_token"}
-    encoder.load_state_dict(weights, strict=True, assign=True)
+        encoder = BeitModel(config, add_pooling_layer=True)
+    encoder.load_state_dict(vit_to_beit(model.vit.state_dict(), mean_pooling=True), strict=True, assign=True)
     return encoder.eval()
+
+
+def rgb_input(model: PreTrainedModel) -> PreTrainedModel:
+    """Let a grayscale (1-channel) image model read RGB, which is what pipelines feed it; RGB models are returned as they are.
+
+    The first convolution's weights are spread evenly over 3 channels, so a gray image (R = G = B)
+    gives the same output as before (timm's `adapt_input_conv`; transformers has no equivalent).
+    The new weights are a new tensor: a model sharing the old ones is unaffected.
+    """
+    if getattr(model.config, "num_channels", 3) != 1:
+        return model
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1)
+    first.weight = torch.nn.Parameter(first.weight.detach().repeat(1, 3, 1, 1) / 3)
+    first.in_channels = 3
+    for module in model.modules():  # embeddings check the channel count of their input
+        if isinstance(getattr(module, "num_channels", None), int):
+            module.num_channels = 3
+    model.config.num_channels = 3
+    return model
+
+
+def rgb_processor(processor: Any) -> Any:
+    """A copy of an image processor that normalises RGB: a grayscale one's mean and std repeated for 3 channels."""
+    processor = copy.deepcopy(processor)
+    if len(processor.image_mean) == 1:
+        processor.image_mean, processor.image_std = list(processor.image_mean) * 3, list(processor.image_std) * 3
+    return processor

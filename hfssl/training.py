@@ -264,10 +264,12 @@ def save_output(
 
 
 def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
-    """The lineage recorded by an earlier hfssl run, when the starting model is one."""
+    """The lineage recorded by an earlier hfssl run, when the starting model is one; with `repo_id` when it was pushed."""
     if model_name_or_path and os.path.isfile(os.path.join(model_name_or_path, RECORD_FILE)):
         with open(os.path.join(model_name_or_path, RECORD_FILE), encoding="utf-8") as f:
-            return json.load(f).get("lineage")
+            record = json.load(f)
+        pushed = (record.get("pushed_to") or {}).get("repo_id")
+        return {**record.get("lineage", {}), **({"repo_id": pushed} if pushed else {})}
     return None
 
 

@@ -22,7 +22,7 @@ from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
 from hfssl.training import bf16_supported, start_run
-from hfssl.transfer.models import image_classifier_config, image_pooling, load_classifier, load_image_processor
+from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
 from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
@@ -52,16 +52,14 @@ def main(argv: list[str] | None = None) -> Fit:
 
     # Everything that can be wrong with the options or the images fails here, before training.
     splits = load_image_classification(data_args, seed=run_args.seed)
-    config = image_classifier_config(model_args, splits.class_names)
-    pooling = image_pooling(config, classifier.pooling, model_args.from_scratch or not model_args.model_name_or_path)
+    config, pooling = image_classifier_config(model_args, splits.class_names, classifier.pooling)
     processor = load_image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     # Classifiers read RGB, as pipeline() feeds them (grayscale encoders are adapted when loaded).
     train, held_out = (decode_images(s, processor, 3, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
 
     setup = TransferSetup(
         build=lambda: load_classifier("image", model_args.model_name_or_path, splits.class_names, model_args.from_scratch,
-                                      config=config, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir,
-                                      pooling=pooling),
+                                      config=config, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
         train_dataset=LabeledImages(train), eval_dataset=LabeledImages(held_out),
         collator=LabeledImageCollator(ImageBatchCollator(processor.image_mean, processor.image_std, None,
                                                          data_args.crop_min_scale, data_args.horizontal_flip)),

@@ -24,6 +24,7 @@ from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
 from hfssl.training import bf16_supported, start_run
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
+from hfssl.transfer.pooling import text_pooling
 from hfssl.hub import publish
 from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
@@ -56,12 +57,14 @@ def main(argv: list[str] | None = None) -> Fit:
     config = load_config(model_path, model_args.trust_remote_code, model_args.cache_dir)
     tokenizer = load_tokenizer(model_path, "model_name_or_path", model_args.trust_remote_code)
     max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
+    pooling = text_pooling(config, classifier.pooling)  # mean where the architecture pools natively, else [CLS]
     data = load_text_classification(data_args, seed=run_args.seed)
     with run_args.main_process_first(desc="tokenizing"):
-        encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers)
+        encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers,
+                                          eval_max_length=usable_positions(config, tokenizer))
 
     setup = TransferSetup(
-        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch, pooling=classifier.pooling,
+        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch, pooling=pooling,
                                       trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
         train_dataset=encoded["train"], eval_dataset=encoded["validation"],
         collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, label_names=data.label_names,
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> Fit:
     )
     result = run_transfer(setup, transfer, run_args, resume)
 
-    options = dict(data=vars(data_args), model={**vars(model_args), **vars(classifier), "model_name_or_path": model_path},
+    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
                    transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
     save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))

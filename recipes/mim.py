@@ -19,7 +19,7 @@ from hfssl.cards import output_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
 from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
-from hfssl.models import build_masked_image_model, masked_image_config, use_fast_attention, vit_encoder
+from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, use_fast_attention
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
 from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     mean, std = processor.image_mean, processor.image_std
     collator = ImageBatchCollator(mean, std, mask_inputs(config, masking), data_args.crop_min_scale, data_args.horizontal_flip)
-    probe = ProbeCallback.for_images(vit_encoder, train, held_out, mean, std, probe_args.knn_k, probe_args.probe_samples, run_args.seed)
+    probe = ProbeCallback.for_images(pooled_encoder, train, held_out, mean, std, probe_args.knn_k, probe_args.probe_samples, run_args.seed)
     history = LossHistory()
     trainer = MaskedImageTrainer(
         model=model, args=run_args, train_dataset=train, eval_dataset=held_out, data_collator=collator,

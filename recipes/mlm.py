@@ -2,7 +2,7 @@
 
     accelerate launch recipes/mlm.py [config.yaml] [--key value ...]
 
-With no arguments: a tiny BERT and a WordPiece tokenizer trained on the embedded corpus
+With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the embedded corpus
 (docstrings of the Python standard library), a couple of minutes on a laptop CPU.
 """
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
     config = mlm_config(model_args.model_name_or_path, model_args.model_preset, model_args.config_overrides,
-                        model_args.trust_remote_code, model_args.cache_dir)
+                        model_args.trust_remote_code, model_args.cache_dir, model_args.architecture)
     raw = load_text_datasets(data_args, seed=run_args.seed)
     text_column = resolve_text_column(raw["train"], data_args.text_column)
     tokenizer = resolve_tokenizer(model_args, raw["train"], text_column, resume)

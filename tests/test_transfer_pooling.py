@@ -1,44 +1,26 @@
-"""Mean pooling on stock classifiers: the head reads the masked mean (text) or the patch mean (ViT), padding is ignored,
-the choice survives a reload, and image models that pool by themselves take no --pooling."""
+"""Pooling built into stock classes: ModernBERT's classifier reads the masked mean, ViT weights become a BEiT classifier
+that pools by [CLS] (exactly ViT's head) or by the layer-normed patch mean, and both survive a plain reload; architectures
+without native mean pooling refuse it, and image models that pool by themselves take no --pooling."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 from transformers import (
-    AlbertConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, BertConfig, DistilBertConfig, ElectraConfig,
-    ModernBertConfig, ResNetConfig, RobertaConfig, ViTConfig,
+    AutoModelForImageClassification, AutoModelForSequenceClassification, BeitForImageClassification, BertConfig,
+    DistilBertConfig, ModernBertConfig, ResNetConfig, RobertaConfig, ViTConfig, ViTForImageClassification,
 )
 
 from hfssl.args import ImageClassifierArguments, TextClassifierArguments
-from hfssl.transfer.models import image_pooling
-from hfssl.transfer.pooling import apply_pooling, restore_pooling
+from hfssl.models import beit_config, vit_to_beit
+from hfssl.transfer.pooling import image_pooling, text_pooling
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1, num_labels=3)
 LENGTHS = [7, 4]  # the second text is padded with 3 tokens
 
 
-def _head_on(plain, mean):
-    """What each architecture's stock head computes from a pooled vector (batch, hidden), written out by hand."""
-    kind = plain.config.model_type
-    if kind == "bert":
-        return plain.classifier(mean)  # the pooler's dense + tanh is bypassed
-    if kind in ("roberta", "electra"):
-        return plain.classifier(mean.unsqueeze(1))  # their heads read position 0
-    if kind == "distilbert":
-        return plain.classifier(torch.relu(plain.pre_classifier(mean)))
-    return plain.classifier(plain.drop(plain.head(mean)))  # modernbert
-
-
-CASES = {
-    "bert": BertConfig(**SMALL),
-    "roberta": RobertaConfig(**SMALL, pad_token_id=1),
-    "electra": ElectraConfig(**SMALL, embedding_size=32),
-    "distilbert": DistilBertConfig(vocab_size=100, dim=32, n_heads=2, hidden_dim=64, n_layers=1, num_labels=3),
-    "modernbert": ModernBertConfig(**SMALL, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3),
-}
+def _modernbert() -> ModernBertConfig:
+    return ModernBertConfig(**SMALL, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,79 +29,77 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_mean_pooling_is_the_head_on_the_masked_mean(name):
+def test_modernbert_mean_pooling_is_the_head_on_the_masked_mean_and_survives_a_plain_reload(tmp_path):
+    config = _modernbert()
+    assert text_pooling(config, None) == "mean" and config.classifier_pooling == "mean"  # the default where it is native
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(CASES[name]).eval()
-    plain = copy.deepcopy(model)
-    assert apply_pooling(model, "mean") is model and model.config.hfssl_pooling == "mean"
+    model = AutoModelForSequenceClassification.from_config(config).eval()
     ids, mask = _batch()
     with torch.no_grad():
-        hidden = plain.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         mean = torch.stack([hidden[i, :n].mean(dim=0) for i, n in enumerate(LENGTHS)])  # padding left out
-        expected = _head_on(plain, mean)
+        expected = model.classifier(model.drop(model.head(mean)))
         logits = model(input_ids=ids, attention_mask=mask).logits
         other_padding = torch.where(mask.bool(), ids, torch.randint(5, 100, ids.shape))
         repadded = model(input_ids=other_padding, attention_mask=mask).logits
-        cls = plain(input_ids=ids, attention_mask=mask).logits
+        model.save_pretrained(tmp_path)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert torch.equal(reloaded(input_ids=ids, attention_mask=mask).logits, logits)  # no hfssl code needed
     assert torch.allclose(logits, expected, atol=1e-5)
     assert torch.allclose(repadded, logits, atol=1e-5)  # what the padding holds does not matter
-    assert not torch.allclose(logits, cls, atol=1e-3)  # and it is not [CLS] pooling
+    cls = _modernbert()
+    assert text_pooling(cls, "cls") == "cls" and cls.classifier_pooling == "cls"
 
 
-def test_pooling_is_saved_and_restored(tmp_path):
-    torch.manual_seed(0)
-    model = apply_pooling(AutoModelForSequenceClassification.from_config(CASES["bert"]), "mean").eval()
-    model.save_pretrained(tmp_path)
-    ids, mask = _batch()
-    with torch.no_grad():
-        before = model(input_ids=ids, attention_mask=mask).logits
-        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-        assert plain.config.hfssl_pooling == "mean"
-        assert not torch.allclose(plain(input_ids=ids, attention_mask=mask).logits, before, atol=1e-3)  # plain loading pools [CLS]
-        assert torch.equal(restore_pooling(plain)(input_ids=ids, attention_mask=mask).logits, before)
-
-
-def test_cls_pooling_leaves_the_stock_model_as_it_is():
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(CASES["bert"]).eval()
-    plain = copy.deepcopy(model)
-    apply_pooling(model, "cls")
-    ids, mask = _batch()
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, plain(input_ids=ids, attention_mask=mask).logits)
-    assert model.config.hfssl_pooling == "cls"
-
-
-def test_unknown_heads_and_values_are_rejected_with_the_fix():
-    albert = AutoModelForSequenceClassification.from_config(AlbertConfig(**SMALL, embedding_size=16))
-    with pytest.raises(ValueError, match=r"--pooling mean is not available for AlbertForSequenceClassification.*Pass --pooling cls"):
-        apply_pooling(albert, "mean")
-    apply_pooling(albert, "cls")  # [CLS] pooling is what every stock head does
+@pytest.mark.parametrize("config", [BertConfig(**SMALL), RobertaConfig(**SMALL, pad_token_id=1),
+                                    DistilBertConfig(vocab_size=100, dim=32, n_heads=2, hidden_dim=64, n_layers=1)],
+                         ids=["bert", "roberta", "distilbert"])
+def test_architectures_without_native_mean_pooling_take_cls_and_refuse_mean_with_the_fix(config):
+    assert text_pooling(config, None) == "cls" and text_pooling(config, "cls") == "cls"
+    with pytest.raises(ValueError, match=rf"--pooling mean: transformers' '{config.model_type}' classifier reads the \[CLS\] "
+                                         r"token.*Pass --pooling cls.*mlm.py output \(ModernBERT"):
+        text_pooling(config, "mean")
     with pytest.raises(ValueError, match=r"--pooling must be one of cls, mean, got 'max'"):
         TextClassifierArguments(pooling="max")
 
 
-VIT = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+VIT = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=32, num_labels=3)
 
 
-def test_vit_mean_pooling_reads_the_patch_mean_and_survives_a_reload(tmp_path):
+def _vit_and_beit(mean: bool) -> tuple[ViTForImageClassification, BeitForImageClassification]:
     torch.manual_seed(0)
-    model = AutoModelForImageClassification.from_config(VIT).eval()
-    plain = copy.deepcopy(model)
-    apply_pooling(model, "mean")
-    pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    vit = ViTForImageClassification(VIT).eval()
     with torch.no_grad():
-        hidden = plain.vit(pixel_values=pixels).last_hidden_state  # (2, 1 + 4 patches, 16), [CLS] first
-        expected = plain.classifier(hidden[:, 1:].mean(dim=1))  # [CLS] left out of the mean
-        logits = model(pixel_values=pixels).logits
-        assert torch.allclose(logits, expected, atol=1e-5)
-        assert not torch.allclose(logits, plain(pixel_values=pixels).logits, atol=1e-3)
-        model.save_pretrained(tmp_path)
+        for p in vit.parameters():
+            p.normal_(0, 0.3)
+        for layer in vit.vit.layers:  # a large key bias: dropping it must still change nothing
+            layer.attention.k_proj.bias.normal_(0, 3.0)
+    beit = BeitForImageClassification(beit_config(vit.config, mean_pooling=mean)).eval()
+    weights = vit_to_beit(vit.vit.state_dict(), mean, "beit.") | {k: v for k, v in vit.state_dict().items() if k.startswith("classifier.")}
+    beit.load_state_dict(weights, strict=True)
+    return vit, beit
+
+
+def test_a_vit_is_exactly_a_beit_without_key_bias_and_with_cls_pooling():
+    vit, beit = _vit_and_beit(mean=False)
+    pixels = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(beit(pixel_values=pixels).logits, vit(pixel_values=pixels).logits, atol=1e-5, rtol=0)
+
+
+def test_beit_mean_pooling_is_the_layer_norm_of_the_patch_mean_and_survives_a_plain_reload(tmp_path):
+    vit, beit = _vit_and_beit(mean=True)
+    pixels = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        states = vit.vit(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]  # before the final norm
+        expected = vit.classifier(vit.vit.layernorm(states[:, 1:].mean(dim=1)))  # [CLS] left out of the mean
+        logits = beit(pixel_values=pixels).logits
+        assert torch.allclose(logits, expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(logits, vit(pixel_values=pixels).logits, atol=1e-3)  # and it is not [CLS]
+        beit.save_pretrained(tmp_path)
         reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
-        assert reloaded.config.hfssl_pooling == "mean"
-        assert torch.equal(restore_pooling(reloaded)(pixel_values=pixels).logits, logits)
+        assert torch.equal(reloaded(pixel_values=pixels).logits, logits)
 
 
 def test_image_pooling_defaults_to_mean_for_pretrained_vit_and_is_refused_for_models_that_pool_themselves():

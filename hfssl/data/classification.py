@@ -209,15 +209,22 @@ def load_text_classification(args: TextClassificationDataArguments, seed: int = 
     return LabeledText(DatasetDict(train=train, validation=validation), text_column, names, description)
 
 
-def tokenize_classification(data: LabeledText, tokenizer: Any, max_seq_length: int, num_proc: int | None = None) -> DatasetDict:
-    """input_ids / attention_mask (unpadded: the collator pads each batch) and labels, for every split."""
+def tokenize_classification(data: LabeledText, tokenizer: Any, max_seq_length: int, num_proc: int | None = None,
+                            eval_max_length: int | None = None) -> DatasetDict:
+    """input_ids / attention_mask (unpadded: the collator pads each batch) and labels, for every split.
 
-    def tokenize(batch: dict[str, list]) -> dict[str, Any]:
+    Training texts are cut at `max_seq_length` (cost grows with length); held-out texts only at `eval_max_length`,
+    the model's own limit, because that is what `pipeline()` feeds the saved model: it does not truncate. So the
+    scores hfssl reports are the predictions a plain pipeline gives, text for text.
+    """
+
+    def tokenize(batch: dict[str, list], max_length: int) -> dict[str, Any]:
         texts = [t if isinstance(t, str) else "" for t in batch[data.text_column]]
-        return dict(tokenizer(texts, truncation=True, max_length=max_seq_length), labels=batch["labels"])
+        return dict(tokenizer(texts, truncation=True, max_length=max_length), labels=batch["labels"])
 
     return DatasetDict({
-        split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {split}")
+        split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {split}",
+                      fn_kwargs={"max_length": max_seq_length if split == "train" else eval_max_length or max_seq_length})
         for split, ds in data.splits.items()
     })
 

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hfssl.data.images import ImageBatchCollator
-from hfssl.models import vit_encoder
+from hfssl.models import pooled_encoder, rgb_input, rgb_processor
 from hfssl.precision import MasterWeightsMixin, with_master_weights
 
 __all__ = [
@@ -184,7 +184,9 @@ class MaskedImageTrainer(MasterWeightsMixin, Trainer):
 
     The loss is the model's own (a per-batch mean, so the Trainer scales it for gradient accumulation).
     Checkpoints keep the decoder so training can resume; the final `save_model` writes the encoder
-    as a stock `ViTModel` plus the image processor.
+    as a stock `BeitModel` whose pooler is the layer norm of the patch mean (see hfssl.models.pooled_encoder),
+    reading RGB (a grayscale encoder's first convolution is spread over three channels, which pipelines feed),
+    plus the image processor.
     """
 
     loss_is_scaled_for_ga = False
@@ -236,6 +238,6 @@ class MaskedImageTrainer(MasterWeightsMixin, Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         if self.is_world_process_zero():
-            vit_encoder(self.accelerator.unwrap_model(self.model)).save_pretrained(output_dir)
+            rgb_input(pooled_encoder(self.accelerator.unwrap_model(self.model))).save_pretrained(output_dir)
             if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
+                rgb_processor(self.processing_class).save_pretrained(output_dir)

@@ -2,8 +2,9 @@
 
 Loading is transformers' `AutoModelFor{Sequence,Image}Classification.from_pretrained`; what is
 added is the check that the backbone really loaded (a silently random backbone would make every
-transfer result meaningless), `--from_scratch` (the same architecture with random weights), and
-the names of the weights initialised fresh, which the strategies train as part of the head.
+transfer result meaningless), `--from_scratch` (the same architecture with random weights), the
+names of the weights initialised fresh, which the strategies train as part of the head, and the
+pooling built into a stock class (see hfssl.transfer.pooling): ViT encoders are classified as BEiT.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
-from hfssl.models import check_model_path, load_config
-from hfssl.transfer.pooling import PATCH_TOKEN_HEADS, apply_pooling, pooler_bypassed, restore_pooling
+from hfssl.models import beit_config, beit_to_vit, check_model_path, load_config, rgb_input, rgb_processor, vit_to_beit
+from hfssl.transfer.pooling import VIT_FAMILY, image_pooling, text_pooling
 
 __all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model",
            "scratch_vit_config", "text_model_path"]
@@ -52,55 +53,42 @@ def _label_config(config: Any, label_names: Sequence[str]) -> Any:
     return config
 
 
-def _as_vit(config: Any) -> Any:
-    """A ViT-MAE checkpoint's encoder is a ViT encoder (same weight names): read it as one to classify with."""
-    from transformers import ViTConfig
-
-    if config.model_type != "vit_mae":
-        return config
-    keep = set(ViTConfig().to_dict()) - {"model_type", "architectures", "transformers_version"}
-    return ViTConfig(**{k: v for k, v in config.to_dict().items() if k in keep})
-
-
-def scratch_vit_config(preset: str, num_channels: int, label_names: Sequence[str]) -> Any:
-    """A ViT config at a hfssl vision preset (encoder only), for a classifier trained from random weights."""
+def scratch_vit_config(preset: str, num_channels: int, label_names: Sequence[str], pooling: str = "cls") -> Any:
+    """A ViT at a hfssl vision preset (encoder only) as a BEiT classifier config, for training from random weights."""
     from transformers import ViTConfig
 
     from hfssl.models import VISION_PRESETS
 
     encoder = {k: v for k, v in VISION_PRESETS[preset].items() if not k.startswith("decoder_")}
-    return _label_config(ViTConfig(**encoder, num_channels=num_channels), label_names)
+    return _label_config(beit_config(ViTConfig(**encoder, num_channels=num_channels), pooling == "mean"), label_names)
 
 
-def image_classifier_config(model_args: Any, label_names: Sequence[str]) -> Any:
-    """The config of the image classifier: the checkpoint's (a ViT-MAE read as a ViT), or a preset RGB ViT from scratch."""
+def image_classifier_config(model_args: Any, label_names: Sequence[str], pooling: str | None) -> tuple[Any, str | None]:
+    """The image classifier's config and its pooling (see `image_pooling`).
+
+    A ViT-family checkpoint (ViT, ViT-MAE, a mim.py output) or the preset from scratch gives a BEiT classifier
+    config pooling by `pooling`; any other image model keeps its own config and pooling.
+    """
+    from_scratch = model_args.from_scratch or not model_args.model_name_or_path
     if model_args.model_name_or_path is None:
-        return scratch_vit_config(model_args.model_preset or "tiny", 3, label_names)
+        pooling = image_pooling(_VIT, pooling, from_scratch=True)
+        return scratch_vit_config(model_args.model_preset or "tiny", 3, label_names, pooling), pooling
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     check_model_path(model_args.model_name_or_path)
-    config = _as_vit(load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir))
-    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not getattr(config, "auto_map", None):
+    config = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+    pooling = image_pooling(config, pooling, from_scratch)
+    if config.model_type in VIT_FAMILY:
+        config = beit_config(config, pooling == "mean")
+    elif config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not getattr(config, "auto_map", None):
         raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, which "
                          "transformers cannot turn into an image classifier. Give an image model: the output of mim.py, "
                          "a ViT, ResNet, ConvNeXt, ...")
-    return _label_config(config, label_names)
+    return _label_config(config, label_names), pooling
 
 
-def image_pooling(config: Any, pooling: str | None, from_scratch: bool = False) -> str | None:
-    """The pooling of an image classifier: --pooling for ViT, None (the model's own) for the rest.
-
-    ViT default: the patch mean for pretrained weights (their [CLS] state was never trained by masked-image
-    pretraining), [CLS] from scratch, where it trains with the task (validation: scratch 0.651 on [CLS] vs 0.626
-    on the mean; the embedded digits 0.52 vs 0.34). Raises ValueError when --pooling is given for an
-    architecture that pools by itself (a CNN averages its feature map).
-    """
-    if config.model_type in PATCH_TOKEN_HEADS:
-        return pooling or ("cls" if from_scratch else "mean")
-    if pooling is not None:
-        raise ValueError(f"--pooling applies to ViT classifiers; a {config.model_type!r} classifier pools its features "
-                         "itself (convolutional models average their feature map). Drop --pooling.")
-    return None
+class _VIT:  # the model type image_pooling sees for the from-scratch preset
+    model_type = "vit"
 
 
 def load_classifier(
@@ -116,75 +104,68 @@ def load_classifier(
     """A `task` ("text" | "image") classifier and the names of the checkpoint weights it lacked (initialised fresh).
 
     Weights from `model_name_or_path` (random with `from_scratch`, or when only `config` is given).
-    Text classifiers pool by `pooling` ("cls" | "mean"; None: as the checkpoint's config recorded, else "cls");
-    image classifiers by `pooling` when given (see `image_pooling`), else as the architecture does.
+    Text classifiers pool by `pooling` (see `text_pooling`); image classifiers come with their `config`
+    (see `image_classifier_config`), and ViT-family weights are mapped onto its BEiT classifier.
     Raises ValueError when a backbone weight is missing from the checkpoint.
     """
     auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
     if config is None:
         check_model_path(model_name_or_path)
-        config = _as_vit(load_config(model_name_or_path, trust_remote_code, cache_dir))
+        config = load_config(model_name_or_path, trust_remote_code, cache_dir)
     config = _label_config(config, label_names)
+    if task == "text":
+        text_pooling(config, pooling)
     if model_name_or_path is None or from_scratch:  # all random; the head is the same as when loaded
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
-        return (_image_pooled(_rgb_input(model), pooling) if task == "image" else _pooled(model, pooling)), set()
+        return (rgb_input(model) if task == "image" else model), set()
+    if config.model_type == "beit" and task == "image":
+        model, fresh = _beit_classifier(model_name_or_path, config, cache_dir)
+    else:
+        model, fresh = _from_pretrained(auto, model_name_or_path, config, trust_remote_code, cache_dir, task)
+    if task == "image":
+        model = rgb_input(model)
+    logger.info("Initialised fresh (trained as the head): %s", ", ".join(sorted(fresh)) or "nothing")
+    return model, fresh
+
+
+def _from_pretrained(auto: Any, path: str, config: Any, trust_remote_code: bool, cache_dir: str | None, task: str
+                     ) -> tuple[PreTrainedModel, set[str]]:
     try:
         model, info = auto.from_pretrained(
-            model_name_or_path, config=config, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
+            path, config=config, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
             dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True,  # a head for other labels is replaced
         )
     except ValueError as err:
         kind = "sequence" if task == "text" else "image"
-        raise ValueError(f"--model_name_or_path {model_name_or_path} ({config.model_type}) has no {kind}-classification "
+        raise ValueError(f"--model_name_or_path {path} ({config.model_type}) has no {kind}-classification "
                          f"class in transformers: {err}") from None
     mismatched = {key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", [])}
     fresh = set(info.get("missing_keys", [])) | mismatched
     prefix = model.base_model_prefix + "."
     # BERT-style poolers belong to classification, not to masked-LM pretraining: one may be fresh.
-    lost = sorted(k for k in fresh if k.startswith(prefix) and not k.startswith(prefix + "pooler."))
-    if lost:
-        raise ValueError(f"--model_name_or_path {model_name_or_path}: {len(lost)} backbone weights are not in the checkpoint "
-                         f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}), so the backbone would start random. "
-                         "Give a checkpoint of the same architecture, or pass --from_scratch true on purpose.")
-    if task == "image":
-        model = _image_pooled(_rgb_input(model), pooling)
-    else:
-        fresh = _used_by_head(_pooled(model, pooling), fresh)
-    logger.info("Initialised fresh (trained as the head): %s", ", ".join(sorted(fresh)) or "nothing")
+    _check_backbone(path, sorted(k for k in fresh if k.startswith(prefix) and not k.startswith(prefix + "pooler.")))
     return model, fresh
 
 
-def _pooled(model: PreTrainedModel, pooling: str | None) -> PreTrainedModel:
-    return restore_pooling(model) if pooling is None else apply_pooling(model, pooling)
+def _beit_classifier(path: str, config: Any, cache_dir: str | None) -> tuple[PreTrainedModel, set[str]]:
+    """A BEiT classifier on a ViT-family checkpoint's encoder (ViT, ViT-MAE or BEiT weights, mapped by name)."""
+    from transformers import AutoModel, BeitForImageClassification
+
+    source = AutoModel.from_pretrained(path, cache_dir=cache_dir, dtype=torch.float32)
+    weights = source.state_dict()
+    if source.config.model_type == "beit":
+        weights = beit_to_vit(weights)
+    model = BeitForImageClassification(config)
+    missing, _ = model.load_state_dict(vit_to_beit(weights, config.use_mean_pooling, "beit."), strict=False)
+    _check_backbone(path, [k for k in missing if k.startswith("beit.")])
+    return model, set(missing)
 
 
-def _image_pooled(model: PreTrainedModel, pooling: str | None) -> PreTrainedModel:
-    return model if pooling is None else apply_pooling(model, pooling)
-
-
-def _used_by_head(model: PreTrainedModel, fresh: set[str]) -> set[str]:
-    """`fresh` less a pooler that mean pooling bypasses: unused, it is not trained as part of the head."""
-    if not pooler_bypassed(model):
-        return fresh
-    return {k for k in fresh if not k.startswith(f"{model.base_model_prefix}.pooler.")}
-
-
-def _rgb_input(model: PreTrainedModel) -> PreTrainedModel:
-    """Let a grayscale (1-channel) image model read RGB, which is what pipelines feed it.
-
-    The first convolution's weights are spread evenly over 3 channels, so a gray image (R = G = B)
-    gives the same output as before (timm's `adapt_input_conv`; transformers has no equivalent).
-    """
-    if getattr(model.config, "num_channels", 3) != 1:
-        return model
-    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1)
-    first.weight = torch.nn.Parameter(first.weight.detach().repeat(1, 3, 1, 1) / 3)
-    first.in_channels = 3
-    for module in model.modules():  # embeddings check the channel count of their input
-        if isinstance(getattr(module, "num_channels", None), int):
-            module.num_channels = 3
-    model.config.num_channels = 3
-    return model
+def _check_backbone(path: str, lost: list[str]) -> None:
+    if lost:
+        raise ValueError(f"--model_name_or_path {path}: {len(lost)} backbone weights are not in the checkpoint "
+                         f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}), so the backbone would start random. "
+                         "Give a checkpoint of the same architecture, or pass --from_scratch true on purpose.")
 
 
 def load_image_processor(model_name_or_path: str | None, config: Any, cache_dir: str | None = None) -> Any:
@@ -204,6 +185,4 @@ def load_image_processor(model_name_or_path: str | None, config: Any, cache_dir:
             raise ValueError(f"--model_name_or_path {model_name_or_path} has no image processor (preprocessor_config.json) "
                              "and its config gives no image size: save one with the model.")
         processor = image_processor(None, config)
-    if len(processor.image_mean) == 1:  # a grayscale model, which _rgb_input turns into an RGB one
-        processor.image_mean, processor.image_std = processor.image_mean * 3, processor.image_std * 3
-    return processor
+    return rgb_processor(processor)  # a grayscale model is turned into an RGB one (rgb_input)

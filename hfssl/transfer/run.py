@@ -2,10 +2,10 @@
 
 One run is: build the classifier, apply each stage of the strategy (two for lp_ft), train each
 with a `TransferTrainer`, then score the held-out set once with the shipped `evaluate` module.
-A LoRA output is the adapter (peft's format) plus `base_model/`: the starting checkpoint with
-this task's labels in its config, which the adapter's `base_model_name_or_path` points to, so
-that `AutoPeftModelForSequenceClassification.from_pretrained(out)` and `pipeline(model=out)`
-rebuild the classifier for the right number of classes. `--merge_lora` adds `merged/`.
+A LoRA output is the adapter (peft's format) beside its base in the same directory: the frozen
+weights with this task's labels in config.json and the trained head, so that
+`AutoPeftModelForSequenceClassification.from_pretrained(out)` and `pipeline(model=out)` rebuild
+the classifier for the right classes from the output (or its repo) alone. `--merge_lora` adds `merged/`.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class Fit:
     train_metrics: dict[str, float]
     parameters: dict[str, int]  # trainable (per stage), full
     history: LossHistory
+    predictions: np.ndarray  # the predicted class of each held-out example, behind eval_results
     seed_results: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -171,14 +172,17 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
     parameters = {"trainable": trainable[-1], "full": full_count}
     if len(stages) > 1:
         parameters.update({f"trainable_in_{s.__name__}": n for s, n in zip(stages, trainable)})
-    return Fit(trainer, layout, _score(trainer, setup), train_metrics, parameters, history)
+    scores, predictions = _score(trainer, setup)
+    return Fit(trainer, layout, scores, train_metrics, parameters, history, predictions)
 
 
-def _score(trainer: TransferTrainer, setup: TransferSetup) -> dict[str, Any]:
-    """eval_* scores of the held-out set: the Trainer's loss, the shipped metric module's report, the majority baseline."""
+def _score(trainer: TransferTrainer, setup: TransferSetup) -> tuple[dict[str, Any], np.ndarray]:
+    """eval_* scores of the held-out set (the Trainer's loss, the shipped metric module's report, the majority
+    baseline) and the predicted classes behind them."""
     prediction = trainer.predict(setup.eval_dataset, metric_key_prefix="eval")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    report = load_metric().compute(predictions=logits.argmax(-1), references=prediction.label_ids, label_names=setup.label_names)
+    predicted = logits.argmax(-1)
+    report = load_metric().compute(predictions=predicted, references=prediction.label_ids, label_names=setup.label_names)
     return {
         **{k: v for k, v in prediction.metrics.items() if k in ("eval_loss", "eval_runtime", "eval_samples_per_second")},
         **{f"eval_{k}": v for k, v in scalar_scores(report).items()},
@@ -186,7 +190,7 @@ def _score(trainer: TransferTrainer, setup: TransferSetup) -> dict[str, Any]:
         "eval_samples": len(setup.eval_labels),
         "eval_per_class": report["per_class"],
         "eval_confusion_matrix": report["confusion_matrix"],
-    }
+    }, predicted
 
 
 def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None = None) -> Fit:
@@ -228,27 +232,31 @@ def transfer_record(recipe: str, fit_: Fit, description: str, model_path: str | 
         metrics={**fit_.train_metrics, **{k: v for k, v in fit_.eval_results.items() if not isinstance(v, (dict, list))},
                  **{f"{k}_parameters": v for k, v in fit_.parameters.items()}},
         seed_results=fit_.seed_results or None,
-        lora_base_model="base_model" if options["transfer"]["strategy"] == "lora" else None,
+        lora_base_model="." if options["transfer"]["strategy"] == "lora" else None,
         hardware=hardware_name(),
     )
 
 
-def _write_lora_models(model: nn.Module, processing_class: Any, staging: Path, merge: bool) -> None:
-    """base_model/ (the starting weights, this task's labels) and, with --merge_lora, merged/ (a plain model)."""
-    base = copy.deepcopy(model).unload()
-    base.save_pretrained(staging / "base_model")
+def _write_lora_base(model: nn.Module, processing_class: Any, staging: Path, merge: bool) -> None:
+    """The adapter's base next to it (the frozen weights with this task's labels and trained head) and, with
+    --merge_lora, merged/ (a plain model with the adapters folded in).
+
+    With config.json in the output, `AutoModelFor*.from_pretrained(out)` and `pipeline(model=out)` load the base
+    from the output itself and apply the adapter, and so does the pushed repo once its adapter_config.json names
+    it (hfssl.hub does that at push): the output resolves from itself alone, with this task's labels.
+    """
+    copy.deepcopy(model).unload().save_pretrained(staging)
     if merge:
         copy.deepcopy(model).merge_and_unload().save_pretrained(staging / "merged")
-    for folder in ("base_model", "merged") if merge else ("base_model",):
-        processing_class.save_pretrained(staging / folder)
+        processing_class.save_pretrained(staging / "merged")
 
 
 def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[str, Any], card: Callable[[Path], Any]) -> None:
-    """Write the model (or adapter + base_model/), eval_results.json, the confusion matrix, plots, card and hfssl.json."""
+    """Write the model (or adapter + its base), eval_results.json, the confusion matrix, plots, card and hfssl.json."""
     trainer, model = fit_.trainer, fit_.model
     out = Path(trainer.args.output_dir)
-    if transfer.strategy == "lora":  # the adapter must name its base where it will be, not the staging folder
-        model.peft_config["default"].base_model_name_or_path = str((out / "base_model").resolve())
+    if transfer.strategy == "lora":  # the adapter names its base where it will be: this output (the repo, once pushed)
+        model.peft_config["default"].base_model_name_or_path = str(out.resolve())
 
     def extra(staging: Path) -> None:
         write_json(staging / "eval_results.json",
@@ -258,9 +266,9 @@ def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[s
         save_confusion_matrix(fit_.eval_results["eval_confusion_matrix"], setup.label_names, staging / "confusion_matrix.png",
                               f"{record['recipe']} ({transfer.strategy}): accuracy {fit_.eval_results['eval_accuracy']:.3f}")
         if transfer.strategy == "lora":
-            _write_lora_models(model, setup.processing_class, staging, transfer.merge_lora)
+            _write_lora_base(model, setup.processing_class, staging, transfer.merge_lora)
 
-    with warnings.catch_warnings():  # peft looks for base_model/ while it is still being written
+    with warnings.catch_warnings():  # peft looks for the base while it is still being written
         warnings.filterwarnings("ignore", message="Could not find a config file")
         save_output(trainer, record, fit_.history, card=card, extra=extra)
 
