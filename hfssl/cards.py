@@ -342,28 +342,27 @@ def _sentence_denoising_card(out: _Output) -> ModelCard:
     ]
     return _render(
         "pretrained",
-        _card_data(out, "feature-extraction", ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"], "transformers",
+        _card_data(out, "feature-extraction", ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"],
+                   "sentence-transformers",
                    _eval_results(out, "feature-extraction", "Sentence reconstruction from the pooled embedding")),
         out,
         title="Domain-adapted sentence encoder (TSDAE)",
         summary="A sentence encoder adapted to new text by sequential denoising (TSDAE, Wang et al. 2021): it learned "
         "to pack each sentence, seen with most words deleted, into one vector from which the sentence can be rebuilt. "
-        "Fine-tune it on a labeled task, or use its mean-pooled token states as sentence embeddings.",
+        "Fine-tune it on a labeled task, or embed sentences with sentence-transformers: the repo keeps the base "
+        "model's modules (pooling, normalisation), so embeddings come out as the base model's did.",
         pretext="tsdae",
-        usage=(f"import torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-               f'tokenizer = AutoTokenizer.from_pretrained("{out.ref}")\n'
-               f'encoder = AutoModel.from_pretrained("{out.ref}")\n'
-               f'batch = tokenizer(["{_SAMPLE_TEXT["finetune_text"]}"], return_tensors="pt")\n'
-               "with torch.no_grad():\n    states = encoder(**batch).last_hidden_state\n"
-               'mask = batch["attention_mask"][..., None]\n'
-               "embedding = (states * mask).sum(1) / mask.sum(1)  # mean pooling\nprint(embedding.shape)  # (1, hidden_size)"),
+        usage=("from sentence_transformers import SentenceTransformer\n\n"
+               f'encoder = SentenceTransformer("{out.ref}")  # the base model\'s pooling and normalisation, adapted weights\n'
+               f'embedding = encoder.encode(["{_SAMPLE_TEXT["finetune_text"]}"])\nprint(embedding.shape)  # (1, hidden_size)'),
         next_step=f"hfssl finetune_text --model_name_or_path {out.ref}",
         facts=facts,
         metrics=[(label, _fmt(metrics[k])) for k, _, label in EVAL_METRICS["tsdae"] if k in metrics],
         plots=[("loss curve", "loss_curve.png")],
         limitations="Adapted briefly to one corpus: it suits text like its training data. The reconstruction loss is "
         "on held-out sentences of the same source with fixed deletions; it tracks the pretext, not downstream accuracy. "
-        "The weights are a plain transformers encoder: the decoder used for training is not saved.",
+        "The weights are a plain transformers encoder with sentence-transformers' module files: the decoder used for "
+        "training is not saved.",
     )
 
 

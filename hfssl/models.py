@@ -262,7 +262,7 @@ def masked_image_config(model_args: Any, masking: Any) -> Any:
                              "masked-image pretraining needs a ViT, ViT-MAE or mim.py (BEiT) checkpoint.")
         if source.model_type == "beit":
             check_vit_like(source)
-        encoder = {f: getattr(source, f) for f in _ENCODER_FIELDS}
+        encoder = {f: getattr(source, f) for f in _ENCODER_FIELDS if hasattr(source, f)}  # BEiT: no qkv_bias (always biased)
         nearest = min(_DECODERS, key=lambda p: abs(VISION_PRESETS[p]["hidden_size"] - source.hidden_size))
         decoder = {f: getattr(source, f, v) for f, v in _DECODERS[nearest].items()}
     else:

@@ -66,3 +66,27 @@ TINY_MLM = [
     "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
     "--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20",
 ]
+
+
+SENTINEL = "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0123"  # the only token the loopback Hub accepts
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch, caplog):  # noqa: ANN201
+    """A loopback Hub that accepts SENTINEL as the token; offline mode lifted for this test only."""
+    import logging
+
+    import huggingface_hub.constants as hf_constants
+
+    import hfssl.hub
+    from hub_server import LoopbackHub
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # else its agent detection calls huggingface.co
+    monkeypatch.setattr(hfssl.hub, "RETRY_WAITS", (0.1, 0.1, 0.1))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    caplog.set_level(logging.DEBUG)  # capture everything the clients log...
+    caplog.set_level(logging.DEBUG, logger="huggingface_hub")  # ...including the library that sets its own level
+    with LoopbackHub(tmp_path / "hub", token=SENTINEL) as server:
+        yield server
+    assert not server.unknown, f"clients called routes the loopback Hub does not implement: {server.unknown}"

@@ -8,7 +8,6 @@ An opt-in test pushes to the real Hub: HFSSL_LIVE_HUB=1 HF_TOKEN=hf_... pytest t
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -25,11 +24,10 @@ import hfssl.hub
 from hfssl.cli import main as hfssl_cli
 from hfssl.hub import PushError, push_output
 
-from conftest import TINY_MLM, load_recipe
+from conftest import SENTINEL, TINY_MLM, load_recipe
 from hub_server import LoopbackHub
 from recipe_outputs import KINDS, check_card, check_printed_prediction, output_files, python_blocks, tiny_output
 
-SENTINEL = "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0123"
 
 # Loads every pushed repo in a fresh interpreter, so HF_ENDPOINT and HF_HUB_DISABLE_XET are read at import as
 # users set them; compares it with the local output directory; then loads the repo's card with ModelCard.load
@@ -86,20 +84,6 @@ def mlm_output(tmp_path_factory) -> Path:
     shutil.copytree(tiny_output("mlm"), out)
     assert list(out.glob("checkpoint-*"))
     return out
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch, caplog):
-    """A loopback Hub that accepts SENTINEL as the token; offline mode lifted for this test only."""
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)  # else its agent detection calls huggingface.co
-    monkeypatch.setattr(hfssl.hub, "RETRY_WAITS", (0.1, 0.1, 0.1))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    caplog.set_level(logging.DEBUG)  # capture everything the clients log...
-    caplog.set_level(logging.DEBUG, logger="huggingface_hub")  # ...including the library that sets its own level
-    with LoopbackHub(tmp_path / "hub", token=SENTINEL) as server:
-        yield server
-    assert not server.unknown, f"clients called routes the loopback Hub does not implement: {server.unknown}"
 
 
 @pytest.fixture(params=["xet", "lfs"])

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from transformers import ViTForImageClassification, ViTForMaskedImageModeling, ViTMAEForPreTraining
+from transformers import AutoModel, ViTConfig, ViTForMaskedImageModeling, ViTMAEForPreTraining, ViTModel
 
 from hfssl.args import PatchMaskingArguments, VisionModelArguments
-from hfssl.models import build_masked_image_model, masked_image_config, use_fast_attention, vit_encoder
+from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, rgb_input, use_fast_attention
 from hfssl.pretext.masked_patches import block_mask, mask_inputs, random_mask, reconstruct
 
 SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
@@ -93,31 +93,36 @@ def test_mae_from_scratch_has_sin_cos_positions():
 
 
 @pytest.mark.parametrize("method", ["mae", "simmim"])
-def test_encoder_loads_into_image_classification_with_only_the_classifier_new(tmp_path, method):
+def test_the_exported_encoder_is_a_stock_beit_whose_pooler_is_the_layer_normed_patch_mean(tmp_path, method):
     model, _ = tiny_model(method)
-    vit_encoder(model).save_pretrained(tmp_path)
-    classifier, info = ViTForImageClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
-    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
-    assert not info["unexpected_keys"] and not info["mismatched_keys"]
-    source = dict(model.vit.named_parameters())
-    for name, param in classifier.vit.named_parameters():
-        assert torch.equal(param, source[name]), name
-    # and the same features as the pretraining encoder without masking
-    x = torch.randn(2, 1, 16, 16)
-    with torch.no_grad():
-        expected = vit_encoder(model)(pixel_values=x).last_hidden_state
-        assert torch.allclose(classifier.eval().vit(pixel_values=x).last_hidden_state, expected, atol=1e-5)
+    rgb_input(pooled_encoder(model)).save_pretrained(tmp_path)  # as MaskedImageTrainer.save_model writes it
+    encoder, info = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(encoder).__name__ == "BeitModel" and encoder.config.num_channels == 3
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]  # no random pooler
+    gray = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():  # the unmasked pretraining encoder, by hand: final norm of the patch mean
+        vit = ViTModel(ViTConfig(**{k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                    "intermediate_size", "image_size", "patch_size", "num_channels", "layer_norm_eps")}),
+                       add_pooling_layer=False).eval()
+        vit.load_state_dict({k: v for k, v in model.vit.state_dict().items() if k != "embeddings.mask_token"})
+        hidden = vit(pixel_values=gray, output_hidden_states=True).hidden_states[-1]
+        expected = vit.layernorm(hidden[:, 1:].mean(dim=1))
+        got = encoder.eval()(pixel_values=gray.repeat(1, 3, 1, 1)).pooler_output  # a gray image as pipelines feed it: RGB
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_each_method_continues_from_the_other_methods_encoder(tmp_path):
     mae, _ = tiny_model("mae")
-    vit_encoder(mae).save_pretrained(tmp_path / "vit")
-    args = VisionModelArguments(model_name_or_path=str(tmp_path / "vit"))
-    simmim = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="simmim")), str(tmp_path / "vit"))
+    pooled_encoder(mae).save_pretrained(tmp_path / "beit")
+    args = VisionModelArguments(model_name_or_path=str(tmp_path / "beit"))
+    simmim = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="simmim")), str(tmp_path / "beit"))
     assert isinstance(simmim, ViTForMaskedImageModeling)
-    again = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="mae")), str(tmp_path / "vit"))
+    again = build_masked_image_model(masked_image_config(args, PatchMaskingArguments(method="mae")), str(tmp_path / "beit"))
     assert isinstance(again, ViTMAEForPreTraining)
     for name, param in mae.vit.named_parameters():
+        if name.endswith("k_proj.bias"):  # BEiT has no key bias (softmax cancels it): continued pretraining starts it at 0
+            assert not dict(simmim.vit.named_parameters())[name].any() and not dict(again.vit.named_parameters())[name].any()
+            continue
         assert torch.equal(dict(simmim.vit.named_parameters())[name], param), name
         assert torch.equal(dict(again.vit.named_parameters())[name], param), name
 

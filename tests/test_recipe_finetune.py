@@ -16,7 +16,6 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from conftest import TINY_MLM, load_recipe
 from hfssl.data.samples import DOCSTRING_FAMILIES, digits_images
 from hfssl.transfer.models import load_classifier
-from hfssl.transfer.pooling import restore_pooling
 
 mlm, mim = load_recipe("mlm"), load_recipe("mim")
 finetune_text, finetune_image = load_recipe("finetune_text"), load_recipe("finetune_image")
@@ -57,8 +56,8 @@ def text_logits(model: torch.nn.Module, tokenizer, texts=SENTENCES) -> torch.Ten
 
 
 def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
-    model, fresh = load_classifier("text", mlm_out, list(DOCSTRING_FAMILIES))
-    assert fresh == {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}  # no backbone weight
+    model, fresh = load_classifier("text", mlm_out, list(DOCSTRING_FAMILIES), pooling="mean")
+    assert fresh == {"classifier.weight", "classifier.bias"}  # no backbone weight (ModernBERT's head comes from the MLM head)
 
     out = tmp_path / "ft"
     result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out)] + FAST_TEXT)
@@ -66,11 +65,12 @@ def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
     assert re.search(r"accuracy 0\.\d+, macro-F1 0\.\d+ .*majority-class baseline 0\.\d+", printed)
     assert f"trainable parameters: {result.parameters['full']:,} of {result.parameters['full']:,}" in printed
 
-    loaded = restore_pooling(AutoModelForSequenceClassification.from_pretrained(out))  # mean pooling, the default
-    assert list(loaded.config.id2label.values()) == list(DOCSTRING_FAMILIES) and loaded.config.hfssl_pooling == "mean"
+    loaded = AutoModelForSequenceClassification.from_pretrained(out)  # a plain load: mean pooling is in the config
+    assert list(loaded.config.id2label.values()) == list(DOCSTRING_FAMILIES) and loaded.config.classifier_pooling == "mean"
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert torch.allclose(text_logits(loaded, tokenizer), text_logits(result.model, tokenizer), atol=1e-5)
-    assert pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"] in DOCSTRING_FAMILIES  # [CLS]-pooled
+    label = DOCSTRING_FAMILIES[int(text_logits(result.model, tokenizer)[0].argmax())]
+    assert pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"] == label
 
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"]["base_model"] == mlm_out and record["lineage"]["strategy"] == "full"
@@ -92,8 +92,8 @@ def test_image_chain_mim_to_classifier(mim_out, tmp_path):
 
     out = tmp_path / "ft"
     result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out)] + FAST_IMAGE)
-    loaded = restore_pooling(AutoModelForImageClassification.from_pretrained(out))  # the head reads the patch mean (the default)
-    assert loaded.config.hfssl_pooling == "mean"
+    loaded = AutoModelForImageClassification.from_pretrained(out)  # a plain load: BEiT pooling by the patch mean (the default)
+    assert type(loaded).__name__ == "BeitForImageClassification" and loaded.config.use_mean_pooling
     pixels = torch.randn(3, 3, loaded.config.image_size, loaded.config.image_size)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(pixel_values=pixels).logits, result.model.eval()(pixel_values=pixels).logits, atol=1e-5)
@@ -120,16 +120,18 @@ def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, cap
     for reloaded in (AutoPeftModelForSequenceClassification.from_pretrained(out),
                      AutoModelForSequenceClassification.from_pretrained(out / "merged"),
                      AutoModelForSequenceClassification.from_pretrained(out)):  # transformers' own PEFT loading
-        after = text_logits(restore_pooling(reloaded), tokenizer)
+        after = text_logits(reloaded, tokenizer)
         assert torch.allclose(after, before, atol=1e-5) and torch.equal(after.argmax(-1), before.argmax(-1))
-    assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").is_file()
-    label = pipeline("text-classification", model=reloaded, tokenizer=tokenizer)(SENTENCES[0])[0]["label"]
+    assert (out / "model.safetensors").is_file() and (out / "adapter_model.safetensors").is_file()  # the base ships beside it
+    assert not (out / "base_model").exists()
+    label = pipeline("text-classification", model=str(out))(SENTENCES[0])[0]["label"]
     assert label == DOCSTRING_FAMILIES[int(before[0].argmax())]
-    assert json.loads((out / "hfssl.json").read_text())["lora_base_model"] == "base_model"
+    assert json.loads((out / "hfssl.json").read_text())["lora_base_model"] == "."
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(out.resolve())
 
 
 def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
-    from peft import PeftModel
+    from peft import AutoPeftModel, PeftModel
 
     out = tmp_path / "lora"
     result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out), "--strategy", "lora",
@@ -137,19 +139,19 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
     pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = result.model.eval()(pixel_values=pixels).logits
-        base = AutoModelForImageClassification.from_pretrained(out / "base_model")
-        adapter = restore_pooling(PeftModel.from_pretrained(base, out)).eval()
-        merged = restore_pooling(AutoModelForImageClassification.from_pretrained(out / "merged")).eval()
+        adapter = AutoModelForImageClassification.from_pretrained(out).eval()  # the base beside the adapter, then the adapter
+        assert isinstance(AutoPeftModel.from_pretrained(out), PeftModel)
+        merged = AutoModelForImageClassification.from_pretrained(out / "merged").eval()
         for after in (adapter(pixel_values=pixels).logits, merged(pixel_values=pixels).logits):
             assert torch.allclose(after, before, atol=1e-5) and torch.equal(after.argmax(-1), before.argmax(-1))
     assert len(pipeline("image-classification", model=str(out))(digit_images(1))[0]) == 5
 
 
 @pytest.mark.parametrize("flags, unchanged, changed", [
-    (["--strategy", "linear_probe", "--seeds", "1,2"], ("bert.embeddings.", "bert.encoder."), ()),
-    (["--strategy", "freeze", "--freeze_layers", "1", "--pooling", "cls"], ("bert.embeddings.", "bert.encoder.layer.0."), ("bert.encoder.layer.1.",)),
+    (["--strategy", "linear_probe", "--seeds", "1,2"], ("model.embeddings.", "model.layers.", "model.final_norm."), ()),
+    (["--strategy", "freeze", "--freeze_layers", "1", "--pooling", "cls"], ("model.embeddings.", "model.layers.0."), ("model.layers.1.",)),
     (["--strategy", "lp_ft", "--layer_decay", "0.8", "--l2sp_alpha", "0.01", "--class_weights", "balanced",
-      "--label_smoothing_factor", "0.1"], (), ("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1.")),
+      "--label_smoothing_factor", "0.1"], (), ("model.embeddings.", "model.layers.0.", "model.layers.1.")),
 ])
 def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unchanged, changed):
     out = tmp_path / "ft"
@@ -161,8 +163,9 @@ def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unc
             assert torch.equal(tensor, start[name]), name
     for prefix in changed:
         assert any(not torch.equal(t, start[n]) for n, t in saved.items() if n.startswith(prefix)), prefix
-    if "--seeds" in flags:  # the linear probe: only the classifier trains, on the mean of the token states
-        assert result.parameters["trainable"] == sum(p.numel() for p in result.model.classifier.parameters())
+    if "--seeds" in flags:  # the linear probe: only the head trains (ModernBERT's own: dense, norm, classifier), on the mean
+        head = [*result.model.head.parameters(), *result.model.classifier.parameters()]
+        assert result.parameters["trainable"] == sum(p.numel() for p in head)
         seeds = json.loads((out / "seed_results.json").read_text())
         accuracies = [r["eval_accuracy"] for r in seeds["per_seed"]]
         assert seeds["seeds"] == [1, 2] and seeds["eval_accuracy_mean"] == pytest.approx(np.mean(accuracies))
@@ -184,7 +187,7 @@ ROWS = [(f"{w} sentence number {i}", w) for w in ("alpha", "beta") for i in rang
     ("text", ["--train_file", "{csv}"], r"--label_column 'label' is not in the data; its columns are: text, topic"),
     ("text", ["--train_file", "{one_class}", "--label_column", "topic"], r"single class \('alpha'\)"),
     ("text", ["--train_file", "{csv}", "--validation_file", "{unseen}", "--label_column", "topic"], r"never seen in training: 'gamma'"),
-    ("text", ["--strategy", "lora", "--lora_target_modules", "qkv"], r"named qkv\. Candidate --lora_target_modules names: .*query"),
+    ("text", ["--strategy", "lora", "--lora_target_modules", "qkv"], r"named qkv\. Candidate --lora_target_modules names: .*Wqkv"),
     ("text", ["--strategy", "freeze", "--freeze_layers", "3"], r"--freeze_layers 3 is larger than the depth .*\(2 layers"),
     ("image", ["--strategy", "freeze", "--freeze_layers", "9"], r"--freeze_layers 9 is larger than the depth .*\(4 layers"),
 ])

@@ -123,6 +123,7 @@ class SentenceDenoiser(nn.Module):
             model_name_or_path = snapshot_download(str(model_name_or_path), cache_dir=cache_dir)
         sentence_model = SentenceTransformer(str(model_name_or_path), device="cpu", trust_remote_code=trust_remote_code,
                                              cache_folder=cache_dir)
+        self.served_max_seq_length = sentence_model.max_seq_length  # what the saved sentence encoder will use
         sentence_model.max_seq_length = max_seq_length
         self.objective = DenoisingAutoEncoderLoss(sentence_model, tie_encoder_decoder=True)
 
@@ -130,6 +131,16 @@ class SentenceDenoiser(nn.Module):
     def encoder(self) -> Any:
         """The transformers model inside the sentence encoder (its weights are shared with the decoder)."""
         return self.objective.encoder.transformers_model
+
+    def save_sentence_modules(self, output_dir: str) -> None:
+        """The sentence-transformers files of the encoder (modules.json, its pooling and Normalize, configs), so that
+        `SentenceTransformer(output_dir)` embeds as the base model's pipeline did, with the base's sequence length."""
+        sentence_model = self.objective.encoder
+        training_length, sentence_model.max_seq_length = sentence_model.max_seq_length, self.served_max_seq_length
+        try:
+            sentence_model.save(output_dir, create_model_card=False)
+        finally:
+            sentence_model.max_seq_length = training_length
 
     @property
     def encoder_prefix(self) -> str:
@@ -189,6 +200,8 @@ class SentenceDenoisingTrainer(Trainer):
         encoder_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not encoder_state:  # a gathered (DDP/FSDP/DeepSpeed) state dict must never be swapped for the local one
             raise RuntimeError(f"No encoder weights (keys starting with {prefix!r}) in the state dict to save.")
+        if not self._checkpointing:  # the final model: a sentence-transformers model too (its weights are written next)
+            denoiser.save_sentence_modules(output_dir)
         denoiser.encoder.save_pretrained(output_dir, state_dict=encoder_state)
         if self._checkpointing:  # tied tensors are stored once per name: safetensors refuses shared storage
             safetensors.torch.save_file({k: v.detach().clone().contiguous() for k, v in state_dict.items()},

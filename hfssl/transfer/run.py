@@ -88,6 +88,13 @@ class TransferTrainer(Trainer):
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         return self._without_augmentation(super().get_eval_dataloader, eval_dataset)
 
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        """Held-out examples in their own order (the Trainer groups them by length under group_by_length), so that
+        the predictions line up with the data they score."""
+        if self.args.world_size <= 1 and eval_dataset is not None:
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
     def get_test_dataloader(self, test_dataset: Any) -> Any:
         return self._without_augmentation(super().get_test_dataloader, test_dataset)
 
@@ -178,7 +185,12 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
 
 def _score(trainer: TransferTrainer, setup: TransferSetup) -> tuple[dict[str, Any], np.ndarray]:
     """eval_* scores of the held-out set (the Trainer's loss, the shipped metric module's report, the majority
-    baseline) and the predicted classes behind them."""
+    baseline) and the predicted classes behind them.
+
+    Scored in full precision, as the saved model runs in `pipeline()`: accelerate's mixed-precision (autocast)
+    forward is taken off the model first, so bf16 training never makes the reported predictions differ.
+    """
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     prediction = trainer.predict(setup.eval_dataset, metric_key_prefix="eval")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     predicted = logits.argmax(-1)
