@@ -1,7 +1,9 @@
 """Masked-token pretraining throughput: the stock transformers recipe vs hfssl's default path.
 
 Both train the same BERT (30,522-token uncased WordPiece vocabulary, 4 layers, 128-token
-blocks; hidden 256 and hidden 512) on the same real corpus for the same number of steps:
+blocks; hidden 256 and hidden 512) on the same real corpus for the same number of steps
+(`--architecture modernbert`: hfssl trains the ModernBERT that mlm.py builds by default instead,
+with the same parameter count and FLOPs per token):
 
   (a) stock: exactly what transformers' examples/pytorch/language-modeling/run_mlm.py does:
       tokenize, group_texts into blocks, DataCollatorForLanguageModeling, Trainer, the model's
@@ -115,8 +117,12 @@ def train_stock(hidden, steps, batch, lr, out, corpus_docs, keep_freed_memory=Fa
     return timer.rate(batch * SEQ), steps * batch * SEQ / runtime
 
 
-def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[float, float]:
-    """(steady-state tokens/s, end-to-end tokens/s) of recipes/mlm.py run with its own defaults; it saves the model to `out`."""
+def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs, architecture="bert") -> tuple[float, float]:
+    """(steady-state tokens/s, end-to-end tokens/s) of recipes/mlm.py run with its own defaults; it saves the model to `out`.
+
+    `architecture` modernbert (the recipe's default) gets the same parameter count and FLOPs per token: its GeGLU
+    feed-forward has two input projections, so its hidden width is 2/3 of BERT's.
+    """
     spec = importlib.util.spec_from_file_location("recipe_mlm", ROOT / "recipes" / "mlm.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
@@ -128,9 +134,11 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs) -> tuple[fl
             super().__init__(*args, **kwargs)
 
     recipe.MaskedLMTrainer = TimedTrainer
-    size = SIZES[hidden]
+    size = dict(SIZES[hidden])
+    if architecture == "modernbert":
+        size["intermediate_size"] = size["intermediate_size"] * 2 // 3
     overrides = ",".join(f"{k}={v}" for k, v in {"num_hidden_layers": 4, **size}.items())
-    argv = ["--tokenizer_name", tok_dir, "--config_overrides", overrides, "--max_seq_length", str(SEQ),
+    argv = ["--tokenizer_name", tok_dir, "--config_overrides", overrides, "--architecture", architecture, "--max_seq_length", str(SEQ),
             "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--learning_rate", str(lr),
             "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10000", "--disable_tqdm", "true",
             "--seed", "0", "--output_dir", out]
@@ -242,6 +250,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
+    parser.add_argument("--architecture", default="bert", choices=["bert", "modernbert"],
+                        help="what hfssl's recipe builds: bert (the stock path's model: the ratio is implementation alone) or "
+                             "modernbert (the recipe's default, same parameters and FLOPs per token)")
     parser.add_argument("--stock_keep_freed_memory", action="store_true",
                         help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator")
     args = parser.parse_args()
@@ -257,7 +268,8 @@ def main() -> None:
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), 256)))
     peak = peak_bf16_flops()
     print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; "
-          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens"
+          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens; "
+          f"hfssl trains {args.architecture}"
           + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else ""))
 
     results = {}
@@ -267,7 +279,7 @@ def main() -> None:
         stock_tps, stock_e2e = in_fresh_process(train_stock, hidden, steps, args.batch_size, args.lr, stock_dir,
                                                 corpus_docs, args.stock_keep_freed_memory)
         hfssl_tps, hfssl_e2e = in_fresh_process(train_hfssl, hidden, tok_dir, steps, args.batch_size, args.lr,
-                                                hfssl_dir, corpus_docs)
+                                                hfssl_dir, corpus_docs, args.architecture)
         stock_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(stock_dir), eval_blocks, tokenizer)
         hfssl_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(hfssl_dir), eval_blocks, tokenizer)
         step_flops = flops_per_token(hidden, len(tokenizer)) * args.batch_size * SEQ

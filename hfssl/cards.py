@@ -1,4 +1,4 @@
-"""Model cards, every fact read from an output's hfssl.json, rendered from hfssl/model_cards/*.md via huggingface_hub.
+"""Model cards, every fact read from an output's hfssl.json, rendered from model_cards/*.md (installed as hfssl.model_cards) via huggingface_hub.
 
 A card is a function of the output directory (its `hfssl.json` and the files next to it) and of
 the repo it is published to: `hfssl card` re-renders it, and a push re-renders an unedited card
@@ -25,7 +25,8 @@ __all__ = ["CARD_FILE", "DEFAULT_LICENSE", "EVAL_METRICS", "lineage_text", "outp
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).parent / "model_cards"
+# The templates: hfssl/model_cards/ in an installed wheel, model_cards/ at the top of a checkout (editable installs).
+TEMPLATES = next(p for p in (Path(__file__).parent / "model_cards", Path(__file__).resolve().parents[1] / "model_cards") if p.is_dir())
 CARD_FILE = "README.md"
 RECORD_FILE = "hfssl.json"  # as hfssl.training.RECORD_FILE (not imported: that module pulls in torch)
 DEFAULT_LICENSE = "apache-2.0"

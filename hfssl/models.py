@@ -116,10 +116,16 @@ def _apply_overrides(config: Any, overrides: str | None) -> None:
     """Apply --config_overrides and check that the sizes still build a model (transformers would fail later, or not at all)."""
     if not overrides:
         return
+    layer_types = getattr(config, "layer_types", None)  # ModernBERT: one entry per layer, checked against the depth
+    if layer_types is not None:
+        config.layer_types = None
     try:
         config.update_from_string(overrides)
     except ValueError as err:
         raise ValueError(f"--config_overrides {overrides!r}: {err}. Use 'key=value,key=value' with config field names.") from None
+    finally:
+        if layer_types is not None and getattr(config, "layer_types", None) is None:  # the same pattern, at the new depth
+            config.layer_types = [layer_types[i % len(layer_types)] for i in range(config.num_hidden_layers)]
     for name in _SIZES:
         value = getattr(config, name, None)
         if value is not None and (not isinstance(value, int) or value <= 0):

@@ -41,7 +41,10 @@ def test_every_card_is_complete_and_reports_the_final_metrics(kind):
     if kind == "mae":
         assert "mask ratio 0.75" in text and "| images seen |" in text and "![original | masked | reconstruction](reconstructions.png)" in text
     if kind.endswith("-lora"):
-        assert "peft" in card.data.tags and 'subfolder="base_model"' in text
+        assert "peft" in card.data.tags and "adapter_model.safetensors" in text and "AutoPeftModel" in text
+    if kind.startswith(("text-", "image-")):  # the plain route only: no hfssl code, no workaround
+        code = python_blocks(text)[0].replace(record["options"]["training"]["output_dir"], "OUT")
+        assert "hfssl" not in code and "pipeline(\"" in code
     if kind.startswith(("text-", "image-")):
         assert "![confusion matrix](confusion_matrix.png)" in text and "| training examples |" in text
         parent = "masked-lm" if kind.startswith("text-") else "mae"
@@ -76,7 +79,7 @@ def test_hfssl_card_re_renders_what_the_recipe_wrote(tmp_path, capsys):
 
     hfssl_cli(["card", str(out), "--repo-id", "me/tiny-lora"])
     text = (out / "README.md").read_text()
-    assert 'from_pretrained("me/tiny-lora", subfolder="base_model")' in text and 'tokenizer="me/tiny-lora"' in text
+    assert 'pipeline("text-classification", model="me/tiny-lora")' in text
     assert ModelCard.load(out / "README.md").data.model_name == "me/tiny-lora"
     check_card(text, output_files(out), record_of(out))
 
@@ -111,6 +114,9 @@ def test_metadata_names_hub_models_and_datasets_and_follows_the_card_options(min
     assert card.data.base_model is None and card.data.datasets is None  # started from a local output, on embedded data
     record["lineage"]["base_model"] = "outputs/mlm"  # an hfssl output (it has a parent stage), though it looks like a Hub id
     assert output_card(record, out, "me/tiny").data.base_model is None
+    record["lineage"]["parent"] = {**record["lineage"]["parent"], "repo_id": "me/pretrained"}  # ...pushed to the Hub
+    card = output_card(record, out, "me/tiny")
+    assert card.data.base_model == "me/pretrained" and "[me/pretrained](https://huggingface.co/me/pretrained)" in str(card)
 
     record["lineage"].update(base_model=minilm_path, parent=None)  # the packaged copy of a Hub model is named by its Hub id
     record["options"]["data"].update(dataset_name="stanfordnlp/imdb", dataset_config_name="plain_text")
@@ -160,3 +166,16 @@ def test_card_says_when_trust_remote_code_was_on(tmp_path):
     assert "trust_remote_code=True" not in str(output_card(record, folder))
     record["options"]["model"]["trust_remote_code"] = True
     assert "Trained with `trust_remote_code=True`" in str(output_card(record, folder))
+
+
+def test_the_wheel_ships_the_card_templates(tmp_path):
+    """model_cards/ sits at the top of the checkout and is installed as hfssl/model_cards/, where cards.py finds it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    names = zipfile.ZipFile(next(tmp_path.glob("hfssl-*.whl"))).namelist()
+    shipped = sorted(n for n in names if n.startswith("hfssl/model_cards/"))
+    assert shipped == sorted(f"hfssl/model_cards/{p.name}" for p in (ROOT / "model_cards").glob("*.md")) and shipped

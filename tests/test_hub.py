@@ -37,7 +37,6 @@ import contextlib, io, json, re, sys
 from pathlib import Path
 import torch, transformers
 from huggingface_hub import ModelCard
-from peft import PeftModel
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 def model_class(local, subfolder=""):
@@ -51,16 +50,10 @@ def same_weights(remote, here):
 report = {}
 for repo_id, local in json.loads(sys.argv[1]):
     tensors = 0
-    if Path(local, "adapter_config.json").exists():  # a LoRA adapter on base_model/ (and merged/)
-        cls = model_class(local, "base_model")
-        remote = PeftModel.from_pretrained(cls.from_pretrained(repo_id, subfolder="base_model"), repo_id)
-        tensors += same_weights(remote, PeftModel.from_pretrained(cls.from_pretrained(local, subfolder="base_model"), local))
-        if Path(local, "merged").is_dir():
-            tensors += same_weights(cls.from_pretrained(repo_id, subfolder="merged"), cls.from_pretrained(local, subfolder="merged"))
-    else:
-        cls = model_class(local)
-        no_pooler = {"add_pooling_layer": False} if cls is transformers.ViTModel else {}  # MIM encoders have none
-        tensors += same_weights(cls.from_pretrained(repo_id, **no_pooler), cls.from_pretrained(local, **no_pooler))
+    cls = model_class(local)  # a LoRA output: the base beside the adapter, which transformers applies on loading
+    tensors += same_weights(cls.from_pretrained(repo_id), cls.from_pretrained(local))
+    if Path(local, "merged").is_dir():
+        tensors += same_weights(cls.from_pretrained(repo_id, subfolder="merged"), cls.from_pretrained(local, subfolder="merged"))
     if Path(local, "tokenizer_config.json").exists():
         text = "Return the [MASK] of the list, or None when the iterator is exhausted."
         remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id), AutoTokenizer.from_pretrained(local)
@@ -134,7 +127,9 @@ def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transf
         assert push_output(out, repo_id, endpoint=hub.endpoint) == f"{hub.endpoint}/{repo_id}"
         remote = hub.files(repo_id)
         assert remote.pop(".gitattributes") and remote == pushed_files(out)  # exactly the output directory, byte for byte
-        assert {name for name in before if before[name] != remote[name]} == {"README.md"} and set(before) == set(remote)
+        changed = {"README.md", "hfssl.json"} | ({"adapter_config.json"} if kind.endswith("lora") else set())
+        assert {name for name in before if before[name] != remote[name]} == changed and set(before) == set(remote)
+        assert json.loads(remote["hfssl.json"])["pushed_to"] == {"repo_id": repo_id, "revision": None}
         card = remote["README.md"].decode()  # re-rendered for the repo: its code loads from the repo
         check_card(card, set(remote), json.loads(remote["hfssl.json"]))
         assert all(f'"{repo_id}"' in block for block in python_blocks(card)) and str(out) not in card
@@ -145,8 +140,8 @@ def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transf
     assert any(r.endswith(upload_route) for r in hub.requests)
     assert set(hub.authorizations) == {f"Bearer {SENTINEL}"}  # HF_TOKEN reached the Hub, and nothing else did
 
-    # Move the outputs away: the card's code must load from the repo alone, although a LoRA adapter_config.json
-    # names its base_model/ by the absolute path where it was trained.
+    # Move the outputs away: the card's code must load from the repo alone (a LoRA adapter_config.json named its own
+    # output directory by its absolute path until the push named the repo instead).
     (tmp_path / "moved").mkdir()
     moved = {repo_id: out.rename(tmp_path / "moved" / out.name) for repo_id, out in pushed.items()}
     report, reload_log = reload_in_subprocess(hub, list(moved.items()), tmp_path / "hf-home", transfer)
@@ -271,3 +266,13 @@ def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
         assert os.environ["HF_TOKEN"] not in proc.stdout + proc.stderr
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_a_pushed_output_is_named_by_its_repo_in_the_lineage_of_models_trained_from_it(mlm_output, hub, tmp_path):
+    from hfssl.training import parent_lineage
+
+    out = tmp_path / "out"
+    shutil.copytree(mlm_output, out)
+    assert "repo_id" not in parent_lineage(str(out))  # not pushed: a local start, named by its path
+    push_output(out, "me/parent", endpoint=hub.endpoint, token=SENTINEL)
+    assert parent_lineage(str(out))["repo_id"] == "me/parent"  # a card of a model trained from it names me/parent

@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import TrainerControl, TrainerState, TrainingArguments, ViTConfig, ViTModel
+from transformers import BeitModel, TrainerControl, TrainerState, TrainingArguments, ViTConfig, ViTModel
 
 from hfssl.data.images import ImageTensorDataset
 from hfssl.metrics.probes import ProbeCallback, encoder_features, knn_accuracy, linear_probe_accuracy
+from hfssl.models import beit_config, vit_to_beit
 
 
 def clusters(n: int, dim: int = 16, classes: int = 4, spread: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,16 +34,20 @@ def test_knn_votes_are_weighted_by_similarity():
     assert knn_accuracy(train, labels, np.array([[1.0, 0.0]]), np.array([1]), k=5) == 1.0
 
 
-def test_features_are_the_mean_of_patch_tokens_without_cls():
+def test_features_are_the_layer_normed_mean_of_patch_tokens_without_cls():
+    """The exported encoder's pooled output, which pipeline("image-feature-extraction", pool=True) returns too."""
     config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=8, patch_size=4, num_channels=1)
     torch.manual_seed(0)
-    encoder = ViTModel(config, add_pooling_layer=False).eval()
+    vit = ViTModel(config, add_pooling_layer=False).eval()
+    encoder = BeitModel(beit_config(config, mean_pooling=True)).eval()
+    encoder.load_state_dict(vit_to_beit(vit.state_dict(), mean_pooling=True))
     pixels = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
     features = encoder_features(encoder, pixels, [0.5], [0.5], batch_size=2)
     with torch.no_grad():
-        hidden = encoder(pixel_values=(pixels.float() / 255 - 0.5) / 0.5).last_hidden_state
+        hidden = vit(pixel_values=(pixels.float() / 255 - 0.5) / 0.5, output_hidden_states=True).hidden_states[-1]
+        expected = vit.layernorm(hidden[:, 1:].mean(1)).numpy()
     assert features.shape == (5, 32)
-    np.testing.assert_allclose(features, hidden[:, 1:].mean(1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(features, expected, atol=1e-5)
 
 
 def test_callback_adds_accuracies_to_the_evaluation_log_only():
@@ -56,8 +61,7 @@ def test_callback_adds_accuracies_to_the_evaluation_log_only():
             self.p = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, pixel_values: torch.Tensor) -> object:
-            tokens = pixel_values.flatten(1)[:, None, :].repeat(1, 2, 1)  # (B, CLS + 1 patch, 16)
-            return type("Out", (), {"last_hidden_state": tokens})
+            return type("Out", (), {"pooler_output": pixel_values.flatten(1)})  # (B, 16)
 
     train = ImageTensorDataset(pixels[:100], torch.tensor(y[:100]))
     held_out = ImageTensorDataset(pixels[100:], torch.tensor(y[100:]))

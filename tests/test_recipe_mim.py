@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, ViTForImageClassification
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from conftest import load_recipe
 
@@ -66,19 +66,21 @@ def test_knn_beats_the_random_init_encoder(pretrained):
     assert 0 < metrics["eval_linear_probe_accuracy"] <= 1
 
 
-def test_output_loads_as_a_vit_classifier_and_automodel(pretrained):
+def test_output_loads_as_a_beit_classifier_and_automodel(pretrained):
     method, out, _, _ = pretrained
-    classifier, info = ViTForImageClassification.from_pretrained(out, num_labels=10, output_loading_info=True)
+    classifier, info = AutoModelForImageClassification.from_pretrained(out, num_labels=10, output_loading_info=True)
+    assert type(classifier).__name__ == "BeitForImageClassification" and classifier.config.use_mean_pooling
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     assert not info["unexpected_keys"]
-    encoder = AutoModel.from_pretrained(out)
+    encoder, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"]  # its pooler (the layer norm of the patch mean) is trained, not random
     processor = AutoImageProcessor.from_pretrained(out)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)).convert("RGB")
     inputs = processor(images=image, return_tensors="pt")
-    assert inputs["pixel_values"].shape == (1, 1, 16, 16)
+    assert inputs["pixel_values"].shape == (1, 3, 16, 16)  # grayscale digits, exported to read RGB as pipelines feed it
     with torch.no_grad():
         assert classifier(**inputs).logits.shape == (1, 10)
-        assert encoder(**inputs).last_hidden_state.shape == (1, 17, 64)
+        assert encoder(**inputs).last_hidden_state.shape == (1, 17, 64) and encoder(**inputs).pooler_output.shape == (1, 64)
     for name in ("loss_curve.png", "reconstructions.png", "README.md", "all_results.json"):
         assert (out / name).stat().st_size > 0, name
     card = (out / "README.md").read_text()
