@@ -313,8 +313,10 @@ def selected(arm: str, only: str | None) -> bool:
 def finetune_selected(kind: str, section: dict, previous: dict, runs: dict, arms: list[str], only: str | None,
                       seeds: list[int], out: Path, jobs: int) -> None:
     """Run the arms that --arms selects; keep the earlier results of the others (same seeds), in table order."""
-    # an arm that is not selected but has no earlier result runs too, so the table never loses a row
-    chosen = {key: options for key, options in runs.items() if selected(key[0], only) or str(key[1]) not in previous.get(key[0], {})}
+    # an arm that is not selected but has no earlier result runs too, so a committed table never loses a row; with no
+    # earlier results at all (a first --split validation run), only the selected arms run
+    chosen = {key: options for key, options in runs.items()
+              if selected(key[0], only) or (previous and str(key[1]) not in previous.get(key[0], {}))}
     fits = finetune_all(kind, chosen, seeds, out, jobs)
     budgets = sorted({per_class for _, per_class in runs})
     for arm in arms:
