@@ -24,7 +24,7 @@ from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_li
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"), max_seq_length=128, per_device_train_batch_size=64, per_device_eval_batch_size=64,
-    learning_rate=1e-3,  # small BERTs leave the unigram plateau sooner with a high LR and warmup
+    learning_rate=1e-3,  # small encoders leave the unigram plateau sooner with a high LR and warmup
     warmup_steps=0.06, weight_decay=0.01, max_steps=300,  # under two minutes on a 2-core CPU
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
     bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
