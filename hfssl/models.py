@@ -43,6 +43,7 @@ __all__ = [
     "pooled_encoder",
     "rgb_input",
     "rgb_processor",
+    "vit_like",
     "vit_to_beit",
 ]
 
@@ -366,10 +367,15 @@ def beit_config(vit_config: Any, mean_pooling: bool) -> Any:
     return config
 
 
+def vit_like(config: Any) -> bool:
+    """Whether a BEiT config is a ViT in disguise (absolute positions, no relative position bias, no layer scale)."""
+    return not (config.use_relative_position_bias or config.use_shared_relative_position_bias
+                or not config.use_absolute_position_embeddings or config.layer_scale_init_value)
+
+
 def check_vit_like(config: Any) -> None:
     """Raise ValueError for a BEiT that is not a ViT in disguise (relative position bias, layer scale)."""
-    if (config.use_relative_position_bias or config.use_shared_relative_position_bias or not config.use_absolute_position_embeddings
-            or config.layer_scale_init_value):
+    if not vit_like(config):
         raise ValueError("This BEiT checkpoint uses relative position biases or layer scale, which a ViT does not have; "
                          "hfssl reads BEiT encoders saved by mim.py / finetune_image.py (absolute positions, no layer scale).")
 

@@ -111,3 +111,21 @@ def test_image_pooling_defaults_to_mean_for_pretrained_vit_and_is_refused_for_mo
         image_pooling(resnet, "cls")
     with pytest.raises(ValueError, match=r"--pooling must be one of cls, mean, got 'avg'"):
         ImageClassifierArguments(pooling="avg")
+
+
+def test_a_hub_beit_with_relative_positions_keeps_its_own_head_and_pooling(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import BeitConfig
+
+    from hfssl.transfer.models import image_classifier_config, load_classifier
+
+    BeitConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+               use_relative_position_bias=True, use_mean_pooling=True).save_pretrained(tmp_path)
+    args = SimpleNamespace(model_name_or_path=str(tmp_path), from_scratch=True, trust_remote_code=False, cache_dir=None, model_preset=None)
+    config, pooling = image_classifier_config(args, ["a", "b"], None)
+    assert pooling == "mean" and config.use_relative_position_bias  # not remapped as a ViT
+    model, _ = load_classifier("image", str(tmp_path), ["a", "b"], from_scratch=True, config=config)
+    assert type(model).__name__ == "BeitForImageClassification"
+    with pytest.raises(ValueError, match=r"--pooling cls: this BEiT checkpoint pools by mean .* pass --pooling mean"):
+        image_classifier_config(args, ["a", "b"], "cls")

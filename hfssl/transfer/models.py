@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
-from hfssl.models import beit_config, beit_to_vit, check_model_path, load_config, rgb_input, rgb_processor, vit_to_beit
+from hfssl.models import beit_config, beit_to_vit, check_model_path, load_config, rgb_input, rgb_processor, vit_like, vit_to_beit
 from hfssl.transfer.pooling import VIT_FAMILY, image_pooling, text_pooling
 
 __all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model",
@@ -70,25 +70,27 @@ def image_classifier_config(model_args: Any, label_names: Sequence[str], pooling
     config pooling by `pooling`; any other image model keeps its own config and pooling.
     """
     from_scratch = model_args.from_scratch or not model_args.model_name_or_path
-    if model_args.model_name_or_path is None:
-        pooling = image_pooling(_VIT, pooling, from_scratch=True)
+    if model_args.model_name_or_path is None:  # a ViT preset from scratch: [CLS] unless told (see image_pooling)
+        pooling = pooling or "cls"
         return scratch_vit_config(model_args.model_preset or "tiny", 3, label_names, pooling), pooling
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
     check_model_path(model_args.model_name_or_path)
     config = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
-    pooling = image_pooling(config, pooling, from_scratch)
-    if config.model_type in VIT_FAMILY:
+    requested, pooling = pooling, image_pooling(config, pooling, from_scratch)
+    if config.model_type == "beit" and not vit_like(config):  # a Hub BEiT (relative positions): its own head and pooling
+        own = "mean" if config.use_mean_pooling else "cls"
+        if requested not in (None, own):
+            raise ValueError(f"--pooling {requested}: this BEiT checkpoint pools by {own} (use_mean_pooling in its config) "
+                             f"and hfssl changes the pooling of ViT-like encoders only. Drop --pooling or pass --pooling {own}.")
+        pooling = own
+    elif config.model_type in VIT_FAMILY:
         config = beit_config(config, pooling == "mean")
     elif config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not getattr(config, "auto_map", None):
         raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, which "
                          "transformers cannot turn into an image classifier. Give an image model: the output of mim.py, "
                          "a ViT, ResNet, ConvNeXt, ...")
     return _label_config(config, label_names), pooling
-
-
-class _VIT:  # the model type image_pooling sees for the from-scratch preset
-    model_type = "vit"
 
 
 def load_classifier(
@@ -118,7 +120,7 @@ def load_classifier(
     if model_name_or_path is None or from_scratch:  # all random; the head is the same as when loaded
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
         return (rgb_input(model) if task == "image" else model), set()
-    if config.model_type == "beit" and task == "image":
+    if config.model_type == "beit" and task == "image" and vit_like(config):
         model, fresh = _beit_classifier(model_name_or_path, config, cache_dir)
     else:
         model, fresh = _from_pretrained(auto, model_name_or_path, config, trust_remote_code, cache_dir, task)
