@@ -722,9 +722,10 @@ class TextClassifierArguments:
         metadata={"help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
                           "architecture pools natively: ModernBERT, which mlm.py builds from scratch; a masked-LM-pretrained "
                           "encoder never trained a [CLS] summary, and mean pooling transfers far better with few labels) | "
-                          "cls: the [CLS] token (default, and the only choice, for BERT, MiniLM, RoBERTa and the other "
-                          "architectures whose stock classifier reads [CLS]). Saved in the model's own config, so "
-                          "pipeline() and from_pretrained predict as evaluated."},
+                          "cls: the [CLS] token (default for BERT, MiniLM, RoBERTa and the other architectures whose stock "
+                          "classifier reads [CLS]). Saved in the model's own config, so pipeline() and from_pretrained "
+                          "predict as evaluated. mean on those architectures saves hfssl's mean-pooling classifier as "
+                          "custom code: it loads only with trust_remote_code=True, and plain loading fails loudly."},
     )
 
     def __post_init__(self) -> None:

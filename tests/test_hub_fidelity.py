@@ -49,6 +49,9 @@ CLASSIFIERS = {
     "text-minilm-full": ("finetune_text", "minilm", ["--learning_rate", "2e-4"]),  # the recipe's default start: [CLS]
     "text-minilm-lora": ("finetune_text", "minilm", ["--strategy", "lora", "--learning_rate", "1e-3"]),
     "text-minilm-freeze": ("finetune_text", "minilm", ["--strategy", "freeze", "--freeze_layers", "4", "--learning_rate", "2e-4"]),
+    # mean pooling on a BERT-family encoder: hfssl's custom-code classifier, which loads only with trust_remote_code=True
+    "text-minilm-mean-full": ("finetune_text", "minilm", ["--pooling", "mean", "--learning_rate", "2e-4"]),
+    "text-minilm-mean-lora": ("finetune_text", "minilm", ["--pooling", "mean", "--strategy", "lora", "--learning_rate", "1e-3"]),
     "image-mae-full": ("finetune_image", "mae", []),  # the default path from a mim.py output: BEiT, patch-mean pooling
     "image-simmim-full": ("finetune_image", "simmim", []),
     "image-mae-lora": ("finetune_image", "mae", ["--strategy", "lora"]),
@@ -126,15 +129,21 @@ from transformers import pipeline
 jobs = json.loads(open(sys.argv[1]).read())
 report = {}
 for job in jobs:
-    repo, kind, inputs = job["repo"], job["kind"], job["inputs"]
+    repo, kind, inputs, remote = job["repo"], job["kind"], job["inputs"], job.get("remote", False)
     if kind == "text-classification":
         texts = json.loads(open(inputs).read())
-        found = {"pipeline": [r["label"] for r in pipeline(kind, model=repo)(texts)]}
+        found = {"pipeline": [r["label"] for r in pipeline(kind, model=repo, trust_remote_code=remote)(texts)]}
+        if remote:  # custom code: without trust_remote_code=True, loading must fail, never fall back to a stock class
+            try:
+                pipeline(kind, model=repo)
+                found["refused"] = None
+            except Exception as error:
+                found["refused"] = str(error)
         if job["lora"]:
             import torch
             from peft import AutoPeftModelForSequenceClassification
             from transformers import AutoTokenizer
-            model = AutoPeftModelForSequenceClassification.from_pretrained(repo).eval()
+            model = AutoPeftModelForSequenceClassification.from_pretrained(repo, trust_remote_code=remote).eval()
             tokenizer = AutoTokenizer.from_pretrained(repo)
             with torch.no_grad():
                 ids = [int(model(**tokenizer(t, return_tensors="pt")).logits.argmax()) for t in texts]
@@ -231,13 +240,16 @@ def test_every_classifier_from_the_hub_predicts_exactly_what_hfssl_evaluated(hub
         inputs, _ = held_out(recipe, TEXT if recipe == "finetune_text" else IMAGE)
         repo_id = f"me/{name}"
         _push_and_delete(out, repo_id, hub, tmp_path)
-        lora = "lora" in options
+        lora, remote = "lora" in options, "-mean-" in name
         jobs.append({"repo": repo_id, "kind": "text-classification" if recipe == "finetune_text" else "image-classification",
-                     "inputs": _write_inputs(tmp_path / "inputs", name, inputs), "lora": lora})
-        expected[repo_id] = (predicted, truth, scores, lora)
+                     "inputs": _write_inputs(tmp_path / "inputs", name, inputs), "lora": lora, "remote": remote})
+        expected[repo_id] = (predicted, truth, scores, lora, remote)
     report = run_loader(hub, jobs, tmp_path / "home", transfer)
-    for repo_id, (predicted, truth, scores, lora) in expected.items():
+    for repo_id, (predicted, truth, scores, lora, remote) in expected.items():
         routes = report[repo_id]
+        if remote:  # the loud failure names the fix
+            refused = routes.pop("refused")
+            assert refused and "trust_remote_code=True" in refused, (repo_id, refused)
         assert set(routes) == ({"pipeline", "peft"} if lora else {"pipeline"})
         for route, labels in routes.items():
             differ = [i for i, (a, b) in enumerate(zip(labels, predicted)) if a != b]

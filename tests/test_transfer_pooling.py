@@ -1,8 +1,11 @@
 """Pooling built into stock classes: ModernBERT's classifier reads the masked mean, ViT weights become a BEiT classifier
 that pools by [CLS] (exactly ViT's head) or by the layer-normed patch mean, and both survive a plain reload; architectures
-without native mean pooling refuse it, and image models that pool by themselves take no --pooling."""
+without native mean pooling default to [CLS] and mean-pool
+only through custom code that plain loading refuses, and image models that pool by themselves take no --pooling."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -13,7 +16,8 @@ from transformers import (
 
 from hfssl.args import ImageClassifierArguments, TextClassifierArguments
 from hfssl.models import beit_config, vit_to_beit
-from hfssl.transfer.pooling import image_pooling, text_pooling
+from hfssl.transfer.models import load_classifier
+from hfssl.transfer.pooling import image_pooling, native_mean_pooling, text_pooling
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1, num_labels=3)
 LENGTHS = [7, 4]  # the second text is padded with 3 tokens
@@ -54,13 +58,41 @@ def test_modernbert_mean_pooling_is_the_head_on_the_masked_mean_and_survives_a_p
 @pytest.mark.parametrize("config", [BertConfig(**SMALL), RobertaConfig(**SMALL, pad_token_id=1),
                                     DistilBertConfig(vocab_size=100, dim=32, n_heads=2, hidden_dim=64, n_layers=1)],
                          ids=["bert", "roberta", "distilbert"])
-def test_architectures_without_native_mean_pooling_take_cls_and_refuse_mean_with_the_fix(config):
+def test_architectures_without_native_mean_pooling_default_to_cls(config):
     assert text_pooling(config, None) == "cls" and text_pooling(config, "cls") == "cls"
-    with pytest.raises(ValueError, match=rf"--pooling mean: transformers' '{config.model_type}' classifier reads the \[CLS\] "
-                                         r"token.*Pass --pooling cls.*mlm.py output \(ModernBERT"):
-        text_pooling(config, "mean")
+    assert text_pooling(config, "mean") == "mean" and not native_mean_pooling(config)
     with pytest.raises(ValueError, match=r"--pooling must be one of cls, mean, got 'max'"):
         TextClassifierArguments(pooling="max")
+
+
+@pytest.mark.parametrize("config", [BertConfig(**SMALL), RobertaConfig(**SMALL, pad_token_id=1)], ids=["bert", "roberta"])
+def test_mean_pooling_on_a_bert_family_encoder_is_custom_code_that_plain_loading_refuses(config, tmp_path):
+    """`--pooling mean` on an encoder whose stock classifier reads [CLS]: the masked token mean of the checkpoint's own
+    encoder, saved as custom code; `trust_remote_code=True` reloads it exactly, and plain loading fails loudly."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "encoder")
+    model, fresh = load_classifier("text", str(tmp_path / "encoder"), ["a", "b", "c"], pooling="mean")
+    model.eval()
+    assert type(model).__name__ == "MeanPooledForSequenceClassification" and fresh == {"classifier.weight", "classifier.bias"}
+    encoder = AutoModel.from_pretrained(tmp_path / "encoder").eval()
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in model.encoder.state_dict().items())  # its own weights
+    ids, mask = _batch()
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        mean = torch.stack([hidden[i, :n].mean(dim=0) for i, n in enumerate(LENGTHS)])
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(logits, model.classifier(mean), atol=1e-5)
+    model.save_pretrained(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == "hfssl_mean_pooled" and saved["auto_map"]["AutoModelForSequenceClassification"]
+    assert (tmp_path / "out" / "mean_pooled.py").is_file()  # the code travels with the weights
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, attention_mask=mask).logits, logits)
 
 
 VIT = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

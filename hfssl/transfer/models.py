@@ -9,6 +9,7 @@ pooling built into a stock class (see hfssl.transfer.pooling): ViT encoders are 
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Sequence
 
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from hfssl.models import beit_config, beit_to_vit, check_model_path, load_config, rgb_input, rgb_processor, vit_like, vit_to_beit
-from hfssl.transfer.pooling import VIT_FAMILY, image_pooling, text_pooling
+from hfssl.transfer.pooling import VIT_FAMILY, image_pooling, native_mean_pooling, text_pooling
 
 __all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model",
            "scratch_vit_config", "text_model_path"]
@@ -115,8 +116,8 @@ def load_classifier(
         check_model_path(model_name_or_path)
         config = load_config(model_name_or_path, trust_remote_code, cache_dir)
     config = _label_config(config, label_names)
-    if task == "text":
-        text_pooling(config, pooling)
+    if task == "text" and text_pooling(config, pooling) == "mean" and not native_mean_pooling(config):
+        return _mean_pooled_classifier(model_name_or_path, config, from_scratch, trust_remote_code, cache_dir)
     if model_name_or_path is None or from_scratch:  # all random; the head is the same as when loaded
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
         return (rgb_input(model) if task == "image" else model), set()
@@ -147,6 +148,25 @@ def _from_pretrained(auto: Any, path: str, config: Any, trust_remote_code: bool,
     # BERT-style poolers belong to classification, not to masked-LM pretraining: one may be fresh.
     _check_backbone(path, sorted(k for k in fresh if k.startswith(prefix) and not k.startswith(prefix + "pooler.")))
     return model, fresh
+
+
+def _mean_pooled_classifier(path: str | None, config: Any, from_scratch: bool, trust_remote_code: bool,
+                            cache_dir: str | None) -> tuple[PreTrainedModel, set[str]]:
+    """hfssl's mean-pooling classifier (custom code) around a checkpoint's encoder, for architectures without one."""
+    from transformers import AutoModel
+
+    from hfssl.transfer.mean_pooled import MeanPooledConfig, MeanPooledForSequenceClassification
+
+    labels = {k: getattr(config, k) for k in ("id2label", "label2id", "problem_type")}
+    model = MeanPooledForSequenceClassification(MeanPooledConfig(encoder=copy.deepcopy(config), **labels))
+    if path is None or from_scratch:
+        return model, set()
+    source = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=cache_dir, dtype=torch.float32)
+    missing, _ = model.encoder.load_state_dict(source.state_dict(), strict=False)  # the source's [CLS] pooler is left out
+    _check_backbone(path, [f"encoder.{k}" for k in missing])
+    logger.info("Mean pooling on a %s encoder: hfssl's classifier, saved as custom code (load with trust_remote_code=True)",
+                config.model_type)
+    return model, {"classifier.weight", "classifier.bias"}
 
 
 def _beit_classifier(path: str, config: Any, cache_dir: str | None) -> tuple[PreTrainedModel, set[str]]:

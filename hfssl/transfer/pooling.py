@@ -12,8 +12,10 @@ The pooling is part of the saved architecture, never a hook, so that `pipeline()
   `use_mean_pooling=True` is the layer norm of the patch mean (MAE's own fine-tuning head),
   False the [CLS] state after the final layer norm, exactly ViT's head (see hfssl.models.beit_config).
 - Other text classifiers in transformers (BERT, MiniLM, RoBERTa, DistilBERT, ELECTRA, ...) read the
-  [CLS] token (through BERT's pooler) and offer no mean pooling: they take `cls`, and `mean` is
-  refused, since only custom code could mean-pool them and plain loading would then mispredict.
+  [CLS] token (through BERT's pooler) and offer no mean pooling. They take `cls` by default, which
+  every stock loader reproduces; `mean` wraps the encoder in hfssl's `MeanPooledForSequenceClassification`
+  (hfssl.transfer.mean_pooled), saved as custom code under its own model type: plain loading fails
+  loudly and `trust_remote_code=True` loads it.
 - Convolutional image classifiers average their feature map already and take no pooling option.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["POOLINGS", "VIT_FAMILY", "image_pooling", "text_pooling"]
+__all__ = ["POOLINGS", "VIT_FAMILY", "image_pooling", "native_mean_pooling", "text_pooling"]
 
 POOLINGS = ("cls", "mean")
 # Image encoders that hfssl classifies as BEiT (a ViT's weights map onto it exactly).
@@ -31,19 +33,18 @@ VIT_FAMILY = ("vit", "vit_mae", "beit")
 def text_pooling(config: Any, requested: str | None) -> str:
     """The pooling of a text classifier on `config`, set in the config where the class has the option.
 
-    Default: mean where the architecture pools natively (ModernBERT), else cls. Raises ValueError for
-    `mean` on an architecture whose stock classifier reads [CLS] only.
+    Default: mean where the architecture pools natively (ModernBERT), else cls, the stock classifier; `mean` on
+    those is hfssl's custom-code classifier (see `native_mean_pooling`).
     """
-    if hasattr(config, "classifier_pooling"):  # ModernBERT
+    if native_mean_pooling(config):  # ModernBERT
         config.classifier_pooling = requested or "mean"
         return config.classifier_pooling
-    if requested == "mean":
-        raise ValueError(
-            f"--pooling mean: transformers' {config.model_type!r} classifier reads the [CLS] token and has no mean pooling, "
-            "so a mean-pooled model would predict differently when loaded with the stock classes. Pass --pooling cls "
-            "(the default for this architecture), or start from an mlm.py output (ModernBERT, which mean-pools natively)."
-        )
-    return "cls"
+    return requested or "cls"
+
+
+def native_mean_pooling(config: Any) -> bool:
+    """Whether the architecture's stock sequence classifier can mean-pool (ModernBERT's `classifier_pooling`)."""
+    return hasattr(config, "classifier_pooling")
 
 
 def image_pooling(config: Any, pooling: str | None, from_scratch: bool = False) -> str | None:

@@ -148,7 +148,7 @@ def lora(model: PreTrainedModel, args: Any, layout: Layout) -> nn.Module:
     """Low-rank adapters on the attention projections (peft), plus the head as a fully trained module."""
     from peft import LoraConfig, get_peft_model
 
-    is_text = type(model).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+    is_text = type(model).__name__ in (*MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values(), "MeanPooledForSequenceClassification")
     config = LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
