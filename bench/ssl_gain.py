@@ -12,9 +12,10 @@ Two real tasks, each with an unlabeled pool, a few labels, and a fixed test spli
 Arms, each repeated over --seeds (a different labeled subset and initialisation per seed):
   from scratch      the same architecture, random weights, fine-tuned (`--from_scratch`)
   hfssl + full/LoRA/linear probe/LP-FT   hfssl pretraining (recipes/mlm.py, recipes/mim.py), then transfer
-  MiniLM (text)     the packaged pretrained MiniLM fine-tuned directly (LP-FT), and after hfssl's
+  MiniLM (text)     the packaged pretrained MiniLM fine-tuned directly (LP-FT) on the mean of its token
+                    states (--pooling mean) and on [CLS] (the recipe's stock default), and after hfssl's
                     domain adaptation on the glosses: masked-token DAPT (recipes/mlm.py) or TSDAE
-                    (recipes/tsdae.py)
+                    (recipes/tsdae.py), on the mean
   classic           TF-IDF (text) or raw pixels (images) + logistic regression
 
 Every hyperparameter is fixed in this file from runs scored on the validation split; the test split
@@ -350,9 +351,14 @@ def text_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: st
         "hfssl MLM + LoRA": ("small", "lora", {"model_name_or_path": out / "pretrained"}),
         "hfssl MLM + linear probe": ("small", "linear_probe", {"model_name_or_path": out / "pretrained"}),
         "hfssl MLM + LP-FT": ("small", "lp_ft", {"model_name_or_path": out / "pretrained", "lp_learning_rate": LP_LR}),
-        "MiniLM (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR}),
-        "MiniLM + hfssl MLM DAPT (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-dapt", "lp_learning_rate": LP_LR}),
-        "MiniLM + hfssl TSDAE (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-tsdae", "lp_learning_rate": LP_LR}),
+        # MiniLM was trained as a mean-pooled sentence encoder: its arms pool by the mean (--pooling mean, hfssl's
+        # custom-code classifier); the recipe's default for it, the stock [CLS] classifier, is its own arm
+        "MiniLM, [CLS] (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR}),
+        "MiniLM, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR, "pooling": "mean"}),
+        "MiniLM + hfssl MLM DAPT, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-dapt",
+                                                                     "lp_learning_rate": LP_LR, "pooling": "mean"}),
+        "MiniLM + hfssl TSDAE, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-tsdae",
+                                                                  "lp_learning_rate": LP_LR, "pooling": "mean"}),
     }
     runs = {}
     for per_class in (10, 100):
