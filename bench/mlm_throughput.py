@@ -144,7 +144,7 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs, architectur
             "--seed", "0", "--output_dir", out]
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
-    metrics = recipe.main(argv)
+    metrics = recipe.main(argv).metrics
     return timer.rate(batch * SEQ), metrics["train_tokens_per_second"]
 
 

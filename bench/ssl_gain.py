@@ -228,7 +228,7 @@ def pretrain(kind: str, options: dict, out: Path) -> dict:
 def fit_once(kind: str, options: dict, seed: int, out: Path) -> tuple[float, float]:
     """Test accuracy and wall seconds of one fine-tuning run (its output is deleted: the score is what matters)."""
     start = time.perf_counter()
-    fit = recipe(kind).main(argv_of({**options, "seed": seed, "output_dir": out, "overwrite_output_dir": "true"}))
+    fit = recipe(kind).main(argv_of({**options, "seed": seed, "output_dir": out, "overwrite_output_dir": "true"})).fit
     shutil.rmtree(out, ignore_errors=True)  # keep disk use flat
     return float(fit.eval_results["eval_accuracy"]), time.perf_counter() - start
 

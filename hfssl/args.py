@@ -43,6 +43,9 @@ __all__ = [
     "VisionModelArguments",
     "default_output_dir",
     "options_table",
+    "OptionError",
+    "config_file",
+    "option_values",
     "parse_args",
 ]
 
@@ -107,11 +110,32 @@ class RunArguments(TrainingArguments):
         if self.card_language is not None and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?|code|multilingual", self.card_language):
             raise ValueError(f"--card_language {self.card_language!r} is not an ISO 639 code (en, fr, de, ...) or 'none'.")
         _check_run_sizes(self)
+        _check_reporters(self.report_to)
         import torch
 
         if (self.bf16 or self.bf16_full_eval) and not torch.cuda.is_available():
             self.use_cpu = True  # transformers only allows CPU bf16 autocast when told it is on CPU
         super().__post_init__()
+
+
+# --report_to integrations whose package hfssl installs as an extra: name -> (module to import, extra)
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
+             "trackio": ("trackio", "trackio"), "comet_ml": ("comet_ml", "comet"), "clearml": ("clearml", "clearml")}
+
+
+def _check_reporters(report_to: str | list[str] | None) -> None:
+    """Each --report_to integration's package is installed: a missing one fails here, not after data preparation."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in ("none", "all") or name not in REPORTERS:
+            continue  # "all" means those installed; transformers rejects unknown names itself
+        module, extra = REPORTERS[name]
+        found = importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX"))
+        if not found:
+            raise OptionError(f"--report_to {name}: the {module} package is not installed. Install it with "
+                              f"pip install 'hfssl[{extra}]', or pass --report_to none.")
 
 
 @dataclass
@@ -162,6 +186,7 @@ class TextDataArguments:
 
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset script/dir)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     train_file: str | None = field(
         default=None,
         metadata={"help": "Training text: a .txt/.json/.jsonl/.csv/.parquet file, a glob, or a directory of .txt files."},
@@ -351,25 +376,26 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def parse_args(
-    types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None
+    types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None, dataset: Any = None,
 ) -> tuple[Any, ...]:
     """Parse `recipe.py [config.yaml] [--key value ...]` into the given dataclasses.
 
-    Precedence: dataclass defaults < `defaults` (the recipe's) < YAML file < command line.
-    Unknown keys in the YAML file or on the command line raise `ValueError`.
+    Precedence: dataclass defaults < `defaults` (the recipe's) < YAML file < command line < `options`
+    (keyword arguments of the Python API, Python values). `dataset`, an in-memory `datasets.Dataset`
+    or `DatasetDict`, becomes the data of the data options. Unknown names raise `OptionError`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(types))
+    parser = _parser(types)
     known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
     merged: dict[str, Any] = dict(defaults or {})
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        config_path = argv.pop(0)
-        if not Path(config_path).is_file():
-            raise ValueError(f"Config file {config_path} does not exist.")
+        config_path = config_file(argv.pop(0))
         from_yaml = _load_yaml(config_path)
         unknown = sorted(set(from_yaml) - known)
         if unknown:
-            raise ValueError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}. See `--help` for valid names.")
+            raise OptionError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
+                              "See `--help` for valid names.")
         merged.update(_typed_numbers(parser, from_yaml, config_path))
     # `--key none` sets an optional option to None (argparse would try float("none")).
     # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
@@ -386,23 +412,97 @@ def parse_args(
         kept.append(argv[i])
         i += 1
     argv = kept
-    parser.error = _parse_error  # argparse would print and exit; a ValueError carries its message
+    parser.error = lambda message: _parse_error(message, known)  # argparse would print and exit; OptionError carries it
     namespace = parser.parse_args(argv)
     # Only what the user typed overrides the YAML and recipe defaults.
     typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
     for action in parser._actions:
         if typed.intersection(action.option_strings) and action.dest != "help":
             merged[action.dest] = getattr(namespace, action.dest)
-    return parser.parse_dict(merged)
+    if options:
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise OptionError(f"Unknown option(s): {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
+                              "`hfssl options <recipe>` lists the valid names.")
+        merged.update(options)
+    try:
+        parsed = parser.parse_dict(merged)  # the dataclasses' own checks (__post_init__) run here
+    except OptionError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise OptionError(str(err)) from err
+    if dataset is not None:
+        _attach_dataset(parsed, dataset)
+    return parsed
 
 
-def _parse_error(message: str) -> typing.NoReturn:
-    """argparse's message as a ValueError; it quotes the offending arguments, so Hub tokens are blanked out first."""
+def _attach_dataset(parsed: Sequence[Any], dataset: Any) -> None:
+    """Give the in-memory dataset to the data options, which must not name another source."""
+    import datasets
+
+    if not isinstance(dataset, (datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise OptionError(f"dataset= must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}. "
+                          "Wrap in-memory rows with datasets.Dataset.from_dict({...}) or from_pandas(df).")
+    data = next((p for p in parsed if any(f.name == "dataset" for f in dataclasses.fields(p))), None)
+    if data is None:
+        raise OptionError("dataset=: this recipe reads no data of its own (a pipeline's stages do). Pass it to a recipe.")
+    named = [f"--{name}" for name in ("dataset_name", "train_file", "train_dir", "validation_file", "validation_dir") if getattr(data, name, None)]
+    if named:
+        raise OptionError(f"dataset= and {', '.join(named)} both name the data: pass one of them.")
+    data.dataset = dataset
+
+
+def option_values(options: Any) -> dict[str, Any]:
+    """An options dataclass as a dict of what can be typed (for records): the in-memory dataset left out."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
+
+
+class OptionError(ValueError):
+    """A recipe's options are wrong: raised before any data is read. Scripts print its one-line message and exit 2."""
+
+
+def config_file(path: str) -> str:
+    """A YAML config: the path as given, or the name of a preset that ships with hfssl (hfssl.recipes's configs/)."""
+    if Path(path).is_file():
+        return path
+    from hfssl.recipes import CONFIGS
+
+    if os.sep not in path and (CONFIGS / path).is_file():
+        return str(CONFIGS / path)
+    shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml")))
+    raise OptionError(f"Config file {path} does not exist (the presets that ship with hfssl, usable by name: {shipped}).")
+
+
+def _parser(types: Sequence[type]) -> HfArgumentParser:
+    """HfArgumentParser, with every boolean option taking the bare flag (`--train_tokenizer` means true).
+
+    transformers gives the bare form to `bool` fields but not to `bool | None` ones (None: "decide for me").
+    """
+    from transformers.hf_argparser import string_to_bool
+
+    parser = HfArgumentParser(list(types))
+    for action in parser._actions:
+        if action.type is string_to_bool and action.nargs is None:
+            action.nargs, action.const = "?", True
+    return parser
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), list(known), n=1, cutoff=0.75)
+    return f" Did you mean --{close[0]}?" if close else ""
+
+
+def _parse_error(message: str, known: set[str]) -> typing.NoReturn:
+    """argparse's message as an OptionError; it quotes the offending arguments, so Hub tokens are blanked out first."""
     secrets = [t for t in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if t]
     for secret in secrets:
         message = message.replace(secret, "<HF_TOKEN>")
     message = re.sub(r"hf_[A-Za-z0-9]{8,}", "<HF_TOKEN>", message)  # a token typed after a misspelt --hub_token
-    raise ValueError(f"Could not parse options: {message}. See `--help` for the options and their types.")
+    unknown = re.match(r"unrecognized arguments: (\S+)", message)
+    hint = _did_you_mean(unknown.group(1), known) if unknown and unknown.group(1).startswith("--") else ""
+    raise OptionError(f"Could not parse options: {message}.{hint} See `--help` for the options and their types.")
 
 
 def _typed_numbers(parser: HfArgumentParser, values: dict[str, Any], path: str) -> dict[str, Any]:
@@ -448,6 +548,7 @@ class ImageDataArguments:
 
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub image dataset name (or a local dataset dir)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     train_dir: str | None = field(
         default=None,
         metadata={"help": "A folder of images (any format Pillow reads). With one subfolder per class, the folder "
@@ -622,6 +723,7 @@ class TextClassificationDataArguments:
 
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset dir)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
+    dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     train_file: str | None = field(default=None, metadata={"help": "Labeled training data: a .csv/.json/.jsonl/.parquet file (or a glob)."})
     validation_file: str | None = field(
         default=None, metadata={"help": "Labeled evaluation data in the same format (default: the data's validation/test split, else a held-out part)."}

@@ -8,6 +8,7 @@ metadata carries `model-index` results (`EvalResult`s) so the Hub shows the fina
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ __all__ = ["CARD_FILE", "DEFAULT_LICENSE", "EVAL_METRICS", "lineage_text", "outp
 logger = logging.getLogger(__name__)
 
 # The templates: hfssl/model_cards/ in an installed wheel, model_cards/ at the top of a checkout (editable installs).
-TEMPLATES = next(p for p in (Path(__file__).parent / "model_cards", Path(__file__).resolve().parents[1] / "model_cards") if p.is_dir())
+TEMPLATES = Path(importlib.import_module("hfssl.model_cards").__file__).parent  # model_cards/ in a checkout
 CARD_FILE = "README.md"
 RECORD_FILE = "hfssl.json"  # as hfssl.training.RECORD_FILE (not imported: that module pulls in torch)
 DEFAULT_LICENSE = "apache-2.0"

@@ -11,26 +11,29 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import difflib
+import importlib
+import pkgutil
 import sys
-from pathlib import Path
 from types import ModuleType
 
 __all__ = ["main"]
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+def recipe_names() -> list[str]:
+    """The recipes that ship with hfssl (recipes/*.py in a checkout, the package hfssl.recipes when installed)."""
+    import hfssl.recipes
+
+    return sorted(m.name for m in pkgutil.iter_modules(hfssl.recipes.__path__) if not m.name.startswith("_"))
 
 
 def load_recipe(name: str) -> ModuleType:
-    """Import recipes/<name>.py, the readable script every command runs."""
-    path = RECIPES_DIR / f"{name.replace('-', '_')}.py"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.py")) if RECIPES_DIR.is_dir() else []
-        raise SystemExit(f"hfssl: no recipe {name!r} (known: {', '.join(known) or 'none: install hfssl from a checkout'}).")
-    spec = importlib.util.spec_from_file_location(f"hfssl_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The recipe module `name` (hfssl.recipes.<name>: the same file `accelerate launch recipes/<name>.py` runs)."""
+    module = name.replace("-", "_")
+    if module not in recipe_names():
+        close = difflib.get_close_matches(module, recipe_names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SystemExit(f"hfssl: no recipe {name!r}.{hint} Recipes: {', '.join(recipe_names())}.")
+    return importlib.import_module(f"hfssl.recipes.{module}")
 
 
 def push(argv: list[str]) -> None:
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
+    prog = f"hfssl {command}"
     if command == "run":  # recipes/pipeline.py
         command = "pipeline"
     if command == "push":
@@ -103,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         if trains:
             print("\nEvery transformers TrainingArguments option (--learning_rate, --max_steps, --bf16, ...) passes through.")
         return
-    load_recipe(command).main(rest)
+    from hfssl.api import script
+
+    script(load_recipe(command).main, rest, prog=prog)
 
 
 if __name__ == "__main__":

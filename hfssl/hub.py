@@ -165,14 +165,14 @@ def take_push_request(run_args: Any) -> PushRequest | None:
 
 
 def publish(request: PushRequest | None, output_dir: str) -> str | None:
-    """Push the finished output when asked; a failure keeps the output and says how to retry."""
+    """Push the finished output when asked and return the repo URL.
+
+    A failure raises `PushError`, whose message says why and gives the `hfssl push` command that retries;
+    the output directory is complete either way (a recipe exits 1 after printing its summary).
+    """
     if request is None:
         return None
-    try:
-        url = push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
-                          endpoint=request.endpoint, token=request.token)
-    except PushError as err:
-        logger.error("%s", err)
-        return None
+    url = push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
+                      endpoint=request.endpoint, token=request.token)
     logger.info("Pushed %s to %s", output_dir, url)
     return url

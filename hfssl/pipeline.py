@@ -38,7 +38,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from hfssl.args import PipelineArguments, RunArguments, _load_yaml, parse_args
+from hfssl.api import Result
+from hfssl.args import OptionError, PipelineArguments, RunArguments, _load_yaml, config_file, parse_args
 
 __all__ = ["RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "summary_text"]
 
@@ -67,21 +68,31 @@ class Pipeline:
     stages: list[Stage]
 
 
-def load_pipeline(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None) -> Pipeline:
-    """Read `pipeline.yaml [--output_dir DIR] [--overwrite_output_dir true]` and check every stage; raise ValueError naming the stage and key."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def load_pipeline(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
+                  options: dict[str, Any] | None = None) -> Pipeline:
+    """Read `pipeline.yaml [--output_dir DIR] [--overwrite_output_dir true]` and check every stage.
+
+    `options` (Python values) override the file and the command line. Raise OptionError naming the stage and key.
+    """
+    try:
+        return _load_pipeline(list(sys.argv[1:] if argv is None else argv), defaults, options)
+    except OptionError:
+        raise
+    except ValueError as err:  # every check here is about the file or its options: exit 2 from a script
+        raise OptionError(str(err)) from None
+
+
+def _load_pipeline(argv: list[str], defaults: dict[str, Any] | None, options: dict[str, Any] | None) -> Pipeline:
     if not argv or argv[0].startswith("-") or not argv[0].endswith((".yaml", ".yml")):
         raise ValueError("Give the pipeline file first: `hfssl run pipeline.yaml [--output_dir DIR]` (see recipes/configs/pipeline_*.yaml).")
-    path = argv.pop(0)
-    if not Path(path).is_file():
-        raise ValueError(f"Pipeline file {path} does not exist.")
+    path = config_file(argv.pop(0))  # a file, or a pipeline that ships with hfssl, by name
     raw = _load_yaml(path)
     specs = raw.pop("stages", None)
     top_level = [f.name for f in dataclasses.fields(PipelineArguments)]
     unknown = sorted(set(raw) - set(top_level))
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; a pipeline file holds stages, {', '.join(top_level)}.")
-    (args,) = parse_args((PipelineArguments,), argv, {**(defaults or {}), **raw})
+    (args,) = parse_args((PipelineArguments,), argv, {**(defaults or {}), **raw}, options)
     if not isinstance(specs, list) or not specs:
         raise ValueError(f"{path}: `stages` must be a non-empty list of stages, each with a name, a recipe and its options.")
     names = [spec.get("name") if isinstance(spec, dict) else None for spec in specs]
@@ -188,8 +199,8 @@ def _check_stage(path: str, stage: Stage, folder: str) -> str | None:
     return push.repo_id if push else None
 
 
-def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Run every stage in order; return each stage's final metrics by stage name."""
+def run_pipeline(pipeline: Pipeline) -> dict[str, Result]:
+    """Run every stage in order; return each stage's result (output dir, final metrics) by stage name."""
     import torch.distributed as dist
 
     from hfssl.cli import load_recipe
@@ -198,7 +209,7 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
     # Under `accelerate launch` the process group starts with stage 1's Trainer (starting accelerate's state
     # here, before the Trainer sets it up for CPU or GPU, would leave every process thinking it is alone).
     rank = int(os.environ.get("RANK", "0"))
-    setup_logging(SimpleNamespace(process_index=rank))  # as each recipe does, so stage 1's log line shows too
+    setup_logging(SimpleNamespace(process_index=rank, log_level="passive", log_level_replica="warning"))  # as each recipe does, so stage 1's log line shows too
     if rank == 0:
         out = Path(pipeline.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -206,26 +217,26 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
                     for s in pipeline.stages]
         (out / "pipeline.yaml").write_text(f"# resolved from {pipeline.path}\n"
                                            + yaml.safe_dump({"stages": resolved}, sort_keys=False), encoding="utf-8")
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="hfssl-pipeline-") as folder:
         for index, stage in enumerate(pipeline.stages, 1):
             logger.info("Pipeline stage %d of %d: %s (%s) -> %s", index, len(pipeline.stages), stage.name, stage.recipe,
                         stage.options["output_dir"])
             result = load_recipe(stage.recipe).main([_stage_file(stage, folder)])
-            results[stage.name] = result if isinstance(result, dict) else {
-                k: v for k, v in {**result.train_metrics, **result.eval_results, **result.seed_results}.items()
-                if not isinstance(v, (dict, list))}
+            seeds = result.fit.seed_results if result.fit is not None else {}
+            result.metrics = {**result.metrics, **{k: v for k, v in seeds.items() if not isinstance(v, (dict, list))}}
+            results[stage.name] = result
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()  # the next stage reads this output, which the main process finishes writing
     return results
 
 
-def summary_text(pipeline: Pipeline, results: dict[str, dict[str, Any]]) -> str:
+def summary_text(pipeline: Pipeline, results: dict[str, Result]) -> str:
     """The final human summary: one line per stage with its headline score and output directory."""
     lines = [f"hfssl pipeline {pipeline.path}: {len(pipeline.stages)} stages"]
     for stage in pipeline.stages:
         key, label = _HEADLINE[stage.recipe]
-        value = results.get(stage.name, {}).get(key)
+        value = results[stage.name].metrics.get(key) if stage.name in results else None
         score = f"{label} {value:.3f}" if isinstance(value, (int, float)) else "no score"
         start = f" (from {stage.parent})" if stage.parent else ""
         lines.append(f"  {stage.name}: {stage.recipe}{start}, {score} -> {stage.options['output_dir']}")

@@ -7,6 +7,7 @@ without `hfssl.json` is therefore never mistaken for a finished model.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -27,8 +28,9 @@ __all__ = [
     "save_output",
     "start_run",
     "RECORD_FILE",
-    "LossHistory",
     "bf16_supported",
+    "chosen_precision",
+    "precision_defaults",
     "publish_staging",
     "hardware_name",
     "keep_freed_memory",
@@ -46,9 +48,17 @@ _MODEL_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model
 
 
 def setup_logging(run_args: TrainingArguments) -> None:
-    """INFO logs from hfssl on the main process; transformers/datasets stay at warning level."""
+    """hfssl's loggers follow --log_level (main process) and --log_level_replica (the others), as transformers' do.
+
+    The default, "passive", means INFO from hfssl on the main process (transformers stays at its warning level).
+    """
+    from transformers.utils.logging import get_log_levels_dict
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    logging.getLogger("hfssl").setLevel(logging.INFO if run_args.process_index == 0 else logging.WARNING)
+    main = run_args.process_index == 0
+    name = run_args.log_level if main else run_args.log_level_replica
+    level = get_log_levels_dict()[name] if name != "passive" else (logging.INFO if main else logging.WARNING)
+    logging.getLogger("hfssl").setLevel(level)
 
 
 def bf16_supported() -> bool:
@@ -60,6 +70,71 @@ def bf16_supported() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def chosen_precision() -> str | None:
+    """The mixed precision the user chose outside hfssl ("no", "bf16", "fp16", "fp8"), or None when nothing was.
+
+    Read from `accelerate launch --mixed_precision`, the accelerate config file it used, or an
+    ACCELERATE_MIXED_PRECISION set without a launcher. `accelerate launch` exports "no" when nothing was
+    chosen, so under a launcher the variable alone is not a choice: its command line and config are read
+    (Linux: /proc; elsewhere the variable counts as chosen).
+    """
+    env = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    launcher = _launcher_argv()
+    if launcher is None:
+        return env.lower() if env else None
+    for i, token in enumerate(launcher):
+        if token == "--mixed_precision" and i + 1 < len(launcher):
+            return launcher[i + 1].lower()
+        if token.startswith("--mixed_precision="):
+            return token.split("=", 1)[1].lower()
+    config = next((launcher[i + 1] for i, t in enumerate(launcher[:-1]) if t == "--config_file"), None)
+    if config is None:
+        from accelerate.commands.config import default_config_file
+
+        config = default_config_file
+    try:
+        import yaml
+
+        with open(config, encoding="utf-8") as f:
+            value = (yaml.safe_load(f) or {}).get("mixed_precision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value).lower() if value else None
+
+
+def _launcher_argv() -> list[str] | None:
+    """The command line of the `accelerate launch` above this process (its parent, or torchrun's), else None."""
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        return None
+    pid = os.getppid()
+    for _ in range(3):  # accelerate launch -> (torchrun agent, same process) -> this worker
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if "launch" in argv and any(Path(a).name.startswith("accelerate") or a.startswith("accelerate.") for a in argv):
+            return argv
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's parent
+        if pid <= 1:
+            return None
+    return None
+
+
+def precision_defaults(hfssl_bf16: bool) -> dict[str, bool]:
+    """The recipe defaults for --bf16 / --fp16: the user's choice in accelerate when there is one, else hfssl's.
+
+    hfssl's own default is bf16 autocast where the hardware has bf16 units (`hfssl_bf16`); a `--bf16` or
+    `--fp16` typed to the recipe overrides both.
+    """
+    choice = chosen_precision()
+    if choice in ("bf16", "fp16"):
+        return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+    if choice is not None:  # "no" (fp32), or fp8 which accelerate applies itself
+        return {"bf16": False, "fp16": False}
+    return {"bf16": hfssl_bf16}
 
 
 def keep_freed_memory() -> bool:
@@ -190,33 +265,18 @@ def publish_staging(staging: Path, output_dir: Path) -> None:
     staging.rmdir()
 
 
-class LossHistory(TrainerCallback):
-    """Keeps every logged (step, loss) and (step, eval metrics) for plots and cards."""
-
-    def __init__(self) -> None:
-        self.train: list[tuple[int, float]] = []
-        self.eval: list[tuple[int, dict[str, float]]] = []
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any) -> None:
-        logs = logs or {}
-        if "loss" in logs:
-            self.train.append((state.global_step, float(logs["loss"])))
-        evals = {k: float(v) for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        if evals:
-            self.eval.append((state.global_step, evals))
-
-
-def plot_loss_curve(history: LossHistory, path: Path, eval_key: str = "eval_loss", title: str = "Training loss") -> None:
-    """Write a PNG of the training loss (and eval loss where logged) against steps."""
+def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, eval_key: str = "eval_loss", title: str = "Training loss") -> None:
+    """Write a PNG of the training loss (and eval loss where logged) against steps, from the Trainer's log history."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    if history.train:
-        ax.plot(*zip(*history.train), label="train loss")
-    evals = [(s, m[eval_key]) for s, m in history.eval if eval_key in m]
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    evals = [(e["step"], e[eval_key]) for e in log_history if eval_key in e]
     if evals:
         ax.plot(*zip(*evals), "o-", label=eval_key.replace("_", " "))
     ax.set_xlabel("step")
@@ -238,13 +298,15 @@ def write_json(path: Path, data: Any) -> None:
 def save_output(
     trainer: Any,
     record: dict[str, Any],
-    history: LossHistory,
     card: Callable[[Path], Any] | None = None,
     extra: Callable[[Path], None] | None = None,
+    log_history: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write weights (safetensors), tokenizer/processor, metrics, loss plot, card and hfssl.json atomically.
+    """Write weights (safetensors), tokenizer/processor, metrics, trainer_state.json, loss plot, card and hfssl.json
+    atomically.
 
     `trainer.save_model` gathers weights under DDP/FSDP/DeepSpeed; only the main process writes the rest.
+    `log_history` replaces the trainer's own where a run had several trainers (lp_ft's two stages).
     """
     out = Path(trainer.args.output_dir)
     staging = out / STAGING_DIR
@@ -255,7 +317,11 @@ def save_output(
         return
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the options live in hfssl.json
     write_json(staging / "all_results.json", record.get("metrics", {}))
-    plot_loss_curve(history, staging / "loss_curve.png")
+    state = copy.copy(trainer.state)  # the Trainer's log history, as its checkpoints keep it (tools read this file)
+    if log_history is not None:
+        state.log_history = log_history
+    state.save_to_json(str(staging / TRAINER_STATE_NAME))
+    plot_loss_curve(state.log_history, staging / "loss_curve.png")
     if extra is not None:
         extra(staging)
     if card is not None:

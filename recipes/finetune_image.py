@@ -12,19 +12,23 @@ accuracy in three to seven minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
+from hfssl.api import Result, script
 from hfssl.args import (
     ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments,
-    default_output_dir, parse_args,
+    default_output_dir, option_values, parse_args,
 )
 from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
-from hfssl.training import bf16_supported, start_run
+from hfssl.training import bf16_supported, precision_defaults, start_run
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
 from hfssl.hub import publish
-from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
+from hfssl.transfer.run import TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments,
                 RunArguments)
@@ -41,13 +45,14 @@ DEFAULTS = dict(
     save_strategy="no",  # runs of minutes: no optimizer-state checkpoints (pass --save_strategy epoch to resume)
     logging_steps=10,
     crop_min_scale=0.8,  # mild: a crop that loses a stroke can turn one digit into another
-    bf16=torch.cuda.is_available() and bf16_supported(),  # on a CPU, bf16 autocast made the tiny ViT 5x slower
+    **precision_defaults(torch.cuda.is_available() and bf16_supported()),  # on a CPU, bf16 autocast made the tiny ViT 5x slower
     report_to="none",
 )
 
 
-def main(argv: list[str] | None = None) -> Fit:
-    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
+    """Run from the command line (`argv`) or from Python (`hfssl.run("finetune_image", dataset=..., **options)`)."""
+    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.
@@ -69,19 +74,20 @@ def main(argv: list[str] | None = None) -> Fit:
     result = run_transfer(setup, transfer, run_args, resume)
 
     skipped = len(train.skipped) + len(held_out.skipped)
-    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer),
+    options = dict(data=option_values(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer),
                    training=run_args.to_dict(),
                    image_size=getattr(config, "image_size", None), skipped_images=skipped)
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
     record = transfer_record("finetune_image", result, splits.description, architecture,
                              model_args.from_scratch or not model_args.model_name_or_path, options, splits.class_names)
     save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
+    pushed = None
     if result.trainer.is_world_process_zero():
-        publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_image", result, run_args.output_dir)
               + (f"\n  {skipped} unreadable images skipped" if skipped else ""))
-    return result
+        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
+    return Result("finetune_image", Path(run_args.output_dir), record["metrics"], fit=result, pushed_to=pushed)
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

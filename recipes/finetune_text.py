@@ -12,21 +12,25 @@ class: 24%) in one to three minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from transformers import DataCollatorWithPadding
 
+from hfssl.api import Result, script
 from hfssl.args import (
     ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TextClassifierArguments, TransferArguments,
-    default_output_dir, parse_args,
+    default_output_dir, option_values, parse_args,
 )
 from hfssl.cards import output_card
 from hfssl.data.classification import load_text_classification, tokenize_classification
 from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
-from hfssl.training import bf16_supported, start_run
+from hfssl.training import bf16_supported, precision_defaults, start_run
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
 from hfssl.transfer.pooling import text_pooling
 from hfssl.hub import publish
-from hfssl.transfer.run import Fit, TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
+from hfssl.transfer.run import TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
 
 OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TextClassifierArguments, TransferArguments, RunArguments)
 DEFAULTS = dict(
@@ -43,13 +47,14 @@ DEFAULTS = dict(
     save_strategy="no",  # runs of minutes: no optimizer-state checkpoints (pass --save_strategy epoch to resume)
     logging_steps=10,
     train_sampling_strategy="group_by_length",  # batches of similar length: less padding to compute on
-    bf16=bf16_supported(),
+    **precision_defaults(bf16_supported()),  # bf16 autocast where the hardware has it, unless accelerate was told otherwise
     report_to="none",
 )
 
 
-def main(argv: list[str] | None = None) -> Fit:
-    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
+    """Run from the command line (`argv`) or from Python (`hfssl.run("finetune_text", dataset=..., **options)`)."""
+    data_args, model_args, classifier, transfer, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the data fails here, before training.
@@ -72,15 +77,16 @@ def main(argv: list[str] | None = None) -> Fit:
     )
     result = run_transfer(setup, transfer, run_args, resume)
 
-    options = dict(data=vars(data_args), model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
+    options = dict(data=option_values(data_args), model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
                    transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
     save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
+    pushed = None
     if result.trainer.is_world_process_zero():
-        publish(push, run_args.output_dir)
         print("\n" + summary_text("finetune_text", result, run_args.output_dir))
-    return result
+        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
+    return Result("finetune_text", Path(run_args.output_dir), record["metrics"], fit=result, pushed_to=pushed)
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

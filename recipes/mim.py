@@ -10,18 +10,21 @@ summary shows the kNN accuracy of its features before and after pretraining.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from transformers import set_seed
 
+from hfssl.api import Result, script
 from hfssl.args import (ImageDataArguments, PatchMaskingArguments, PretrainingRunArguments, ProbeArguments, VisionModelArguments,
-                        default_output_dir, parse_args)
+                        default_output_dir, option_values, parse_args)
 from hfssl.cards import output_card
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
 from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, use_fast_attention
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
-from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
+from hfssl.training import bf16_supported, hardware_name, parent_lineage, precision_defaults, save_output, start_run
 
 OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -30,13 +33,15 @@ DEFAULTS = dict(
     weight_decay=0.05, adam_beta2=0.95,  # as MAE and SimMIM: steadier under large, noisy reconstruction gradients
     warmup_steps=0.05, lr_scheduler_type="cosine", max_steps=600,
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
-    bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
+    # bf16 autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs), unless accelerate was told otherwise
+    **precision_defaults(bf16_supported()),
     eval_strategy="steps", eval_steps=200, logging_steps=20, save_steps=200, save_total_limit=2, report_to="none",
 )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, masking, probe_args, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
+    """Run from the command line (`argv`) or from Python (`hfssl.run("mim", dataset=..., **options)`)."""
+    data_args, model_args, masking, probe_args, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.
@@ -53,10 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     mean, std = processor.image_mean, processor.image_std
     collator = ImageBatchCollator(mean, std, mask_inputs(config, masking), data_args.crop_min_scale, data_args.horizontal_flip)
     probe = ProbeCallback.for_images(pooled_encoder, train, held_out, mean, std, probe_args.knn_k, probe_args.probe_samples, run_args.seed)
-    history = LossHistory()
     trainer = MaskedImageTrainer(
         model=model, args=run_args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
-        processing_class=processor, callbacks=[c for c in (probe, history) if c is not None],  # probe first: see ProbeCallback
+        processing_class=processor, callbacks=[probe] if probe is not None else None,
     )
     start_scores = {f"start_{k}": v for k, v in probe.score(trainer.model, run_args.bf16).items()} if probe and not resume else {}
     start = time.perf_counter()
@@ -71,19 +75,20 @@ def main(argv: list[str] | None = None) -> dict:
         recipe="mim",
         lineage=dict(pretext=masking.method, data=splits.description, base_model=model_args.model_name_or_path,
                      parent=parent_lineage(model_args.model_name_or_path)),
-        options=dict(data=vars(data_args), model=vars(model_args), masking=vars(masking), probe=vars(probe_args), training=run_args.to_dict()),
+        options=dict(data=option_values(data_args), model=vars(model_args), masking=vars(masking), probe=vars(probe_args), training=run_args.to_dict()),
         metrics=metrics, hardware=hardware_name(), image_size=config.image_size, patch_size=config.patch_size,
         num_channels=config.num_channels, skipped_images=skipped,
     )
     shown = collator.for_evaluation(run_args.seed)([held_out[i] for i in range(min(8, len(held_out)))])
-    save_output(trainer, record, history, card=lambda staging: output_card(record, staging),
+    save_output(trainer, record, card=lambda staging: output_card(record, staging),
                 extra=lambda staging: save_reconstruction_grid(trainer.model, shown, mean, std, staging / "reconstructions.png",
                                                                f"{masking.method}: original | masked | reconstruction"))
+    pushed = None
     if trainer.is_world_process_zero():
-        publish(push, run_args.output_dir)
         print(masked_image_summary(masking.method, metrics, skipped, run_args.output_dir))
-    return metrics
+        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
+    return Result("mim", Path(run_args.output_dir), metrics, pushed_to=pushed)
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -9,17 +9,21 @@ With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the em
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from transformers import set_seed
 
-from hfssl.args import MaskingArguments, PretrainingRunArguments, TextDataArguments, TextModelArguments, default_output_dir, parse_args
+from hfssl.api import Result, script
+from hfssl.args import (MaskingArguments, PretrainingRunArguments, TextDataArguments, TextModelArguments, default_output_dir,
+                        option_values, parse_args)
 from hfssl.cards import output_card
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.hub import publish
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, head_parameters, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
-from hfssl.training import LossHistory, bf16_supported, hardware_name, parent_lineage, save_output, start_run
+from hfssl.training import bf16_supported, hardware_name, parent_lineage, precision_defaults, save_output, start_run
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -27,14 +31,16 @@ DEFAULTS = dict(
     learning_rate=1e-3,  # small encoders leave the unigram plateau sooner with a high LR and warmup
     warmup_steps=0.06, weight_decay=0.01, max_steps=300,  # under two minutes on a 2-core CPU
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
-    bf16=bf16_supported(),  # autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs)
+    # bf16 autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs), unless accelerate was told otherwise
+    **precision_defaults(bf16_supported()),
     eval_strategy="steps", eval_steps=100, logging_steps=20, save_steps=100, save_total_limit=2,
     report_to="none", include_num_input_tokens_seen="non_padding",
 )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS)
+def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
+    """Run from the command line (`argv`) or from Python (`hfssl.run("mlm", dataset=..., **options)`)."""
+    data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
@@ -56,11 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
         blocks = tokenize_and_pack(raw, tokenizer, text_column, max_seq_length, data_args.line_by_line,
                                    masking.whole_word_mask, data_args.preprocessing_num_workers, data_args.overwrite_cache)
 
-    history = LossHistory()
     trainer = MaskedLMTrainer(
         model=model, args=run_args, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
         masker=build_masker(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
-        compute_metrics=masked_lm_metrics, callbacks=[history], sparse=model_args.sparse_head,
+        compute_metrics=masked_lm_metrics, sparse=model_args.sparse_head,
         head_learning_rate=model_args.head_learning_rate,
     )
     start = time.perf_counter()
@@ -74,20 +79,21 @@ def main(argv: list[str] | None = None) -> dict:
         recipe="mlm",
         lineage=dict(pretext="masked-lm", data=describe_source(data_args), base_model=model_args.model_name_or_path,
                      parent=parent_lineage(model_args.model_name_or_path)),
-        options=dict(data=vars(data_args), model=vars(model_args), masking=vars(masking), training=run_args.to_dict()),
+        options=dict(data=option_values(data_args), model=vars(model_args), masking=vars(masking), training=run_args.to_dict()),
         metrics=metrics, hardware=hardware_name(), max_seq_length=max_seq_length,
     )
-    save_output(trainer, record, history, card=lambda staging: output_card(record, staging))
+    save_output(trainer, record, card=lambda staging: output_card(record, staging))
+    pushed = None
     if trainer.is_world_process_zero():
-        publish(push, run_args.output_dir)
         examples = fill_mask_examples(run_args.output_dir, raw["validation"], text_column)
         print(f"\nhfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
               f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
               f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}\nSaved to {run_args.output_dir}")
         for text, predictions in examples:
             print(f"  {text}\n    -> {predictions}")
-    return metrics
+        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
+    return Result("mlm", Path(run_args.output_dir), metrics, pushed_to=pushed)
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

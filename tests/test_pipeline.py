@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -32,9 +33,9 @@ def test_two_stage_pipeline_hands_the_encoder_on_and_records_the_lineage(tmp_pat
         {"name": "probe", "recipe": "finetune_text", "from": "pretrain",
          "options": {**TINY_TRANSFER, "strategy": "linear_probe", "learning_rate": 1e-2}},
     ], output_dir=str(out))
-    results = pipeline.main([config])
+    results = pipeline.main([config]).stages
     printed = capsys.readouterr().out
-    assert set(results) == {"pretrain", "probe"} and 0 <= results["probe"]["eval_accuracy"] <= 1
+    assert set(results) == {"pretrain", "probe"} and 0 <= results["probe"].metrics["eval_accuracy"] <= 1
     assert "probe: finetune_text (from pretrain), accuracy 0." in printed and str(out / "probe") in printed
 
     child = json.loads((out / "probe" / "hfssl.json").read_text())
@@ -71,13 +72,16 @@ PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
     ([MLM], {"epochs": 3}, r"unknown top-level key\(s\) epochs; a pipeline file holds stages, output_dir, overwrite_output_dir"),
     ([MLM, {**PROBE, "name": "finished"}], {}, r"stage 'finished' \(finetune_text\): --output_dir .*finished already holds a model"),
 ])
-def test_bad_pipeline_fails_before_any_stage_runs(tmp_path, stages, top, message):
+def test_bad_pipeline_fails_before_any_stage_runs(tmp_path, capsys, stages, top, message):
     out = tmp_path / "run"
     (tmp_path / "run" / "finished").mkdir(parents=True)
     (tmp_path / "run" / "finished" / "hfssl.json").write_text("{}")  # a finished output, which no stage may replace silently
     stages = yaml.safe_load(yaml.safe_dump(stages).replace("{out}", str(out)))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit) as stopped:  # one line on stderr and exit status 2, as argparse does
         hfssl_main(["run", _write(tmp_path / "p.yaml", stages, **top), "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("hfssl run: error: ") and len(err.splitlines()) == 1
+    assert re.search(message, err), err
     assert sorted(p.name for p in out.iterdir()) == ["finished"]  # nothing written
 
 

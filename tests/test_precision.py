@@ -86,7 +86,7 @@ def test_mlm_recipe_with_bf16_weights_saves_fp32_and_learns(tmp_path):
     out = tmp_path / "out"
     metrics = load_recipe("mlm").main(["--bf16", "true", "--bf16_weights", "true", "--max_steps", "30", "--max_corpus_documents", "300",
                                        "--vocab_size", "500", "--eval_steps", "30", "--save_steps", "30", "--logging_steps", "5",
-                                       "--output_dir", str(out)])
+                                       "--output_dir", str(out)]).metrics
     for folder in (out, out / "checkpoint-30"):  # the final model and the checkpoint both hold the fp32 masters
         with safe_open(folder / "model.safetensors", "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}, folder

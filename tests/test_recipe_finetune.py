@@ -60,7 +60,7 @@ def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
     assert fresh == {"classifier.weight", "classifier.bias"}  # no backbone weight (ModernBERT's head comes from the MLM head)
 
     out = tmp_path / "ft"
-    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out)] + FAST_TEXT)
+    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out)] + FAST_TEXT).fit
     printed = capsys.readouterr().out
     assert re.search(r"accuracy 0\.\d+, macro-F1 0\.\d+ .*majority-class baseline 0\.\d+", printed)
     assert f"trainable parameters: {result.parameters['full']:,} of {result.parameters['full']:,}" in printed
@@ -91,7 +91,7 @@ def test_image_chain_mim_to_classifier(mim_out, tmp_path):
     assert fresh == {"classifier.weight", "classifier.bias"}  # the whole encoder came from mim.py
 
     out = tmp_path / "ft"
-    result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out)] + FAST_IMAGE)
+    result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out)] + FAST_IMAGE).fit
     loaded = AutoModelForImageClassification.from_pretrained(out)  # a plain load: BEiT pooling by the patch mean (the default)
     assert type(loaded).__name__ == "BeitForImageClassification" and loaded.config.use_mean_pooling
     pixels = torch.randn(3, 3, loaded.config.image_size, loaded.config.image_size)
@@ -109,7 +109,7 @@ def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, cap
 
     out = tmp_path / "lora"
     result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out), "--strategy", "lora",
-                                 "--merge_lora", "true", "--learning_rate", "5e-3"] + FAST_TEXT)
+                                 "--merge_lora", "true", "--learning_rate", "5e-3"] + FAST_TEXT).fit
     printed = capsys.readouterr().out
     trainable, full = result.parameters["trainable"], result.parameters["full"]
     assert trainable < full / 10 and f"trainable parameters: {trainable:,} of {full:,}" in printed
@@ -135,7 +135,7 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
 
     out = tmp_path / "lora"
     result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out), "--strategy", "lora",
-                                  "--merge_lora", "true"] + FAST_IMAGE)
+                                  "--merge_lora", "true"] + FAST_IMAGE).fit
     pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = result.model.eval()(pixel_values=pixels).logits
@@ -155,7 +155,7 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
 ])
 def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unchanged, changed):
     out = tmp_path / "ft"
-    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out), "--learning_rate", "5e-3"] + FAST_TEXT + flags)
+    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out), "--learning_rate", "5e-3"] + FAST_TEXT + flags).fit
     start, saved = load_file(f"{mlm_out}/model.safetensors"), load_file(out / "model.safetensors")
     assert not unchanged or [n for n in saved if n.startswith(unchanged)]
     for name, tensor in saved.items():
@@ -207,7 +207,7 @@ def test_bad_input_fails_before_training_and_writes_nothing(mlm_out, tmp_path, r
 def test_embedded_text_task_full_fine_tuning_beats_the_majority_class(minilm_path, tmp_path, capsys):
     result = finetune_text.main(["--output_dir", str(tmp_path / "o"), "--train_samples_per_class", "16", "--max_eval_samples", "96",
                                  "--max_seq_length", "32", "--max_steps", "16", "--per_device_train_batch_size", "16",
-                                 "--learning_rate", "2e-4", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"])
+                                 "--learning_rate", "2e-4", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]).fit
     scores = result.eval_results
     assert result.model.config.name_or_path == minilm_path  # the packaged MiniLM is the default start
     assert scores["eval_accuracy"] > scores["eval_majority_accuracy"] + 0.3, scores  # measured 0.73 vs 0.11
@@ -224,7 +224,7 @@ def test_embedded_digits_full_fine_tuning_beats_the_majority_class(tmp_path):
     ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(small)
     result = finetune_image.main(["--model_name_or_path", str(small), "--from_scratch", "true", "--output_dir", str(tmp_path / "o"),
                                   "--max_steps", "120", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-                                  "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"])
+                                  "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]).fit
     scores = result.eval_results
     assert scores["eval_majority_accuracy"] < 0.15
     assert scores["eval_accuracy"] > scores["eval_majority_accuracy"] + 0.25, scores  # measured 0.52 vs 0.10

@@ -36,7 +36,7 @@ def pretrained(request, recipe, tmp_path_factory):
             "--max_steps", "200", "--eval_steps", "100", *TINY_MIM]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        metrics = recipe.main(argv)
+        metrics = recipe.main(argv).metrics
     return request.param, out, metrics, printed.getvalue()
 
 
@@ -97,7 +97,7 @@ def test_image_folder_run_counts_skipped_files(recipe, tmp_path, capsys):
     out = tmp_path / "out"
     metrics = recipe.main(["--train_dir", str(folder), "--skip_corrupt_images", "true", "--output_dir", str(out),
                            "--config_overrides", ENCODER + DECODER, "--max_steps", "4", "--eval_steps", "4",
-                           "--per_device_train_batch_size", "8", "--save_steps", "100", "--bf16", "false"])
+                           "--per_device_train_batch_size", "8", "--save_steps", "100", "--bf16", "false"]).metrics
     record = json.loads((out / "hfssl.json").read_text())
     assert record["skipped_images"] == 1 and record["num_channels"] == 3
     assert "1 unreadable images skipped" in capsys.readouterr().out

@@ -20,7 +20,7 @@ mlm = load_recipe("mlm")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm") / "out"
-    metrics = mlm.main(TINY_MLM + ["--output_dir", str(out), "--max_steps", "100"])
+    metrics = mlm.main(TINY_MLM + ["--output_dir", str(out), "--max_steps", "100"]).metrics
     return out, metrics
 
 
@@ -88,7 +88,7 @@ def test_continued_pretraining_from_packaged_minilm(tmp_path, minilm_path, caplo
         "--model_name_or_path", minilm_path, "--max_corpus_documents", "400", "--max_seq_length", "64",
         "--per_device_train_batch_size", "8", "--max_steps", "6", "--eval_steps", "6", "--save_steps", "6",
         "--output_dir", str(out), "--learning_rate", "2e-4", "--max_eval_samples", "40", "--logging_steps", "1",
-    ])
+    ]).metrics
     assert "no (complete) masked-LM head" in caplog.text
     after = AutoModelForMaskedLM.from_pretrained(out)
     assert after.config.hidden_size == 384 and after.config.num_hidden_layers == 6

@@ -38,7 +38,7 @@ def tiny_encoder(tmp_path_factory, wordpiece):
 def adapted(tmp_path_factory, tiny_encoder):
     out = tmp_path_factory.mktemp("tsdae") / "out"
     metrics = tsdae.main(TINY + ["--model_name_or_path", tiny_encoder, "--output_dir", str(out), "--max_steps", "60",
-                                 "--save_strategy", "steps", "--save_steps", "60"])
+                                 "--save_strategy", "steps", "--save_steps", "60"]).metrics
     return out, metrics
 
 
@@ -97,7 +97,7 @@ def test_record_card_and_transfer(adapted, tiny_encoder, tmp_path):
     assert "TSDAE" in card and "60%" in card and "reconstruction loss" in card and "pipeline_tag: feature-extraction" in card
     # the adapted encoder is what hfssl's fine-tuning recipe starts from, lineage included
     fit = load_recipe("finetune_text").main(["--model_name_or_path", str(out), "--max_steps", "4", "--output_dir",
-                                             str(tmp_path / "ft"), "--per_device_train_batch_size", "8"])
+                                             str(tmp_path / "ft"), "--per_device_train_batch_size", "8"]).fit
     assert 0 <= fit.eval_results["eval_accuracy"] <= 1
     parent = json.loads((tmp_path / "ft" / "hfssl.json").read_text())["lineage"]["parent"]
     assert parent["pretext"] == "tsdae"
@@ -157,9 +157,9 @@ def test_pipeline_adapts_then_fine_tunes(tmp_path, tiny_encoder, capsys):
                                                           "max_corpus_documents": 300, "max_eval_samples": 16}},
         {"name": "classify", "recipe": "finetune_text", "from": "adapt", "options": {"max_steps": 4}},
     ]}))
-    results = pipeline.main([str(config)])
+    results = pipeline.main([str(config)]).stages
     assert "adapt: tsdae, reconstruction loss" in capsys.readouterr().out
-    assert 0 <= results["classify"]["eval_accuracy"] <= 1
+    assert 0 <= results["classify"].metrics["eval_accuracy"] <= 1
     child = json.loads((tmp_path / "run" / "classify" / "hfssl.json").read_text())
     assert child["lineage"]["parent"]["pretext"] == "tsdae"
 

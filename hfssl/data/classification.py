@@ -146,9 +146,13 @@ def _raw_text_splits(args: TextClassificationDataArguments) -> tuple[DatasetDict
     """The training and (when the data has one) evaluation splits as `datasets` loads them, and a name for them."""
     import datasets
 
-    from hfssl.data.text import _resolve_files, load_hub_dataset, read_error  # the same rules as the pretraining corpora
+    from hfssl.data.text import _resolve_files, in_memory_dataset, in_memory_name, load_hub_dataset, read_error  # as for corpora
 
-    if args.dataset_name:
+    if args.dataset is not None:
+        raw, name = in_memory_dataset(args), in_memory_name(args)
+        if isinstance(raw, datasets.IterableDatasetDict):
+            raise ValueError("dataset=: labeled data must be a datasets.Dataset or DatasetDict, not an iterable (streamed) one.")
+    elif args.dataset_name:
         raw = load_hub_dataset(args.dataset_name, args.dataset_config_name)
         name = args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
     elif args.train_file:

@@ -103,6 +103,10 @@ class ImageTensorDataset(torch.utils.data.Dataset):
 
 def describe_image_source(args: ImageDataArguments) -> str:
     """A short human name for the training images, used in hfssl.json and the model card."""
+    if args.dataset is not None:
+        from hfssl.data.text import in_memory_name
+
+        return in_memory_name(args)
     if args.dataset_name:
         return args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
     return args.train_dir or DEFAULT_IMAGE_NAME
@@ -143,18 +147,22 @@ def _column(ds: Any, requested: str | None, option: str, defaults: Sequence[str]
 
 
 def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list[str] | None]:
-    """Sources over the splits of `datasets.load_dataset(--dataset_name)`; images stay encoded until decoded."""
+    """Sources over the splits of `datasets.load_dataset(--dataset_name)` or of the in-memory dataset (`hfssl.run`);
+    images stay encoded until decoded."""
     import datasets
 
-    from hfssl.data.text import load_hub_dataset
+    from hfssl.data.text import in_memory_dataset, load_hub_dataset
 
-    raw = load_hub_dataset(args.dataset_name, args.dataset_config_name)
+    raw = in_memory_dataset(args) if args.dataset is not None else load_hub_dataset(args.dataset_name, args.dataset_config_name)
+    source = describe_image_source(args)
+    if isinstance(raw, datasets.IterableDatasetDict):
+        raise ValueError("dataset=: images must come as a datasets.Dataset or DatasetDict, not an iterable (streamed) one.")
     if "train" not in raw:
-        raise ValueError(f"--dataset_name {args.dataset_name} has no 'train' split (found: {', '.join(raw)}).")
+        raise ValueError(f"{source} has no 'train' split (found: {', '.join(raw)}).")
     first = raw["train"]
     image_col = _column(first, args.image_column, "image_column", ("image", "img"), lambda f: isinstance(f, datasets.Image))
     if image_col is None or not isinstance(first.features[image_col], datasets.Image):
-        raise ValueError(f"Cannot tell which column of {args.dataset_name} holds the images ({', '.join(first.column_names)}); "
+        raise ValueError(f"Cannot tell which column of {source} holds the images ({', '.join(first.column_names)}); "
                          "pass --image_column naming an image column.")
     label_col = _column(first, args.label_column, "label_column", ("label", "labels"), lambda f: isinstance(f, datasets.ClassLabel))
     feature = first.features[label_col] if label_col else None
@@ -174,7 +182,7 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
             return Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
 
         def name_row(i: int, ds: Any = ds, split: str = split) -> str:
-            return ds[int(i)][image_col].get("path") or f"{args.dataset_name} [{split}] row {i}"
+            return ds[int(i)][image_col].get("path") or f"{source} [{split}] row {i}"
 
         labels = None
         if label_col:
@@ -186,7 +194,7 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
 
 def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
     """Training and held-out images from the option that names them (nothing decoded yet; empty folders fail here)."""
-    if args.dataset_name:
+    if args.dataset_name or args.dataset is not None:
         sources, class_names = _hub_sources(args)
     elif args.train_dir:
         files, labels, class_names = _scan_folder(args.train_dir)

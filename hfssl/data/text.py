@@ -25,7 +25,7 @@ from hfssl.data.samples import DEFAULT_TEXT_NAME, python_docs_corpus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe_source", "load_hub_dataset", "load_text_datasets", "read_error", "resolve_text_column", "tokenize_and_pack"]
+__all__ = ["describe_source", "in_memory_dataset", "load_hub_dataset", "load_text_datasets", "read_error", "resolve_text_column", "tokenize_and_pack"]
 
 _STRINGS = ("string", "large_string")
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -101,6 +101,23 @@ def load_hub_dataset(name: str, config_name: str | None, **kwargs: Any) -> Any:
                          "or give local files.") from None
 
 
+def in_memory_dataset(args: Any) -> DatasetDict | IterableDatasetDict | None:
+    """The dataset handed to the Python API (`hfssl.run(recipe, dataset=...)`) as a dict of splits, else None."""
+    ds = getattr(args, "dataset", None)
+    if ds is None or isinstance(ds, (DatasetDict, IterableDatasetDict)):
+        return ds
+    return IterableDatasetDict(train=ds) if isinstance(ds, IterableDataset) else DatasetDict(train=ds)
+
+
+def in_memory_name(args: Any) -> str:
+    """How records and cards name an in-memory dataset: its Hub name when `load_dataset` made it."""
+    ds = args.dataset
+    first = ds[next(iter(ds))] if isinstance(ds, (DatasetDict, IterableDatasetDict)) else ds
+    info = getattr(first, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    return name if name and name not in ("generator", "parquet", "json", "csv", "text", "arrow") else "in-memory dataset"
+
+
 def _default_corpus_file(max_documents: int | None) -> str:
     """Write the embedded corpus once as JSON lines so `datasets` can cache its tokenization."""
     cache = Path(os.environ.get("HFSSL_CACHE", Path.home() / ".cache" / "hfssl"))
@@ -118,6 +135,8 @@ def _default_corpus_file(max_documents: int | None) -> str:
 
 def describe_source(args: TextDataArguments) -> str:
     """A short human name for the training data, used in hfssl.json and the model card."""
+    if args.dataset is not None:
+        return in_memory_name(args)
     if args.dataset_name:
         return args.dataset_name + (f"/{args.dataset_config_name}" if args.dataset_config_name else "")
     if args.train_file:
@@ -127,7 +146,11 @@ def describe_source(args: TextDataArguments) -> str:
 
 def load_text_datasets(args: TextDataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
     """Return {'train', 'validation'} raw text datasets from the option that names the source."""
-    if args.dataset_name:
+    if args.dataset is not None:
+        raw = in_memory_dataset(args)
+        if args.streaming and not isinstance(raw, IterableDatasetDict):
+            raw = IterableDatasetDict({split: ds.to_iterable_dataset() for split, ds in raw.items()})
+    elif args.dataset_name:
         raw = load_hub_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
     else:
         data_files: dict[str, list[str]] = {}

@@ -97,8 +97,8 @@ class ProbeCallback(TrainerCallback):
     """Adds eval_knn_accuracy and eval_linear_probe_accuracy to every evaluation's log entry.
 
     It runs when the evaluation metrics are logged (the Trainer logs before `on_evaluate`), so
-    the accuracies join that same entry: the progress bar, trainer_state.json, `evaluate()`'s
-    return value, and any later callback, such as hfssl's LossHistory (list this one first).
+    the accuracies join that same entry: the progress bar, trainer_state.json and `evaluate()`'s
+    return value.
     `encoder_of(model)` gives the module whose features are probed.
     """
 

@@ -29,7 +29,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from hfssl.data.classification import balanced_class_weights
 from hfssl.metrics.report import classification_metrics, load_metric, majority_accuracy, save_confusion_matrix, scalar_scores
-from hfssl.training import LossHistory, hardware_name, parent_lineage, save_output, write_json
+from hfssl.training import hardware_name, parent_lineage, save_output, write_json
 from hfssl.transfer.optim import L2SP, layer_decay_groups
 from hfssl.transfer.strategies import STRATEGIES, Layout, count_parameters, find_layout
 
@@ -122,7 +122,7 @@ class Fit:
     eval_results: dict[str, Any]  # eval_* scalars, eval_per_class, eval_confusion_matrix
     train_metrics: dict[str, float]
     parameters: dict[str, int]  # trainable (per stage), full
-    history: LossHistory
+    log_history: list[dict[str, Any]]  # the Trainer's log of every stage, steps counted across stages
     predictions: np.ndarray  # the predicted class of each held-out example, behind eval_results
     seed_results: dict[str, Any] = field(default_factory=dict)
 
@@ -156,23 +156,22 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
     if resume and len(stages) > 1:
         raise ValueError("--resume_from_checkpoint is not supported with --strategy lp_ft; start the run again.")
     weights = balanced_class_weights(setup.train_labels, len(setup.label_names)) if transfer.class_weights == "balanced" else None
-    history, trainable, train_metrics = LossHistory(), [], {}
+    log_history, trainable, train_metrics = [], [], {}
     for stage, stage_args in zip(stages, _stage_arguments(run_args, transfer, len(stages), len(setup.train_dataset))):
         model = stage(model, transfer, layout)  # a strategy that cannot apply raises here, before anything is written
         trainable.append(count_parameters(model)[0])
         logger.info("Stage %s: %s of %s parameters trainable", stage.__name__, f"{trainable[-1]:,}", f"{full_count:,}")
-        stage_history = LossHistory()
         trainer = TransferTrainer(
             model=model, args=stage_args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
             data_collator=setup.collator, processing_class=setup.processing_class,
-            compute_metrics=classification_metrics(setup.label_names), callbacks=[stage_history], layout=layout,
+            compute_metrics=classification_metrics(setup.label_names), layout=layout,
             class_weights=weights, l2sp=L2SP(model, layout, transfer.l2sp_alpha, fresh) if transfer.l2sp_alpha else None,
             layer_decay=transfer.layer_decay,
         )
         result = trainer.train(resume_from_checkpoint=resume)
-        offset = history.train[-1][0] if history.train else 0
-        history.train += [(step + offset, loss) for step, loss in stage_history.train]
-        history.eval += [(step + offset, scores) for step, scores in stage_history.eval]
+        offset = log_history[-1]["step"] if log_history else 0
+        tag = {"stage": stage.__name__} if len(stages) > 1 else {}
+        log_history += [{**entry, "step": entry.get("step", 0) + offset, **tag} for entry in trainer.state.log_history]
         train_metrics = {k: train_metrics.get(k, 0) + v if k in ("train_runtime", "total_flos") else v for k, v in result.metrics.items()}
         train_metrics["train_steps"] = train_metrics.get("train_steps", 0) + trainer.state.global_step
     train_metrics["train_samples"] = len(setup.train_dataset)
@@ -180,7 +179,7 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
     if len(stages) > 1:
         parameters.update({f"trainable_in_{s.__name__}": n for s, n in zip(stages, trainable)})
     scores, predictions = _score(trainer, setup)
-    return Fit(trainer, layout, scores, train_metrics, parameters, history, predictions)
+    return Fit(trainer, layout, scores, train_metrics, parameters, log_history, predictions)
 
 
 def _score(trainer: TransferTrainer, setup: TransferSetup) -> tuple[dict[str, Any], np.ndarray]:
@@ -282,7 +281,7 @@ def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[s
 
     with warnings.catch_warnings():  # peft looks for the base while it is still being written
         warnings.filterwarnings("ignore", message="Could not find a config file")
-        save_output(trainer, record, fit_.history, card=card, extra=extra)
+        save_output(trainer, record, card=card, extra=extra, log_history=fit_.log_history)
 
 
 def summary_text(recipe: str, fit_: Fit, output_dir: str) -> str:
