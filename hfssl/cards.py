@@ -206,7 +206,7 @@ def _render(template: str, data: ModelCardData, out: _Output, **fields: Any) -> 
     steps = out.record["metrics"].get("train_steps")
     common = dict(
         recipe=out.record["recipe"], hfssl_version=_hfssl_version(), plots=plots, lineage=lineage_text(out.record["lineage"]),
-        seed=training.get("seed"), precision="bf16 autocast" if training.get("bf16") else "fp32",
+        seed=training.get("seed"), precision="bf16 autocast" if training.get("bf16") else "fp16 autocast" if training.get("fp16") else "fp32",
         hardware=out.record.get("hardware", "?"), wall_time=f"{out.record['metrics'].get('train_runtime', 0):.0f} s",
         steps=f"{steps:,}" if steps is not None else str(training.get("max_steps")),
         learning_rate=training.get("learning_rate"), batch_size=training.get("per_device_train_batch_size"),

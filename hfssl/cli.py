@@ -1,6 +1,9 @@
 """The `hfssl` console script: run a recipe, print its options, or re-render a card.
 
-    hfssl mlm [config.yaml] [--key value ...]      same as: accelerate launch recipes/mlm.py ... (likewise tsdae, mim, finetune_text, ...)
+    hfssl mlm [config.yaml] [--key value ...]      one process; on several GPUs: accelerate launch -m hfssl.recipes.mlm ...
+                                                   (likewise tsdae, mim, finetune_text, finetune_image; in a checkout,
+                                                   accelerate launch recipes/mlm.py runs the same file)
+                                                   config.yaml: a file, or a preset shipped with hfssl (mlm_from_scratch.yaml)
     hfssl run pipeline.yaml [--output_dir DIR]     run the stages of a pipeline file (same as: hfssl pipeline ...)
     hfssl options mlm                              the recipe's options as a Markdown table
     hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]

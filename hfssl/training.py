@@ -340,11 +340,23 @@ def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
     return None
 
 
+def _log_precision(run_args: Any) -> None:
+    """Say which precision runs and who chose it (accelerate launch also prints its own default of "no")."""
+    ran = "bf16 autocast" if run_args.bf16 else "fp16 autocast" if run_args.fp16 else "fp32"
+    chosen = chosen_precision()
+    if chosen is not None:
+        logger.info("Precision: %s (mixed precision %r chosen in accelerate launch / accelerate config)", ran, chosen)
+    elif run_args.bf16 and bf16_supported():
+        logger.info("Precision: %s, hfssl's default on this hardware (accelerate launch --mixed_precision no or --bf16 false "
+                    "turns it off)", ran)
+
+
 def start_run(run_args: Any) -> tuple[str | None, Any]:
     """What every recipe does first: logging, the checkpoint to resume, output-dir checks, the push request."""
     from hfssl.hub import take_push_request  # hub imports this module
 
     setup_logging(run_args)
+    _log_precision(run_args)
     if getattr(run_args, "keep_freed_memory", False) and keep_freed_memory():
         logger.info("malloc keeps freed memory for reuse (--keep_freed_memory true)")
     resume = resolve_resume(run_args)
