@@ -13,7 +13,6 @@ on stderr and an exit status (2 for wrong options, as argparse does; 1 for a run
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -77,7 +76,6 @@ def script(main: Callable[..., Any], argv: list[str] | None = None, prog: str | 
         if _debug_requested(argv):
             raise
         status = 2 if isinstance(err, OptionError) else 1
-        logging.getLogger("hfssl").debug("", exc_info=True)
         print(f"{prog}: error: {err}", file=sys.stderr)
         if status == 1 and not isinstance(err, PushError):
             print(f"{prog}: (add --log_level debug for the traceback)", file=sys.stderr)
