@@ -21,12 +21,13 @@ Arms, each repeated over --seeds (a different labeled subset and initialisation 
 Every hyperparameter is fixed in this file from runs scored on the validation split; the test split
 is only scored. Pretraining runs for a fixed number of steps sized to the stated budget on a 2-core CPU
 (the measured wall time is reported). Results go to bench/results_ssl_gain_{text,images}.json, plots to
-docs/ssl_gain_{text,images}.png and the table into README.md (between the ssl_gain markers).
+docs/ssl_gain_{text,images}.png and the tables into README.md and docs/benchmarks.md (between the ssl_gain
+markers).
 
     python bench/ssl_gain.py [text|images|all|report] [--seeds 1,2,3] [--jobs 2] [--arms REGEX] [--quick] [--split validation]
 
 --split validation scores the validation split instead (the labeled pool then excludes it), writes
-bench/results_ssl_gain_{text,images}_validation.json and leaves README.md alone: settings are chosen there.
+bench/results_ssl_gain_{text,images}_validation.json and leaves the docs alone: settings are chosen there.
 
 --jobs N runs N fine-tunings side by side, one thread each; --arms reruns only the matching arms and
 keeps the committed results of the others.
@@ -70,8 +71,8 @@ LEXNAMES = (
     "verb.social verb.stative verb.weather adj.ppl"
 ).split()
 
-# Fixed settings, chosen from the prototypes described in issue 6 and from fine-tuning runs scored on the
-# validation split (2,000 glosses, seeds 1-2; never the test split): see "How the settings were chosen" in README.md.
+# Fixed settings, chosen from fine-tuning runs scored on the validation split (2,000 glosses, seeds 1-2; never the
+# test split): see "How the settings were chosen" in docs/benchmarks.md.
 TEXT_PRETRAIN = dict(  # the tiny preset (2 layers x 128, ModernBERT): many cheap steps beat a bigger model on 2 cores
     # (BERT of this size, 1500 -> 3000 steps: eval MLM loss 4.85 -> 3.95, validation accuracy of full fine-tuning at 10
     # labels per class 0.254 -> 0.341)
@@ -81,7 +82,7 @@ TEXT_PRETRAIN = dict(  # the tiny preset (2 layers x 128, ModernBERT): many chea
 )
 # MiniLM DAPT: lr 2e-5 scored best on validation of the three tried with full fine-tuning (1e-4: 0.359, 1e-4 after a
 # 100-step head-only warm-up: 0.367, 2e-5: 0.381; plain MiniLM 0.447). With LP-FT at lr 3e-4: 0.552 vs plain 0.544;
-# 600 steps instead of 150: 0.552; the fresh MLM head at its own lr 1e-3 (--head_learning_rate): 0.562. See README.md.
+# 600 steps instead of 150: 0.552; the fresh MLM head at its own lr 1e-3 (--head_learning_rate): 0.562. See docs/benchmarks.md.
 DAPT = dict(max_seq_length=64, per_device_train_batch_size=64, learning_rate=2e-5, head_learning_rate=1e-3, max_steps=150,
             eval_steps=75, save_steps=75, logging_steps=25)
 TEXT_FINETUNE = dict(max_seq_length=64, per_device_train_batch_size=32, max_steps=300, eval_strategy="no", logging_steps=50)
@@ -459,17 +460,22 @@ def plot(section: dict, task: str, path: Path) -> None:
 def write_readme(results: dict) -> None:
     from hfssl.training import hardware_name
 
-    parts = [f"Measured by `python bench/ssl_gain.py` on {results.get('machine', hardware_name())}."]
+    tables = []
     for key, task in (("text", "WordNet glosses, 41 categories"), ("images", "Fashion-MNIST, 10 classes")):
         if key in results and results[key]["arms"]:
             plot(results[key], task, ROOT / "docs" / f"ssl_gain_{key}.png")
-            parts += [table(results[key], task), f"![{task}](docs/ssl_gain_{key}.png)"]
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
+            tables.append((key, task, table(results[key], task)))
     start, end = "<!-- ssl_gain:start -->", "<!-- ssl_gain:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end):]
-        readme.write_text(text, encoding="utf-8")
+    for page in (ROOT / "README.md", ROOT / "docs" / "benchmarks.md"):  # the headline table, and the benchmarks page
+        figures = Path(os.path.relpath(ROOT / "docs", page.parent)).as_posix()  # the plots' folder, seen from the page
+        figures = "" if figures == "." else f"{figures}/"
+        parts = [f"Measured by `python bench/ssl_gain.py` on {results.get('machine', hardware_name())}."]
+        for key, task, text in tables:
+            parts += [text, f"![{task}]({figures}ssl_gain_{key}.png)"]
+        text = page.read_text(encoding="utf-8")
+        if start in text and end in text:
+            text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end):]
+            page.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -481,7 +487,7 @@ def main() -> None:
                         "committed results of the others (same seeds); pretraining outputs are reused when present")
     parser.add_argument("--quick", action="store_true", help="small splits and short runs: a smoke test of the whole script")
     parser.add_argument("--split", default="test", choices=["test", "validation"],
-                        help="the split to score; validation writes its own results files and leaves README.md alone")
+                        help="the split to score; validation writes its own results files and leaves the docs alone")
     args = parser.parse_args()
     global SPLIT
     SPLIT = args.split
