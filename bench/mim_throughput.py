@@ -45,7 +45,7 @@ from PIL import Image  # noqa: E402
 from transformers import Trainer, TrainingArguments, ViTMAEConfig, ViTMAEForPreTraining, set_seed  # noqa: E402
 
 from hfssl.models import VISION_PRESETS  # noqa: E402
-from hfssl.training import bf16_supported, hardware_name  # noqa: E402
+from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
 from step_timer import StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memor
     from datasets import load_dataset
 
     if keep_freed_memory:  # the --stock_keep_freed_memory check: hfssl's malloc setting on the stock path
-        from hfssl.training import keep_freed_memory as keep
+        from hfssl.runtime import keep_freed_memory as keep
 
         keep()
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")

@@ -52,7 +52,7 @@ from transformers import (  # noqa: E402
 from hfssl.args import TextDataArguments  # noqa: E402
 from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
 from hfssl.pretext.masked_tokens import masked_token_nll  # noqa: E402
-from hfssl.training import bf16_supported, hardware_name  # noqa: E402
+from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
 from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def train_stock(hidden, steps, batch, lr, out, corpus_docs, keep_freed_memory=Fa
     `keep_freed_memory` (the --stock_keep_freed_memory check) gives it hfssl's setting.
     """
     if keep_freed_memory:
-        from hfssl.training import keep_freed_memory as keep
+        from hfssl.runtime import keep_freed_memory as keep
 
         keep()
     tokenizer = bert_uncased_tokenizer()

@@ -458,7 +458,7 @@ def plot(section: dict, task: str, path: Path) -> None:
 
 
 def write_readme(results: dict) -> None:
-    from hfssl.training import hardware_name
+    from hfssl.runtime import hardware_name
 
     tables = []
     for key, task in (("text", "WordNet glosses, 41 categories"), ("images", "Fashion-MNIST, 10 classes")):
@@ -495,7 +495,7 @@ def main() -> None:
         for task in RESULTS:
             RESULTS[task] = RESULTS[task].with_name(RESULTS[task].stem + "_validation.json")
     seeds = [int(s) for s in args.seeds.split(",")]
-    from hfssl.training import hardware_name
+    from hfssl.runtime import hardware_name
 
     results: dict = {}
     if not args.quick:

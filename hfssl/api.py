@@ -43,7 +43,7 @@ def run(recipe: str, dataset: Any = None, config: str | os.PathLike | None = Non
     options: any of the recipe's options (`hfssl options <recipe>`) as Python values; they override `config`.
     Wrong options raise `hfssl.args.OptionError` (a ValueError) before any data is read.
     """
-    from hfssl.cli import load_recipe
+    from hfssl.registry import load_recipe
 
     return load_recipe(recipe).main([os.fspath(config)] if config is not None else [], dataset=dataset, **options)
 
@@ -65,8 +65,7 @@ def script(main: Callable[..., Any], argv: list[str] | None = None, prog: str | 
     (unreadable data, an output directory it must not overwrite, a failed push) exits 1 with its message.
     Other exceptions keep their traceback. `--log_level debug` shows the traceback of every error.
     """
-    from hfssl.args import OptionError
-    from hfssl.hub import PushError
+    from hfssl.errors import OptionError, PushError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or Path(sys.argv[0]).name

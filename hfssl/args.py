@@ -20,6 +20,8 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from hfssl.errors import OptionError
+
 T = TypeVar("T")
 
 __all__ = [
@@ -111,10 +113,10 @@ class RunArguments(TrainingArguments):
             raise ValueError(f"--card_language {self.card_language!r} is not an ISO 639 code (en, fr, de, ...) or 'none'.")
         _check_run_sizes(self)
         _check_reporters(self.report_to)
-        import torch
+        from hfssl.runtime import accelerator_available
 
-        if (self.bf16 or self.bf16_full_eval) and not torch.cuda.is_available():
-            self.use_cpu = True  # transformers only allows CPU bf16 autocast when told it is on CPU
+        if (self.bf16 or self.bf16_full_eval) and not accelerator_available():
+            self.use_cpu = True  # transformers allows CPU bf16 autocast only when told it is on the CPU
         super().__post_init__()
 
 
@@ -455,10 +457,6 @@ def _attach_dataset(parsed: Sequence[Any], dataset: Any) -> None:
 def option_values(options: Any) -> dict[str, Any]:
     """An options dataclass as a dict of what can be typed (for records): the in-memory dataset left out."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
-
-
-class OptionError(ValueError):
-    """A recipe's options are wrong: raised before any data is read. Scripts print its one-line message and exit 2."""
 
 
 def config_file(path: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hfssl.outputs import RECORD_FILE
 from hfssl.data.samples import DEFAULT_IMAGE_NAME, DEFAULT_TEXT_LABELED_NAME, DEFAULT_TEXT_NAME
 
 __all__ = ["CARD_FILE", "DEFAULT_LICENSE", "EVAL_METRICS", "lineage_text", "output_card", "refresh_card", "write_card"]
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 # The templates: hfssl/model_cards/ in an installed wheel, model_cards/ at the top of a checkout (editable installs).
 TEMPLATES = Path(importlib.import_module("hfssl.model_cards").__file__).parent  # model_cards/ in a checkout
 CARD_FILE = "README.md"
-RECORD_FILE = "hfssl.json"  # as hfssl.training.RECORD_FILE (not imported: that module pulls in torch)
 DEFAULT_LICENSE = "apache-2.0"
 
 # The held-out metrics a card's model-index reports, per recipe: (hfssl.json metrics key, metric id, shown name).

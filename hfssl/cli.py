@@ -14,30 +14,12 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import importlib
-import pkgutil
 import sys
-from types import ModuleType
+
+from hfssl.errors import OptionError
+from hfssl.registry import load_recipe
 
 __all__ = ["main"]
-
-def recipe_names() -> list[str]:
-    """The recipes that ship with hfssl (recipes/*.py in a checkout, the package hfssl.recipes when installed)."""
-    import hfssl.recipes
-
-    return sorted(m.name for m in pkgutil.iter_modules(hfssl.recipes.__path__) if not m.name.startswith("_"))
-
-
-def load_recipe(name: str) -> ModuleType:
-    """The recipe module `name` (hfssl.recipes.<name>: the same file `accelerate launch recipes/<name>.py` runs)."""
-    module = name.replace("-", "_")
-    if module not in recipe_names():
-        close = difflib.get_close_matches(module, recipe_names(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SystemExit(f"hfssl: no recipe {name!r}.{hint} Recipes: {', '.join(recipe_names())}.")
-    return importlib.import_module(f"hfssl.recipes.{module}")
-
 
 def push(argv: list[str]) -> None:
     """`hfssl push`: upload an output directory; failures exit with the reason and the command to retry."""
@@ -85,7 +67,13 @@ def card(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _main(list(sys.argv[1:] if argv is None else argv))
+    except OptionError as err:  # a recipe name that does not exist
+        raise SystemExit(f"hfssl: {err}") from None
+
+
+def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

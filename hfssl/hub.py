@@ -23,7 +23,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
 from hfssl.cards import CARD_FILE, refresh_card
-from hfssl.training import RECORD_FILE, STAGING_DIR, write_json
+from hfssl.errors import PushError
+from hfssl.outputs import RECORD_FILE, STAGING_DIR, write_json
 
 __all__ = ["PushError", "PushRequest", "point_adapter_at_repo", "publish", "push_output", "take_push_request"]
 
@@ -34,10 +35,6 @@ logger = logging.getLogger(__name__)
 # dropped connection are not retried there, and a whole-push retry is cheap: unchanged files are skipped.
 RETRY_WAITS = (2.0, 10.0, 30.0)
 LEFT_OUT = ["checkpoint-*/", f"{STAGING_DIR}/"]  # resumable training state, and a save in progress
-
-
-class PushError(RuntimeError):
-    """A push that failed; the message says why (token removed) and how to retry."""
 
 
 def push_output(
@@ -152,15 +149,15 @@ def take_push_request(run_args: Any) -> PushRequest | None:
 
     The Trainer would push while training; hfssl pushes once, the finished directory, with its card.
     """
+    token, run_args.hub_token = run_args.hub_token, None  # kept out of hfssl.json and the Trainer's pickled state
     if not run_args.push_to_hub:
         return None
     repo_id = run_args.hub_model_id or Path(run_args.output_dir).name
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"--hub_model_id {repo_id!r} is not a repo id; use NAME or NAMESPACE/NAME.")
     request = PushRequest(repo_id, run_args.hub_private_repo, getattr(run_args, "hub_revision", None),
-                          run_args.hub_token, getattr(run_args, "hub_endpoint", None) or os.environ.get("HF_ENDPOINT"))
+                          token, getattr(run_args, "hub_endpoint", None) or os.environ.get("HF_ENDPOINT"))
     run_args.push_to_hub = False
-    run_args.hub_token = None  # kept out of hfssl.json and the Trainer's state
     return request
 
 
@@ -172,7 +169,5 @@ def publish(request: PushRequest | None, output_dir: str) -> str | None:
     """
     if request is None:
         return None
-    url = push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
-                      endpoint=request.endpoint, token=request.token)
-    logger.info("Pushed %s to %s", output_dir, url)
-    return url
+    return push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
+                       endpoint=request.endpoint, token=request.token)

@@ -40,15 +40,14 @@ import yaml
 
 from hfssl.api import Result
 from hfssl.args import OptionError, PipelineArguments, RunArguments, _load_yaml, config_file, parse_args
+from hfssl.registry import RECIPES, load_recipe
 
-__all__ = ["RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "summary_text"]
+__all__ = ["STAGE_RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "summary_text"]
 
 logger = logging.getLogger(__name__)
 
-RECIPES = {"mlm": "text", "tsdae": "text", "finetune_text": "text", "mim": "image", "finetune_image": "image"}  # recipe -> modality
 _STAGE_KEYS = ("name", "recipe", "from", "config", "options")
-_HEADLINE = {"mlm": ("eval_mlm_loss", "eval MLM loss"), "tsdae": ("eval_loss", "reconstruction loss"), "mim": ("eval_knn_accuracy", "kNN accuracy"),
-             "finetune_text": ("eval_accuracy", "accuracy"), "finetune_image": ("eval_accuracy", "accuracy")}
+STAGE_RECIPES = [name for name, r in RECIPES.items() if r.modality is not None]  # a pipeline does not nest pipelines
 
 
 @dataclass
@@ -124,8 +123,8 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
     if any(stage.name == name for stage in earlier):
         raise ValueError(f"{where}: an earlier stage has the same name; stage names must be unique.")
     recipe = spec.get("recipe")
-    if recipe not in RECIPES:
-        raise ValueError(f"{where}: `recipe` must be one of {', '.join(RECIPES)}, got {recipe!r}.")
+    if recipe not in STAGE_RECIPES:
+        raise ValueError(f"{where}: `recipe` must be one of {', '.join(STAGE_RECIPES)}, got {recipe!r}.")
     options: dict[str, Any] = {}
     if spec.get("config") is not None:
         preset = Path(path).parent / str(spec["config"])
@@ -146,9 +145,10 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
                              f"(here: {known}).")
         if "model_name_or_path" in options:
             raise ValueError(f"{where}: give either `from: {parent}` or the option model_name_or_path, not both.")
-        if RECIPES[source.recipe] != RECIPES[recipe]:
-            raise ValueError(f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {RECIPES[source.recipe]}), "
-                             f"but {recipe} works on {RECIPES[recipe]}.")
+        source_modality, modality = RECIPES[source.recipe].modality, RECIPES[recipe].modality
+        if source_modality != modality:
+            raise ValueError(f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {source_modality}), "
+                             f"but {recipe} works on {modality}.")
         if source.options.get("strategy") == "lora":
             raise ValueError(f"{where}: `from: {parent}` writes a LoRA adapter, not a model to start from; start from "
                              f"the stage {parent} started from, or give {parent} another strategy.")
@@ -177,9 +177,8 @@ def _stage_file(stage: Stage, folder: str) -> str:
 
 def _check_stage(path: str, stage: Stage, folder: str) -> str | None:
     """Parse and validate the stage's options as its recipe will, and check its output dir; return the repo it pushes to."""
-    from hfssl.cli import load_recipe
     from hfssl.hub import take_push_request
-    from hfssl.training import prepare_output_dir, resolve_resume
+    from hfssl.outputs import prepare_output_dir, resolve_resume
 
     recipe = load_recipe(stage.recipe)
     where = f"{path}: stage {stage.name!r} ({stage.recipe})"
@@ -203,8 +202,7 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, Result]:
     """Run every stage in order; return each stage's result (output dir, final metrics) by stage name."""
     import torch.distributed as dist
 
-    from hfssl.cli import load_recipe
-    from hfssl.training import setup_logging
+    from hfssl.runtime import setup_logging
 
     # Under `accelerate launch` the process group starts with stage 1's Trainer (starting accelerate's state
     # here, before the Trainer sets it up for CPU or GPU, would leave every process thinking it is alone).
@@ -235,7 +233,7 @@ def summary_text(pipeline: Pipeline, results: dict[str, Result]) -> str:
     """The final human summary: one line per stage with its headline score and output directory."""
     lines = [f"hfssl pipeline {pipeline.path}: {len(pipeline.stages)} stages"]
     for stage in pipeline.stages:
-        key, label = _HEADLINE[stage.recipe]
+        key, label = RECIPES[stage.recipe].headline
         value = results[stage.name].metrics.get(key) if stage.name in results else None
         score = f"{label} {value:.3f}" if isinstance(value, (int, float)) else "no score"
         start = f" (from {stage.parent})" if stage.parent else ""

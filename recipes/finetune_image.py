@@ -12,7 +12,6 @@ accuracy in three to seven minutes on a 2-core CPU.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +21,12 @@ from hfssl.args import (
     ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments,
     default_output_dir, option_values, parse_args,
 )
-from hfssl.cards import output_card
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
-from hfssl.training import bf16_supported, precision_defaults, start_run
+from hfssl.runs import finish_run, start_run
+from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
-from hfssl.hub import publish
-from hfssl.transfer.run import TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
+from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
 
 OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments,
                 RunArguments)
@@ -80,13 +78,10 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
     record = transfer_record("finetune_image", result, splits.description, architecture,
                              model_args.from_scratch or not model_args.model_name_or_path, options, splits.class_names)
-    save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
-    pushed = None
-    if result.trainer.is_world_process_zero():
-        print("\n" + summary_text("finetune_image", result, run_args.output_dir)
-              + (f"\n  {skipped} unreadable images skipped" if skipped else ""))
-        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
-    return Result("finetune_image", Path(run_args.output_dir), record["metrics"], fit=result, pushed_to=pushed)
+    return finish_run(result.trainer, record, push,
+                      lambda: summary_text("finetune_image", result, run_args.output_dir)
+                      + (f"\n  {skipped} unreadable images skipped" if skipped else ""),
+                      extra=transfer_files(result, setup, transfer, record), log_history=result.log_history, fit=result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ class: 24%) in one to three minutes on a 2-core CPU.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from transformers import DataCollatorWithPadding
@@ -22,15 +21,14 @@ from hfssl.args import (
     ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TextClassifierArguments, TransferArguments,
     default_output_dir, option_values, parse_args,
 )
-from hfssl.cards import output_card
 from hfssl.data.classification import load_text_classification, tokenize_classification
 from hfssl.models import load_config, usable_positions
 from hfssl.tokenizer import load_tokenizer
-from hfssl.training import bf16_supported, precision_defaults, start_run
+from hfssl.runs import finish_run, start_run
+from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
 from hfssl.transfer.pooling import text_pooling
-from hfssl.hub import publish
-from hfssl.transfer.run import TransferSetup, run_transfer, save_transfer, summary_text, transfer_record
+from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
 
 OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TextClassifierArguments, TransferArguments, RunArguments)
 DEFAULTS = dict(
@@ -80,12 +78,8 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     options = dict(data=option_values(data_args), model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
                    transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
     record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
-    save_transfer(result, setup, transfer, record, card=lambda staging: output_card(record, staging))
-    pushed = None
-    if result.trainer.is_world_process_zero():
-        print("\n" + summary_text("finetune_text", result, run_args.output_dir))
-        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
-    return Result("finetune_text", Path(run_args.output_dir), record["metrics"], fit=result, pushed_to=pushed)
+    return finish_run(result.trainer, record, push, lambda: summary_text("finetune_text", result, run_args.output_dir),
+                      extra=transfer_files(result, setup, transfer, record), log_history=result.log_history, fit=result)
 
 
 if __name__ == "__main__":

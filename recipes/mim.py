@@ -9,22 +9,19 @@ summary shows the kNN accuracy of its features before and after pretraining.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 from transformers import set_seed
 
 from hfssl.api import Result, script
 from hfssl.args import (ImageDataArguments, PatchMaskingArguments, PretrainingRunArguments, ProbeArguments, VisionModelArguments,
-                        default_output_dir, option_values, parse_args)
-from hfssl.cards import output_card
+                        default_output_dir, parse_args)
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
-from hfssl.hub import publish
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, use_fast_attention
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
-from hfssl.training import bf16_supported, hardware_name, parent_lineage, precision_defaults, save_output, start_run
+from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
+from hfssl.runtime import bf16_supported, precision_defaults
 
 OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -63,31 +60,20 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         processing_class=processor, callbacks=[probe] if probe is not None else None,
     )
     start_scores = {f"start_{k}": v for k, v in probe.score(trainer.model, run_args.bf16).items()} if probe and not resume else {}
-    start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate(), **start_scores}
     images = trainer.train_images * run_args.world_size
-    metrics.update(train_images=images, train_images_per_second=images / max(train_seconds, 1e-9), train_steps=trainer.state.global_step)
+    metrics.update(train_images=images, train_images_per_second=images / max(trainer.train_seconds, 1e-9), train_steps=trainer.state.global_step)
 
     skipped = len(train.skipped) + len(held_out.skipped)
-    record = dict(
-        recipe="mim",
-        lineage=dict(pretext=masking.method, data=splits.description, base_model=model_args.model_name_or_path,
-                     parent=parent_lineage(model_args.model_name_or_path)),
-        options=dict(data=option_values(data_args), model=vars(model_args), masking=vars(masking), probe=vars(probe_args), training=run_args.to_dict()),
-        metrics=metrics, hardware=hardware_name(), image_size=config.image_size, patch_size=config.patch_size,
-        num_channels=config.num_channels, skipped_images=skipped,
-    )
+    record = run_record("mim", pretext_lineage(masking.method, splits.description, model_args.model_name_or_path),
+                        dict(data=data_args, model=model_args, masking=masking, probe=probe_args, training=run_args), metrics,
+                        image_size=config.image_size, patch_size=config.patch_size, num_channels=config.num_channels,
+                        skipped_images=skipped)
     shown = collator.for_evaluation(run_args.seed)([held_out[i] for i in range(min(8, len(held_out)))])
-    save_output(trainer, record, card=lambda staging: output_card(record, staging),
-                extra=lambda staging: save_reconstruction_grid(trainer.model, shown, mean, std, staging / "reconstructions.png",
-                                                               f"{masking.method}: original | masked | reconstruction"))
-    pushed = None
-    if trainer.is_world_process_zero():
-        print(masked_image_summary(masking.method, metrics, skipped, run_args.output_dir))
-        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
-    return Result("mim", Path(run_args.output_dir), metrics, pushed_to=pushed)
+    return finish_run(trainer, record, push, lambda: masked_image_summary(masking.method, metrics, skipped, run_args.output_dir),
+                      extra=lambda staging: save_reconstruction_grid(trainer.model, shown, mean, std, staging / "reconstructions.png",
+                                                                     f"{masking.method}: original | masked | reconstruction"))
 
 
 if __name__ == "__main__":

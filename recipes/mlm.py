@@ -8,22 +8,19 @@ With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the em
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 from transformers import set_seed
 
 from hfssl.api import Result, script
 from hfssl.args import (MaskingArguments, PretrainingRunArguments, TextDataArguments, TextModelArguments, default_output_dir,
-                        option_values, parse_args)
-from hfssl.cards import output_card
+                        parse_args)
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
-from hfssl.hub import publish
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, head_parameters, masked_lm_metrics
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
-from hfssl.training import bf16_supported, hardware_name, parent_lineage, precision_defaults, save_output, start_run
+from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
+from hfssl.runtime import bf16_supported, precision_defaults
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -68,32 +65,25 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         compute_metrics=masked_lm_metrics, sparse=model_args.sparse_head,
         head_learning_rate=model_args.head_learning_rate,
     )
-    start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - start - trainer.eval_seconds
     metrics = {**train_result.metrics, **trainer.evaluate()}
     tokens = int(trainer.state.num_input_tokens_seen)
-    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(train_seconds, 1e-9), train_steps=trainer.state.global_step)
+    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(trainer.train_seconds, 1e-9),
+                   train_steps=trainer.state.global_step)
 
-    record = dict(
-        recipe="mlm",
-        lineage=dict(pretext="masked-lm", data=describe_source(data_args), base_model=model_args.model_name_or_path,
-                     parent=parent_lineage(model_args.model_name_or_path)),
-        options=dict(data=option_values(data_args), model=vars(model_args), masking=vars(masking), training=run_args.to_dict()),
-        metrics=metrics, hardware=hardware_name(), max_seq_length=max_seq_length,
-    )
-    save_output(trainer, record, card=lambda staging: output_card(record, staging))
-    pushed = None
-    if trainer.is_world_process_zero():
-        examples = fill_mask_examples(run_args.output_dir, raw["validation"], text_column)
-        print(f"\nhfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
-              f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
-              f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}\nSaved to {run_args.output_dir}")
-        for text, predictions in examples:
-            print(f"  {text}\n    -> {predictions}")
-        pushed = publish(push, run_args.output_dir)  # a failed push raises after the summary; the output is complete
-    return Result("mlm", Path(run_args.output_dir), metrics, pushed_to=pushed)
+    record = run_record("mlm", pretext_lineage("masked-lm", describe_source(data_args), model_args.model_name_or_path),
+                        dict(data=data_args, model=model_args, masking=masking, training=run_args), metrics,
+                        max_seq_length=max_seq_length)
 
+    def summary() -> str:
+        lines = [f"hfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
+                 f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
+                 f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}", f"Saved to {run_args.output_dir}"]
+        for text, predictions in fill_mask_examples(run_args.output_dir, raw["validation"], text_column):
+            lines += [f"  {text}", f"    -> {predictions}"]
+        return "\n".join(lines)
+
+    return finish_run(trainer, record, push, summary)
 
 if __name__ == "__main__":
     script(main)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_recipe(name: str) -> ModuleType:
     """The recipe module as the `hfssl` command imports it (hfssl.recipes.<name>, recipes/<name>.py here)."""
-    from hfssl.cli import load_recipe as load
+    from hfssl.registry import load_recipe as load
 
     return load(name)
 

@@ -12,7 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from PIL import Image
 
 import hfssl
-import hfssl.training
+import hfssl.runtime
 from hfssl.api import script
 from hfssl.args import OptionError, RunArguments, TextDataArguments, TextModelArguments, parse_args
 from hfssl.data.samples import python_docs_corpus, python_docs_labeled
@@ -130,20 +130,20 @@ def test_precision_chosen_in_accelerate_wins_over_hfssl_default(tmp_path, monkey
     else:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
     launcher = [a.replace("{dir}", str(tmp_path)) for a in launcher] if launcher else None
-    monkeypatch.setattr(hfssl.training, "_launcher_argv", lambda: launcher)
+    monkeypatch.setattr(hfssl.runtime, "_launcher_argv", lambda: launcher)
     default_config = tmp_path / ("c.yaml" if launcher and "--config_file" in launcher else "default_config.yaml")
     if config:
         default_config.write_text(config)
     monkeypatch.setattr(accelerate.commands.config, "default_config_file", str(tmp_path / "default_config.yaml"))
-    assert hfssl.training.chosen_precision() == expected
-    defaults = hfssl.training.precision_defaults(True)
+    assert hfssl.runtime.chosen_precision() == expected
+    defaults = hfssl.runtime.precision_defaults(True)
     assert defaults["bf16"] == (expected in (None, "bf16")) and defaults.get("fp16", False) == (expected == "fp16")
 
 
 def test_log_level_governs_hfssl_logs(tmp_path, caplog):
     for level, shown in (("error", False), ("passive", True)):
         run = RunArguments(output_dir=str(tmp_path), log_level=level)
-        hfssl.training.setup_logging(run)
+        hfssl.runtime.setup_logging(run)
         assert logging.getLogger("hfssl").isEnabledFor(logging.INFO) is shown
 
 

@@ -273,7 +273,7 @@ def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
 
 
 def test_a_pushed_output_is_named_by_its_repo_in_the_lineage_of_models_trained_from_it(hub, tmp_path):
-    from hfssl.training import parent_lineage
+    from hfssl.outputs import parent_lineage
 
     out = tmp_path / "out"
     shutil.copytree(tiny_output("mlm"), out)  # never pushed (the module's mlm_output is, by other tests)

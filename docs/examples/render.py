@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hfssl.cards import write_card
-from hfssl.cli import load_recipe
+from hfssl.registry import load_recipe
 
 HERE = Path(__file__).resolve().parent
 RUNS = Path("outputs/examples")  # relative, as a user would name it: the cards and lineage show these paths

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, Trainer
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import pooled_encoder, rgb_input, rgb_processor
 from hfssl.precision import MasterWeightsMixin, with_master_weights
+from hfssl.runs import TimedTrainer
 
 __all__ = [
     "MaskedImageTrainer",
@@ -168,7 +169,7 @@ def save_reconstruction_grid(
 def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, output_dir: str) -> str:
     """The recipe's closing lines: throughput, held-out loss, and probe accuracies before and after pretraining."""
     loss = "MSE" if method == "mae" else "L1"
-    parts = [f"\nhfssl mim ({method}): {metrics['train_images']:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
+    parts = [f"hfssl mim ({method}): {metrics['train_images']:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
              f"held-out reconstruction loss ({loss} on masked pixels) {metrics['eval_loss']:.4f}"]
     for key, name in (("knn_accuracy", "kNN accuracy"), ("linear_probe_accuracy", "linear-probe accuracy")):
         if f"eval_{key}" in metrics:
@@ -179,7 +180,7 @@ def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, o
     return "".join(parts) + f"\nSaved to {output_dir}"
 
 
-class MaskedImageTrainer(MasterWeightsMixin, Trainer):
+class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
     """A Trainer for MAE / SimMIM: fixed masks and no augmentation in evaluation, images/s, encoder-only final save.
 
     The loss is the model's own (a per-batch mean, so the Trainer scales it for gradient accumulation).
@@ -193,7 +194,6 @@ class MaskedImageTrainer(MasterWeightsMixin, Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.eval_seconds = 0.0
         self.train_images = 0
 
     def compute_loss(
@@ -224,13 +224,6 @@ class MaskedImageTrainer(MasterWeightsMixin, Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = training_collator
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        start = time.perf_counter()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.eval_seconds += time.perf_counter() - start
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if _internal_call:  # a checkpoint: the whole model, so that training can resume

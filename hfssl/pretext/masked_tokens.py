@@ -23,6 +23,7 @@ from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTra
 
 from hfssl.args import MaskingArguments
 from hfssl.precision import MasterWeightsMixin, with_master_weights
+from hfssl.runs import TimedTrainer
 
 __all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
            "mlm_head_module", "sparse_head"]
@@ -176,7 +177,7 @@ def masked_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return _MaskedTokenNLL.apply(logits, targets)
 
 
-class MaskedLMTrainer(MasterWeightsMixin, Trainer):
+class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
     """A Trainer whose loss is cross-entropy over masked tokens, computed sparsely when possible.
 
     The loss equals the model's own dense loss (mean over tokens with label != -100); with
@@ -192,7 +193,6 @@ class MaskedLMTrainer(MasterWeightsMixin, Trainer):
         self.masker = masker
         self.sparse = sparse
         self.head_learning_rate = head_learning_rate
-        self.eval_seconds = 0.0
         ds_config = getattr(getattr(self.args, "hf_deepspeed_config", None), "config", None) or {}
         if head_learning_rate is not None and "optimizer" in ds_config:  # DeepSpeed then builds the optimizer, not create_optimizer
             raise ValueError("--head_learning_rate cannot apply when the DeepSpeed config defines its own optimizer; "
@@ -306,14 +306,13 @@ class MaskedLMTrainer(MasterWeightsMixin, Trainer):
         return loss, preds[None], targets[None]
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        start, rng = time.perf_counter(), self._masking_rng()
+        rng = self._masking_rng()
         training_state = rng.get_state()
         rng.manual_seed(self.args.seed + 1_000_003)  # the same eval masks every time
         try:
             return super().evaluate(*args, **kwargs)
         finally:
             rng.set_state(training_state)
-            self.eval_seconds += time.perf_counter() - start
 
 
 def masked_lm_metrics(pred: EvalPrediction) -> dict[str, float]:

@@ -4,9 +4,9 @@ TSDAE (Wang, Reimers & Gurevych, EMNLP Findings 2021, https://arxiv.org/abs/2104
 most words of a sentence, pool what is left into one vector, and train a decoder that sees only
 that vector (cross-attention to a single position) to rebuild the whole sentence. Masked-token
 modeling trains token predictions; TSDAE trains the pooled sentence vector itself, which is what
-a mean-pooling classifier reads. On the WordNet glosses, masked-token DAPT of the contrastively
-trained all-MiniLM-L6-v2 lowered its few-label accuracy while TSDAE raised it (README.md, "Does
-pretraining pay off?").
+a mean-pooling classifier reads. On the WordNet glosses benchmark (docs/benchmarks.md), masked-token
+DAPT of the contrastively trained all-MiniLM-L6-v2 raised its few-label accuracy slightly, and TSDAE
+lowered it slightly: which adaptation helps depends on the corpus, so compare them on validation data.
 
 The objective is sentence-transformers' `DenoisingAutoEncoderLoss` (the reference implementation:
 a decoder built from the encoder's own checkpoint, weights tied to the encoder). Written here, as
@@ -28,6 +28,8 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+
+from hfssl.runs import TimedTrainer
 
 __all__ = ["DenoisingCollator", "SentenceDenoiser", "SentenceDenoisingTrainer", "check_decoder_support", "delete_words", "drop_blank_rows"]
 
@@ -158,7 +160,7 @@ class SentenceDenoiser(nn.Module):
         return {"loss": self.objective([source, target], None)}
 
 
-class SentenceDenoisingTrainer(Trainer):
+class SentenceDenoisingTrainer(TimedTrainer):
     """Saves the encoder as a transformers checkpoint; checkpoints also keep the decoder, so a resumed run
     continues exactly where it stopped. Each epoch draws new deletions; evaluation always uses the same ones."""
 
@@ -167,18 +169,15 @@ class SentenceDenoisingTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(_NewNoiseEachEpoch(self.data_collator))
-        self.eval_seconds = 0.0  # time spent evaluating, so the recipe's training speed excludes it
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """The held-out loss with the same deletions at every evaluation, so evaluations are comparable."""
         collator = self.data_collator
         training_round, collator.round = collator.round, 0
-        start = time.perf_counter()
         try:
             return super().evaluate(*args, **kwargs)
         finally:
             collator.round = training_round
-            self.eval_seconds += time.perf_counter() - start
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         self._checkpointing = _internal_call

@@ -29,11 +29,13 @@ from transformers.trainer_utils import SaveStrategy
 
 from hfssl.data.classification import balanced_class_weights
 from hfssl.metrics.report import classification_metrics, load_metric, majority_accuracy, save_confusion_matrix, scalar_scores
-from hfssl.training import hardware_name, parent_lineage, save_output, write_json
+from hfssl.outputs import parent_lineage, write_json
+from hfssl.runs import run_record
+from hfssl.runtime import hardware_name
 from hfssl.transfer.optim import L2SP, layer_decay_groups
 from hfssl.transfer.strategies import STRATEGIES, Layout, count_parameters, find_layout
 
-__all__ = ["Fit", "TransferSetup", "TransferTrainer", "fit", "run_transfer", "save_transfer", "summary_text", "transfer_record"]
+__all__ = ["Fit", "TransferSetup", "TransferTrainer", "fit", "run_transfer", "summary_text", "transfer_files", "transfer_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,19 +235,13 @@ def transfer_record(recipe: str, fit_: Fit, description: str, model_path: str | 
                     options: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
     """The hfssl.json of a transfer run: lineage (with the pretraining stages before it), options, scores."""
     starts_from = None if from_scratch else model_path
-    return dict(
-        recipe=recipe,
-        lineage=dict(recipe=recipe, strategy=options["transfer"]["strategy"], data=description, base_model=starts_from,
-                     architecture_of=model_path if from_scratch else None, parent=parent_lineage(starts_from)),
-        options=options,
-        labels=label_names,
-        per_class=fit_.eval_results["eval_per_class"],
-        metrics={**fit_.train_metrics, **{k: v for k, v in fit_.eval_results.items() if not isinstance(v, (dict, list))},
-                 **{f"{k}_parameters": v for k, v in fit_.parameters.items()}},
-        seed_results=fit_.seed_results or None,
-        lora_base_model="." if options["transfer"]["strategy"] == "lora" else None,
-        hardware=hardware_name(),
-    )
+    lineage = dict(recipe=recipe, strategy=options["transfer"]["strategy"], data=description, base_model=starts_from,
+                   architecture_of=model_path if from_scratch else None, parent=parent_lineage(starts_from))
+    metrics = {**fit_.train_metrics, **{k: v for k, v in fit_.eval_results.items() if not isinstance(v, (dict, list))},
+               **{f"{k}_parameters": v for k, v in fit_.parameters.items()}}
+    return run_record(recipe, lineage, options, metrics, labels=label_names, per_class=fit_.eval_results["eval_per_class"],
+                      seed_results=fit_.seed_results or None,
+                      lora_base_model="." if options["transfer"]["strategy"] == "lora" else None)
 
 
 def _write_lora_base(model: nn.Module, processing_class: Any, staging: Path, merge: bool) -> None:
@@ -262,14 +258,14 @@ def _write_lora_base(model: nn.Module, processing_class: Any, staging: Path, mer
         processing_class.save_pretrained(staging / "merged")
 
 
-def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[str, Any], card: Callable[[Path], Any]) -> None:
-    """Write the model (or adapter + its base), eval_results.json, the confusion matrix, plots, card and hfssl.json."""
-    trainer, model = fit_.trainer, fit_.model
-    out = Path(trainer.args.output_dir)
+def transfer_files(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[str, Any]) -> Callable[[Path], None]:
+    """What a transfer output holds beside the model: eval_results.json, seed results, the confusion matrix and,
+    for LoRA, the adapter's base (hfssl.runs.finish_run calls the returned function on the staging folder)."""
+    model = fit_.model
     if transfer.strategy == "lora":  # the adapter names its base where it will be: this output (the repo, once pushed)
-        model.peft_config["default"].base_model_name_or_path = str(out.resolve())
+        model.peft_config["default"].base_model_name_or_path = str(Path(fit_.trainer.args.output_dir).resolve())
 
-    def extra(staging: Path) -> None:
+    def write(staging: Path) -> None:
         write_json(staging / "eval_results.json",
                    {**fit_.eval_results, **{k: v for k, v in fit_.seed_results.items() if k.endswith(("_mean", "_std"))}})
         if fit_.seed_results:
@@ -279,9 +275,7 @@ def save_transfer(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[s
         if transfer.strategy == "lora":
             _write_lora_base(model, setup.processing_class, staging, transfer.merge_lora)
 
-    with warnings.catch_warnings():  # peft looks for the base while it is still being written
-        warnings.filterwarnings("ignore", message="Could not find a config file")
-        save_output(trainer, record, card=card, extra=extra, log_history=fit_.log_history)
+    return write
 
 
 def summary_text(recipe: str, fit_: Fit, output_dir: str) -> str:

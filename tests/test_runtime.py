@@ -1,4 +1,4 @@
-"""Run-level helpers in hfssl/training.py: the malloc setting that keeps freed memory."""
+"""Run-level helpers (hfssl/runtime.py, hfssl/runs.py): the malloc setting that keeps freed memory."""
 
 import json
 import subprocess
@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
-import hfssl.training as training
+import hfssl.runs as runs
 from hfssl.args import RunArguments
 
 # Allocates and frees a 64 MB tensor eight times and reports the page faults of the last five.
 _FAULTS = """
 import json, resource, sys, torch
-from hfssl.training import keep_freed_memory
+import hfssl.runs  # as in a recipe: transformers and the rest are loaded before start_run applies the setting
+from hfssl.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -42,7 +43,21 @@ def test_keep_freed_memory_stops_page_faults_on_reused_tensors():
 @pytest.mark.parametrize("flag", [True, False])
 def test_start_run_applies_the_setting_only_when_asked(tmp_path, monkeypatch, flag):
     calls = []
-    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runs, "keep_freed_memory", lambda: calls.append(1) or True)
     run_args = RunArguments(output_dir=str(tmp_path / "out"), keep_freed_memory=flag, report_to="none")
-    training.start_run(run_args)
+    runs.start_run(run_args)
     assert calls == ([1] if flag else [])
+
+
+def test_bf16_runs_on_the_cpu_only_when_there_is_no_accelerator(tmp_path, monkeypatch):
+    import transformers.training_args
+
+    import hfssl.runtime
+
+    cpu = RunArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
+    assert cpu.use_cpu is True  # no accelerator here: bf16 autocast on the CPU
+    # An XPU / MPS machine: bf16 must go to that device, not silently to the CPU.
+    monkeypatch.setattr(hfssl.runtime, "accelerator_available", lambda: True)
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    accelerated = RunArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
+    assert accelerated.use_cpu is False

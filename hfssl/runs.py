@@ -1,0 +1,113 @@
+"""A recipe's run from start to finish: the checks before any compute, and the one shared ending.
+
+    resume, push = start_run(run_args)            # logging, precision, output-dir checks, the push request
+    ... build the data, the model and a TimedTrainer subclass; train ...
+    return finish_run(trainer, record, push, summary)   # save atomically, card, summary, push -> Result
+
+Data flows one way: recipes -> runs -> (outputs, runtime, cards, hub). Nothing here imports a recipe or the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import Trainer, TrainingArguments
+
+from hfssl.api import Result
+from hfssl.cards import output_card
+from hfssl.hub import PushRequest, publish, take_push_request
+from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
+from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging
+
+__all__ = ["TimedTrainer", "finish_run", "pretext_lineage", "run_record", "start_run"]
+
+logger = logging.getLogger(__name__)
+
+
+def start_run(run_args: Any) -> tuple[str | None, PushRequest | None]:
+    """What every recipe does first: logging, the checkpoint to resume, output-dir checks, the push request."""
+    setup_logging(run_args)
+    log_precision(run_args)
+    if getattr(run_args, "keep_freed_memory", False) and keep_freed_memory():
+        logger.info("malloc keeps freed memory for reuse (--keep_freed_memory true)")
+    resume = resolve_resume(run_args)
+    prepare_output_dir(run_args, resume)
+    if resume is not None:
+        logger.info("Resuming from %s", resume)
+    # The token leaves the run's arguments here: only the push uses it, and the Trainer pickles its
+    # arguments into every checkpoint (take_push_request clears it).
+    return resume, take_push_request(run_args)
+
+
+class TimedTrainer(Trainer):
+    """A Trainer that knows how long it trained, evaluation excluded, so a recipe's throughput is honest."""
+
+    eval_seconds = 0.0  # wall time spent in evaluate()
+    train_seconds = 0.0  # wall time of the last train(), evaluation excluded
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.perf_counter() - start
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        start, evaluating = time.perf_counter(), self.eval_seconds
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.train_seconds = time.perf_counter() - start - (self.eval_seconds - evaluating)
+
+
+def pretext_lineage(pretext: str, data: str, base_model: str | None) -> dict[str, Any]:
+    """The lineage of a pretraining run: its pretext, data and starting model (with that model's own lineage)."""
+    return dict(pretext=pretext, data=data, base_model=base_model, parent=parent_lineage(base_model))
+
+
+def _values(options: Any) -> Any:
+    """Options as they go into hfssl.json: what can be typed (an in-memory dataset left out)."""
+    if isinstance(options, TrainingArguments):
+        return options.to_dict()
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
+    return options
+
+
+def run_record(recipe: str, lineage: dict[str, Any], options: dict[str, Any], metrics: dict[str, Any],
+               **facts: Any) -> dict[str, Any]:
+    """The content of hfssl.json: recipe, lineage, options (dataclasses as their typed values), metrics, hardware."""
+    return dict(recipe=recipe, lineage=lineage, options={k: _values(v) for k, v in options.items()}, metrics=metrics,
+                hardware=hardware_name(), **facts)
+
+
+def finish_run(
+    trainer: Trainer,
+    record: dict[str, Any],
+    push: PushRequest | None,
+    summary: Callable[[], str],
+    *,
+    extra: Callable[[Path], None] | None = None,
+    log_history: list[dict[str, Any]] | None = None,
+    fit: Any = None,
+) -> Result:
+    """Every recipe's ending: save the output atomically with its card, print the summary, push when asked.
+
+    `summary` runs on the main process after the output is saved (it may read the saved model); `extra`
+    writes recipe-specific files into the staging folder; `log_history` replaces the trainer's own where
+    a run had several trainers. A failed push raises PushError after the summary: the output is complete.
+    """
+    with warnings.catch_warnings():  # peft looks for a LoRA adapter's base while the output is still being written
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        save_output(trainer, record, card=lambda staging: output_card(record, staging), extra=extra, log_history=log_history)
+    output_dir = trainer.args.output_dir
+    pushed = None
+    if trainer.is_world_process_zero():
+        print("\n" + summary())
+        pushed = publish(push, output_dir)
+    return Result(record["recipe"], Path(output_dir), record["metrics"], fit=fit, pushed_to=pushed)
