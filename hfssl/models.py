@@ -402,10 +402,12 @@ def beit_to_vit(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def pooled_encoder(model: PreTrainedModel) -> PreTrainedModel:
+def pooled_encoder(model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
     """The encoder of an MAE or SimMIM model as a stock `BeitModel` whose pooler is the layer norm of the patch mean.
 
-    It shares the model's weights (no copy); `pooler_output` is the image embedding that hfssl probes and exports.
+    It shares the model's weights (no copy), or takes them from `state_dict`, the whole model's as the Trainer
+    gathers it under FSDP or DeepSpeed ZeRO-3 (where each process's own modules hold only shards).
+    `pooler_output` is the image embedding that hfssl probes and exports.
     """
     from transformers import BeitModel
 
@@ -413,7 +415,11 @@ def pooled_encoder(model: PreTrainedModel) -> PreTrainedModel:
     config._attn_implementation = model.config._attn_implementation
     with torch.device("meta"):
         encoder = BeitModel(config, add_pooling_layer=True)
-    encoder.load_state_dict(vit_to_beit(model.vit.state_dict(), mean_pooling=True), strict=True, assign=True)
+    if state_dict is None:
+        vit_state = model.vit.state_dict()
+    else:
+        vit_state = {k[len("vit."):]: v for k, v in state_dict.items() if k.startswith("vit.")}
+    encoder.load_state_dict(vit_to_beit(vit_state, mean_pooling=True), strict=True, assign=True)
     return encoder.eval()
 
 

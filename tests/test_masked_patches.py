@@ -111,6 +111,43 @@ def test_the_exported_encoder_is_a_stock_beit_whose_pooler_is_the_layer_normed_p
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_the_final_save_exports_the_encoder_from_the_state_dict_the_trainer_gathers(tmp_path, monkeypatch, method):
+    import json
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+    from transformers import TrainingArguments
+
+    from hfssl.pretext.masked_patches import MaskedImageTrainer
+
+    model, _ = tiny_model(method)
+    rgb_input(pooled_encoder(model)).save_pretrained(tmp_path / "expected")  # the encoder export, as it always was
+    expected = load_file(tmp_path / "expected" / "model.safetensors")
+    trainer = MaskedImageTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none",
+                                                                    use_cpu=True))
+    trainer.save_model(str(tmp_path / "plain"))
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    assert plain.keys() == expected.keys() and all(torch.equal(plain[k], expected[k]) for k in expected)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text()) == json.loads((tmp_path / "expected" / "config.json").read_text())
+    trainer.save_model(str(tmp_path / "checkpoint"), _internal_call=True)  # a checkpoint keeps the whole model, decoder too
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["architectures"] == [type(model).__name__]
+
+    # Under FSDP (or ZeRO-3) a process's own modules hold shards: only the state dict the Trainer gathers is the model.
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    gathers = []
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(state_dict_type="StateDictType.FULL_STATE_DICT"),
+                        raising=False)
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda m, unwrap=True: gathers.append(m) or gathered)
+    trainer.save_model(str(tmp_path / "fsdp"))
+    sharded = load_file(tmp_path / "fsdp" / "model.safetensors")
+    assert gathers == [model] and all(torch.equal(sharded[k], expected[k]) for k in expected)
+
+
 def test_each_method_continues_from_the_other_methods_encoder(tmp_path):
     mae, _ = tiny_model("mae")
     pooled_encoder(mae).save_pretrained(tmp_path / "beit")

@@ -195,6 +195,7 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.train_images = 0
+        self._checkpointing = False
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -226,11 +227,25 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
             self.data_collator = training_collator
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if _internal_call:  # a checkpoint: the whole model, so that training can resume
+        """The Trainer's own save, which gathers the full state dict under FSDP and DeepSpeed ZeRO-3 on every
+        process and hands it to `_save`: a checkpoint (`_internal_call`) keeps the whole model so that training
+        can resume, the final save writes the encoder."""
+        self._checkpointing = _internal_call
+        try:
             super().save_model(output_dir, _internal_call)
+        finally:
+            self._checkpointing = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self._checkpointing:
+            super()._save(output_dir, state_dict)
+            return
+        if not self.args.should_save:
+            return
+        if state_dict is not None and not state_dict:  # ZeRO-3 without gathered weights: DeepSpeed writes its own checkpoint next
             return
         output_dir = output_dir or self.args.output_dir
-        if self.is_world_process_zero():
-            rgb_input(pooled_encoder(self.accelerator.unwrap_model(self.model))).save_pretrained(output_dir)
-            if self.processing_class is not None:
-                rgb_processor(self.processing_class).save_pretrained(output_dir)
+        model = self.accelerator.unwrap_model(self.model)  # its config; the weights are `state_dict`'s when the Trainer gathered one
+        rgb_input(pooled_encoder(model, state_dict)).save_pretrained(output_dir)
+        if self.processing_class is not None:
+            rgb_processor(self.processing_class).save_pretrained(output_dir)
