@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from PIL import Image  # noqa: E402
 from transformers import Trainer, TrainingArguments, ViTMAEConfig, ViTMAEForPreTraining, set_seed  # noqa: E402
 
 from hfssl.models import VISION_PRESETS  # noqa: E402
+from hfssl.registry import load_recipe  # noqa: E402
 from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
 from step_timer import StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -105,23 +105,29 @@ def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memor
 
 
 def train_hfssl(folder: Path, steps: int, batch: int, out: str) -> float:
-    spec = importlib.util.spec_from_file_location("recipe_mim", ROOT / "recipes" / "mim.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("mim")
     timer = StepTimer()
+    original = recipe.MaskedImageTrainer
 
-    class TimedTrainer(recipe.MaskedImageTrainer):  # the recipe's own trainer, plus the shared step timer
+    class WithStepTimer(original):  # the recipe's own trainer, plus the shared step timer
         def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
             super().__init__(*args, **kwargs)
 
-    recipe.MaskedImageTrainer = TimedTrainer
+    recipe.MaskedImageTrainer = WithStepTimer
+    try:
+        _run_mim(recipe, folder, steps, batch, out)
+    finally:
+        recipe.MaskedImageTrainer = original
+    return timer.rate(batch)
+
+
+def _run_mim(recipe, folder: Path, steps: int, batch: int, out: str) -> None:  # noqa: ANN001
     recipe.main(["--train_dir", str(folder), "--image_size", str(SIZE), "--patch_size", str(PATCH),
                  "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--eval_strategy", "no",
                  "--save_strategy", "no", "--logging_steps", "10000", "--disable_tqdm", "true", "--seed", "0",
                  "--crop_min_scale", "0.2", "--horizontal_flip", "true",  # the stock path's augmentation, not hfssl's defaults
                  "--output_dir", out])
-    return timer.rate(batch)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ each timed alone: see step_floor). The last line is `speedup_h256=X speedup_h512
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -52,6 +51,7 @@ from transformers import (  # noqa: E402
 from hfssl.args import TextDataArguments  # noqa: E402
 from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
 from hfssl.pretext.masked_tokens import masked_token_nll  # noqa: E402
+from hfssl.registry import load_recipe  # noqa: E402
 from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
 from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -123,17 +123,15 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs, architectur
     `architecture` modernbert (the recipe's default) gets the same parameter count and FLOPs per token: its GeGLU
     feed-forward has two input projections, so its hidden width is 2/3 of BERT's.
     """
-    spec = importlib.util.spec_from_file_location("recipe_mlm", ROOT / "recipes" / "mlm.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("mlm")
     timer = StepTimer()
+    original = recipe.MaskedLMTrainer
 
-    class TimedTrainer(recipe.MaskedLMTrainer):  # the recipe's own trainer, plus the shared step timer
+    class WithStepTimer(original):  # the recipe's own trainer, plus the shared step timer
         def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
             super().__init__(*args, **kwargs)
 
-    recipe.MaskedLMTrainer = TimedTrainer
     size = dict(SIZES[hidden])
     if architecture == "modernbert":
         size["intermediate_size"] = size["intermediate_size"] * 2 // 3
@@ -144,7 +142,11 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs, architectur
             "--seed", "0", "--output_dir", out]
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
-    metrics = recipe.main(argv).metrics
+    recipe.MaskedLMTrainer = WithStepTimer
+    try:
+        metrics = recipe.main(argv).metrics
+    finally:
+        recipe.MaskedLMTrainer = original
     return timer.rate(batch * SEQ), metrics["train_tokens_per_second"]
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import os
 import random
@@ -53,6 +52,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+
+from hfssl.registry import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("HFSSL_BENCH_DIR", "/tmp/hfssl-ssl-gain"))
@@ -119,13 +120,6 @@ def ensure_package(path: Path, package: str) -> None:
         command = ["sudo", *command]
     if subprocess.run(command).returncode != 0 or not path.exists():
         sys.exit(f"Could not install {package}; install it (apt-get install {package}) and rerun.")
-
-
-def recipe(name: str):  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def argv_of(options: dict) -> list[str]:
@@ -218,7 +212,7 @@ def pretrain(kind: str, options: dict, out: Path) -> dict:
         shutil.rmtree(out)
     if not record.exists():
         start = time.perf_counter()
-        recipe(kind).main(argv_of({**options, "output_dir": out, "overwrite_output_dir": "true"}))
+        load_recipe(kind).main(argv_of({**options, "output_dir": out, "overwrite_output_dir": "true"}))
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}")
         used.write_text(wanted)
     metrics = json.loads(record.read_text())["metrics"]
@@ -229,7 +223,7 @@ def pretrain(kind: str, options: dict, out: Path) -> dict:
 def fit_once(kind: str, options: dict, seed: int, out: Path) -> tuple[float, float]:
     """Test accuracy and wall seconds of one fine-tuning run (its output is deleted: the score is what matters)."""
     start = time.perf_counter()
-    fit = recipe(kind).main(argv_of({**options, "seed": seed, "output_dir": out, "overwrite_output_dir": "true"})).fit
+    fit = load_recipe(kind).main(argv_of({**options, "seed": seed, "output_dir": out, "overwrite_output_dir": "true"})).fit
     shutil.rmtree(out, ignore_errors=True)  # keep disk use flat
     return float(fit.eval_results["eval_accuracy"]), time.perf_counter() - start
 

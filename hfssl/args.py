@@ -1,28 +1,26 @@
-"""Typed options for every recipe, with one parser: defaults < recipe defaults < YAML < CLI.
+"""The options of every recipe, declared once: small dataclasses whose `metadata["help"]` documents each option.
 
-Each concern is a small dataclass whose `metadata["help"]` is the single place an option is
-documented; `--help` and the README tables are generated from it. Per-field checks live in
-`__post_init__` and raise `ValueError` naming the flag and the fix.
+Shared fields live in base classes (`ModelSourceArguments`, `DataSourceArguments`); a choice is declared in
+`metadata["choices"]` and enforced by `check_choices`, the same way for the command line, YAML and Python.
+Checks that involve several fields live in `__post_init__` and raise ValueError naming the flag and the fix.
+The parser, configs and tables are in hfssl/options.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import re
-import sys
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any
 
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
-from hfssl.errors import OptionError
-
-T = TypeVar("T")
+from hfssl.models import TEXT_PRESETS, VISION_PRESETS
+from hfssl.options import (OptionError, check_choices, check_fraction, check_positive, config_file, one_of, option_values,
+                           options_table, parse_args)
+from hfssl.transfer.pooling import POOLINGS
+from hfssl.transfer.strategies import STRATEGIES
 
 __all__ = [
     "ClassifierModelArguments",
@@ -43,11 +41,14 @@ __all__ = [
     "TextModelArguments",
     "TransferArguments",
     "VisionModelArguments",
+    "DataSourceArguments",
+    "ModelSourceArguments",
     "default_output_dir",
-    "options_table",
+    # the parser, re-exported (hfssl.options): recipes import their options and the parser from one place
     "OptionError",
     "config_file",
     "option_values",
+    "options_table",
     "parse_args",
 ]
 
@@ -61,19 +62,6 @@ def default_output_dir(recipe: str) -> str:
     if "LOCAL_RANK" in os.environ and os.path.isdir(f"/proc/{os.getppid()}"):
         started = datetime.datetime.fromtimestamp(os.stat(f"/proc/{os.getppid()}").st_ctime)
     return os.path.join("outputs", f"{recipe}-{started:%Y%m%d-%H%M%S}")
-
-
-def _check_fraction(name: str, value: float, low_open: bool = True, high_open: bool = True) -> None:
-    low_ok = value > 0 if low_open else value >= 0
-    high_ok = value < 1 if high_open else value <= 1
-    if not (low_ok and high_ok):
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"--{name} must be in {lo}0, 1{hi}, got {value}. Pass a value such as 0.15.")
-
-
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"--{name} must be a positive integer, got {value}.")
 
 
 @dataclass
@@ -162,7 +150,7 @@ class PretrainingRunArguments(RunArguments):
 def _check_run_sizes(args: TrainingArguments) -> None:
     """Trainer options that transformers accepts but that fail (or silently do nothing) once training starts."""
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        _check_positive(name, getattr(args, name))
+        check_positive(args, name)
     if args.max_steps == 0 or args.max_steps < -1:
         raise ValueError(f"--max_steps must be a positive number of steps, or -1 to train for --num_train_epochs; got {args.max_steps}.")
     if args.max_steps == -1 and not args.num_train_epochs > 0:
@@ -182,13 +170,48 @@ def _check_run_sizes(args: TrainingArguments) -> None:
         raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}.")
 
 
-@dataclass
-class TextDataArguments:
-    """Which text to read and how to cut it into training examples."""
+def _check_percentage(options: Any) -> None:
+    if not 0 <= options.validation_split_percentage < 100:
+        raise ValueError(f"--validation_split_percentage must be in [0, 100), got {options.validation_split_percentage}.")
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset script/dir)."})
+
+@dataclass
+class ModelSourceArguments:
+    """Where a model comes from: a Hub id or local path, whether its custom code may run, and the download cache."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "A Hub id or local path of the model to start from."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modeling code from the Hub (recorded in the model card)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
+class DataSourceArguments:
+    """Where data comes from when it is not a local file or folder, and how much of it to use."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset directory)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
     dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training examples (text: the first ones; images: a seeded random subset)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many held-out examples (text: the first ones; images: a seeded random subset)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "max_train_samples", "max_eval_samples")
+
+
+@dataclass
+class TextDataArguments(DataSourceArguments):
+    """Which text to read and how to cut it into training examples."""
+
     train_file: str | None = field(
         default=None,
         metadata={"help": "Training text: a .txt/.json/.jsonl/.csv/.parquet file, a glob, or a directory of .txt files."},
@@ -200,8 +223,6 @@ class TextDataArguments:
     validation_split_percentage: int = field(
         default=5, metadata={"help": "Percent of the training data held out when there is no validation split."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this many examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set to this many examples."})
     streaming: bool = field(
         default=False, metadata={"help": "Stream the data instead of loading it (corpora larger than memory or disk)."}
     )
@@ -218,20 +239,16 @@ class TextDataArguments:
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(
-                f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
-            )
-        for name in ("max_train_samples", "max_eval_samples", "max_seq_length", "preprocessing_num_workers"):
-            _check_positive(name, getattr(self, name))
+        super().__post_init__()
+        _check_percentage(self)
+        check_positive(self, "max_seq_length", "preprocessing_num_workers")
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be at least 8 tokens, got {self.max_seq_length}.")
-        if self.dataset_name and self.train_file:
-            raise ValueError("Pass either --dataset_name or --train_file, not both.")
+        one_of(self, "dataset_name", "train_file")
 
 
 @dataclass
-class TextModelArguments:
+class TextModelArguments(ModelSourceArguments):
     """Which encoder and tokenizer to start from, or how to build them from scratch."""
 
     model_name_or_path: str | None = field(
@@ -239,11 +256,11 @@ class TextModelArguments:
         metadata={"help": "A Hub id or local path of a BERT-like checkpoint to continue pretraining (domain adaptation)."},
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build an encoder from scratch at this size: tiny | mini | small | base (default: tiny)."}
+        default=None, metadata={"help": "Build an encoder from scratch at this size (default: tiny).", "choices": tuple(TEXT_PRESETS)}
     )
     architecture: str = field(
         default="modernbert",
-        metadata={"help": "Architecture of a from-scratch encoder: modernbert (default: its classifier mean-pools natively, "
+        metadata={"choices": ("modernbert", "bert"), "help": "Architecture of a from-scratch encoder: modernbert (default: its classifier mean-pools natively, "
                           "so a fine-tuned model loads with the stock classes and predicts as evaluated; rotary positions, "
                           "GeGLU, pre-norm) | bert (the original; its stock classifier reads the [CLS] token)."},
     )
@@ -258,15 +275,11 @@ class TextModelArguments:
         default=None,
         metadata={"help": "Train a new tokenizer on the training split (default: on when building from scratch without --tokenizer_name)."},
     )
-    tokenizer_type: str = field(default="wordpiece", metadata={"help": "Kind of tokenizer to train: wordpiece | bpe."})
+    tokenizer_type: str = field(default="wordpiece", metadata={"help": "Kind of tokenizer to train.", "choices": ("wordpiece", "bpe")})
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained tokenizer."})
     tokenizer_training_samples: int = field(
         default=200_000, metadata={"help": "At most this many training texts are used to train the tokenizer."}
     )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom modeling code from the Hub (recorded in the model card)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
     sparse_head: bool = field(
         default=True,
         metadata={"help": "Run the MLM head and loss only at masked positions (same loss, far less compute)."},
@@ -284,16 +297,8 @@ class TextModelArguments:
     )
 
     def __post_init__(self) -> None:
-        from hfssl.models import TEXT_PRESETS
-
-        if self.model_name_or_path and self.model_preset:
-            raise ValueError("Pass either --model_name_or_path (continue pretraining) or --model_preset (from scratch), not both.")
-        if self.model_preset is not None and self.model_preset not in TEXT_PRESETS:
-            raise ValueError(f"--model_preset must be one of {', '.join(TEXT_PRESETS)}, got {self.model_preset!r}.")
-        if self.architecture not in ("modernbert", "bert"):
-            raise ValueError(f"--architecture must be 'modernbert' or 'bert', got {self.architecture!r}.")
-        if self.tokenizer_type not in ("wordpiece", "bpe"):
-            raise ValueError(f"--tokenizer_type must be 'wordpiece' or 'bpe', got {self.tokenizer_type!r}.")
+        super().__post_init__()
+        one_of(self, "model_name_or_path", "model_preset", notes=(" (continue pretraining)", " (from scratch)"))
         if self.pretraining_dropout is not None and not 0 <= self.pretraining_dropout < 1:
             raise ValueError(f"--pretraining_dropout must be in [0, 1), got {self.pretraining_dropout}.")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
@@ -310,7 +315,7 @@ class TextModelArguments:
 
 
 @dataclass
-class SentenceEncoderArguments:
+class SentenceEncoderArguments(ModelSourceArguments):
     """The pretrained sentence encoder to adapt (TSDAE continues training a model; it does not build one)."""
 
     model_name_or_path: str | None = field(
@@ -318,12 +323,9 @@ class SentenceEncoderArguments:
         metadata={"help": "A Hub id or local path of a BERT-like encoder to adapt, e.g. sentence-transformers/all-MiniLM-L6-v2 "
                           "(required). Its sentence-transformers pooling is used when it has one, else mean pooling."},
     )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom modeling code from the Hub (recorded in the model card)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model_name_or_path:
             raise ValueError("--model_name_or_path is required: TSDAE adapts an existing encoder to your text, e.g. "
                              "--model_name_or_path sentence-transformers/all-MiniLM-L6-v2. To pretrain an encoder from "
@@ -339,7 +341,7 @@ class SentenceDenoisingArguments:
     )
 
     def __post_init__(self) -> None:
-        _check_fraction("deletion_ratio", self.deletion_ratio)
+        check_fraction("deletion_ratio", self.deletion_ratio)
 
 
 @dataclass
@@ -354,9 +356,9 @@ class MaskingArguments:
     whole_word_mask: bool = field(default=False, metadata={"help": "Select all pieces of a word together."})
 
     def __post_init__(self) -> None:
-        _check_fraction("mlm_probability", self.mlm_probability)
-        _check_fraction("mask_replace_prob", self.mask_replace_prob, low_open=False, high_open=False)
-        _check_fraction("random_replace_prob", self.random_replace_prob, low_open=False, high_open=False)
+        check_fraction("mlm_probability", self.mlm_probability)
+        check_fraction("mask_replace_prob", self.mask_replace_prob, low_open=False, high_open=False)
+        check_fraction("random_replace_prob", self.random_replace_prob, low_open=False, high_open=False)
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ValueError(
                 f"--mask_replace_prob + --random_replace_prob must not exceed 1 "
@@ -364,189 +366,10 @@ class MaskingArguments:
             )
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"Config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"Config file {path} is not UTF-8 text.") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of option: value, got {type(loaded).__name__}.")
-    return loaded
-
-
-def parse_args(
-    types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None, dataset: Any = None,
-) -> tuple[Any, ...]:
-    """Parse `recipe.py [config.yaml] [--key value ...]` into the given dataclasses.
-
-    Precedence: dataclass defaults < `defaults` (the recipe's) < YAML file < command line < `options`
-    (keyword arguments of the Python API, Python values). `dataset`, an in-memory `datasets.Dataset`
-    or `DatasetDict`, becomes the data of the data options. Unknown names raise `OptionError`.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(types)
-    known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
-    merged: dict[str, Any] = dict(defaults or {})
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        config_path = config_file(argv.pop(0))
-        from_yaml = _load_yaml(config_path)
-        unknown = sorted(set(from_yaml) - known)
-        if unknown:
-            raise OptionError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
-                              "See `--help` for valid names.")
-        merged.update(_typed_numbers(parser, from_yaml, config_path))
-    # `--key none` sets an optional option to None (argparse would try float("none")).
-    # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
-    optional = {name for t in types for name, hint in typing.get_type_hints(t).items() if type(None) in typing.get_args(hint)}
-    optional.discard("report_to")  # its own value "none" means no integrations
-    kept: list[str] = []
-    i = 0
-    while i < len(argv):
-        key = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
-        if key in optional and i + 1 < len(argv) and argv[i + 1].lower() in ("none", "null"):
-            merged[key] = None
-            i += 2
-            continue
-        kept.append(argv[i])
-        i += 1
-    argv = kept
-    parser.error = lambda message: _parse_error(message, known)  # argparse would print and exit; OptionError carries it
-    namespace = parser.parse_args(argv)
-    # Only what the user typed overrides the YAML and recipe defaults.
-    typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
-    for action in parser._actions:
-        if typed.intersection(action.option_strings) and action.dest != "help":
-            merged[action.dest] = getattr(namespace, action.dest)
-    if options:
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise OptionError(f"Unknown option(s): {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
-                              "`hfssl options <recipe>` lists the valid names.")
-        merged.update(options)
-    try:
-        parsed = parser.parse_dict(merged)  # the dataclasses' own checks (__post_init__) run here
-    except OptionError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise OptionError(str(err)) from err
-    if dataset is not None:
-        _attach_dataset(parsed, dataset)
-    return parsed
-
-
-def _attach_dataset(parsed: Sequence[Any], dataset: Any) -> None:
-    """Give the in-memory dataset to the data options, which must not name another source."""
-    import datasets
-
-    if not isinstance(dataset, (datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise OptionError(f"dataset= must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}. "
-                          "Wrap in-memory rows with datasets.Dataset.from_dict({...}) or from_pandas(df).")
-    data = next((p for p in parsed if any(f.name == "dataset" for f in dataclasses.fields(p))), None)
-    if data is None:
-        raise OptionError("dataset=: this recipe reads no data of its own (a pipeline's stages do). Pass it to a recipe.")
-    named = [f"--{name}" for name in ("dataset_name", "train_file", "train_dir", "validation_file", "validation_dir") if getattr(data, name, None)]
-    if named:
-        raise OptionError(f"dataset= and {', '.join(named)} both name the data: pass one of them.")
-    data.dataset = dataset
-
-
-def option_values(options: Any) -> dict[str, Any]:
-    """An options dataclass as a dict of what can be typed (for records): the in-memory dataset left out."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
-
-
-def config_file(path: str) -> str:
-    """A YAML config: the path as given, or the name of a preset that ships with hfssl (hfssl.recipes's configs/)."""
-    if Path(path).is_file():
-        return path
-    from hfssl.recipes import CONFIGS
-
-    if os.sep not in path and (CONFIGS / path).is_file():
-        return str(CONFIGS / path)
-    shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml")))
-    raise OptionError(f"Config file {path} does not exist (the presets that ship with hfssl, usable by name: {shipped}).")
-
-
-def _parser(types: Sequence[type]) -> HfArgumentParser:
-    """HfArgumentParser, with every boolean option taking the bare flag (`--train_tokenizer` means true).
-
-    transformers gives the bare form to `bool` fields but not to `bool | None` ones (None: "decide for me").
-    """
-    from transformers.hf_argparser import string_to_bool
-
-    parser = HfArgumentParser(list(types))
-    for action in parser._actions:
-        if action.type is string_to_bool and action.nargs is None:
-            action.nargs, action.const = "?", True
-    return parser
-
-
-def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), list(known), n=1, cutoff=0.75)
-    return f" Did you mean --{close[0]}?" if close else ""
-
-
-def _parse_error(message: str, known: set[str]) -> typing.NoReturn:
-    """argparse's message as an OptionError; it quotes the offending arguments, so Hub tokens are blanked out first."""
-    secrets = [t for t in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")) if t]
-    for secret in secrets:
-        message = message.replace(secret, "<HF_TOKEN>")
-    message = re.sub(r"hf_[A-Za-z0-9]{8,}", "<HF_TOKEN>", message)  # a token typed after a misspelt --hub_token
-    unknown = re.match(r"unrecognized arguments: (\S+)", message)
-    hint = _did_you_mean(unknown.group(1), known) if unknown and unknown.group(1).startswith("--") else ""
-    raise OptionError(f"Could not parse options: {message}.{hint} See `--help` for the options and their types.")
-
-
-def _typed_numbers(parser: HfArgumentParser, values: dict[str, Any], path: str) -> dict[str, Any]:
-    """YAML values of int and float options, checked and converted as the command line would.
-
-    YAML reads `1e-4` as a string and `ten` as text: both reach the Trainer unconverted otherwise.
-    """
-    kinds = {action.dest: action.type for action in parser._actions if action.type in (int, float)}
-    checked = dict(values)
-    for key, value in values.items():
-        kind = kinds.get(key)
-        if kind is None or value is None:
-            continue
-        if isinstance(value, str):
-            try:
-                checked[key] = kind(value)
-                continue
-            except ValueError:
-                pass
-        elif not isinstance(value, bool) and (isinstance(value, int) or (kind is float and isinstance(value, float))):
-            continue
-        raise ValueError(f"Config file {path}: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}.")
-    return checked
-
-
-def options_table(types: Sequence[type], skip: type | None = None) -> str:
-    """A Markdown table of the options of `types` (for the README), from their help text."""
-    rows = ["| option | default | what it does |", "|---|---|---|"]
-    skipped = {f.name for f in dataclasses.fields(skip)} if skip else set()
-    for t in types:
-        for f in dataclasses.fields(t):
-            if not f.init or f.name in skipped or "help" not in f.metadata:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else "-"
-            help_text = f.metadata["help"].replace("|", "\\|")
-            rows.append(f"| `--{f.name}` | `{default}` | {help_text} |")
-    return "\n".join(rows)
-
-
 @dataclass
-class ImageDataArguments:
+class ImageDataArguments(DataSourceArguments):
     """Which images to read, how to hold some out, and the light augmentation applied per batch."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub image dataset name (or a local dataset dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     train_dir: str | None = field(
         default=None,
         metadata={"help": "A folder of images (any format Pillow reads). With one subfolder per class, the folder "
@@ -561,8 +384,6 @@ class ImageDataArguments:
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Percent of the training images held out when the data has no validation or test split."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training images (a seeded random subset)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many held-out images (a seeded random subset)."})
     skip_corrupt_images: bool = field(
         default=False,
         metadata={"help": "An unreadable or corrupt image file stops the run before training with an error naming it "
@@ -577,18 +398,15 @@ class ImageDataArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.dataset_name and self.train_dir:
-            raise ValueError("Pass either --dataset_name or --train_dir, not both.")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            _check_positive(name, getattr(self, name))
+        super().__post_init__()
+        one_of(self, "dataset_name", "train_dir")
+        _check_percentage(self)
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}. Pass e.g. 0.6, or 1 to turn cropping off.")
 
 
 @dataclass
-class VisionModelArguments:
+class VisionModelArguments(ModelSourceArguments):
     """Which ViT to start from, or its size and image geometry when built from scratch."""
 
     model_name_or_path: str | None = field(
@@ -597,7 +415,7 @@ class VisionModelArguments:
                           "(its encoder is reused; a decoder of the chosen --method is kept when present)."},
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build a ViT from scratch at this size: tiny | small | base (default: tiny)."}
+        default=None, metadata={"help": "Build a ViT from scratch at this size (default: tiny).", "choices": tuple(VISION_PRESETS)}
     )
     image_size: int | None = field(
         default=None, metadata={"help": "From scratch: image side in pixels (default: the preset's; tiny 16, small/base 224)."}
@@ -606,20 +424,17 @@ class VisionModelArguments:
         default=None, metadata={"help": "From scratch: patch side in pixels; must divide --image_size (default: tiny 4, small/base 16)."}
     )
     num_channels: int | None = field(
-        default=None, metadata={"help": "From scratch: 1 (grayscale) or 3 (RGB) (default: 1 when every training image is grayscale, else 3)."}
+        default=None,
+        metadata={"help": "From scratch: 1 (grayscale) or 3 (RGB) (default: 1 when every training image is grayscale, else 3)."},
     )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "Comma-separated config changes for a from-scratch model, e.g. 'num_hidden_layers=2,decoder_hidden_size=64'."},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
 
     def __post_init__(self) -> None:
-        from hfssl.models import VISION_PRESETS
-
-        if self.model_name_or_path and self.model_preset:
-            raise ValueError("Pass either --model_name_or_path (continue pretraining) or --model_preset (from scratch), not both.")
+        super().__post_init__()
+        one_of(self, "model_name_or_path", "model_preset", notes=(" (continue pretraining)", " (from scratch)"))
         if self.model_name_or_path:
             given = [f"--{n}" for n in ("image_size", "patch_size", "num_channels", "config_overrides") if getattr(self, n) is not None]
             if given:
@@ -627,10 +442,8 @@ class VisionModelArguments:
                                  f"--model_name_or_path {self.model_name_or_path} brings its own. Drop them.")
             return
         self.model_preset = self.model_preset or "tiny"
-        if self.model_preset not in VISION_PRESETS:
-            raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
         for name in ("image_size", "patch_size"):
-            _check_positive(name, getattr(self, name))
+            check_positive(self, name)
             if getattr(self, name) is None:
                 setattr(self, name, VISION_PRESETS[self.model_preset][name])
         if self.image_size % self.patch_size:
@@ -652,7 +465,7 @@ class PatchMaskingArguments:
 
     method: str = field(
         default="mae",
-        metadata={"help": "mae: the encoder sees only the visible patches, a small decoder predicts the rest (ViTMAEForPreTraining). "
+        metadata={"choices": ("mae", "simmim"), "help": "mae: the encoder sees only the visible patches, a small decoder predicts the rest (ViTMAEForPreTraining). "
                           "simmim: masked patches become a learned token, a linear head predicts their pixels (ViTForMaskedImageModeling)."},
     )
     mask_ratio: float | None = field(
@@ -660,7 +473,7 @@ class PatchMaskingArguments:
     )
     mask_type: str | None = field(
         default=None,
-        metadata={"help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random "
+        metadata={"choices": ("random", "block"), "help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random "
                           "rectangles; the default, it makes the encoder reason beyond neighbouring patches). mae: random only."},
     )
     mask_patch_size: int | None = field(
@@ -673,16 +486,13 @@ class PatchMaskingArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.method not in ("mae", "simmim"):
-            raise ValueError(f"--method must be 'mae' or 'simmim', got {self.method!r}.")
+        check_choices(self)
         if self.mask_ratio is None:
             self.mask_ratio = 0.75 if self.method == "mae" else 0.6
         if not 0 <= self.mask_ratio < 1:
             raise ValueError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}. Pass e.g. 0.75 (mae) or 0.6 (simmim).")
         if self.mask_type is None:
             self.mask_type = "random" if self.method == "mae" else "block"
-        if self.mask_type not in ("random", "block"):
-            raise ValueError(f"--mask_type must be 'random' or 'block', got {self.mask_type!r}.")
         if self.method == "mae":
             simmim_only = [f"--{n}" for n, on in (("mask_patch_size", self.mask_patch_size is not None),
                                                   ("mask_type block", self.mask_type == "block")) if on]
@@ -690,7 +500,7 @@ class PatchMaskingArguments:
                 raise ValueError(f"{', '.join(simmim_only)} only apply to --method simmim (MAE masks single patches at random).")
         elif self.norm_pix_loss:
             raise ValueError("--norm_pix_loss only applies to --method mae.")
-        _check_positive("mask_patch_size", self.mask_patch_size)
+        check_positive(self, "mask_patch_size")
 
 
 @dataclass
@@ -703,25 +513,21 @@ class ProbeArguments:
     )
 
     def __post_init__(self) -> None:
-        _check_positive("knn_k", self.knn_k)
-        _check_positive("probe_samples", self.probe_samples)
+        check_positive(self, "knn_k")
+        check_positive(self, "probe_samples")
 
 
 def _check_labeled_sampling(args: Any) -> None:
     """Checks shared by the labeled-data options of both transfer recipes."""
-    for name in ("max_train_samples", "max_eval_samples", "train_samples_per_class"):
-        _check_positive(name, getattr(args, name))
+    check_positive(args, "train_samples_per_class")
     if args.max_train_samples is not None and args.train_samples_per_class is not None:
-        raise ValueError("Pass either --max_train_samples or --train_samples_per_class (a stratified subset), not both.")
+        one_of(args, "max_train_samples", "train_samples_per_class", notes=("", " (a stratified subset)"))
 
 
 @dataclass
-class TextClassificationDataArguments:
+class TextClassificationDataArguments(DataSourceArguments):
     """Which labeled text to read (names as in transformers' run_classification.py) and how much of it."""
 
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (or a local dataset dir)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
-    dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     train_file: str | None = field(default=None, metadata={"help": "Labeled training data: a .csv/.json/.jsonl/.parquet file (or a glob)."})
     validation_file: str | None = field(
         default=None, metadata={"help": "Labeled evaluation data in the same format (default: the data's validation/test split, else a held-out part)."}
@@ -731,24 +537,20 @@ class TextClassificationDataArguments:
     validation_split_percentage: int = field(
         default=20, metadata={"help": "Percent of the training data held out (stratified by label) when there is no evaluation data."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set to this many examples."})
     train_samples_per_class: int | None = field(
         default=None, metadata={"help": "Few-label experiments: keep this many training examples per class, drawn at random (stratified)."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set to this many examples."})
     max_seq_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens (None: min(512, the model's positions))."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
-        if self.dataset_name and self.train_file:
-            raise ValueError("Pass either --dataset_name or --train_file, not both.")
+        super().__post_init__()
+        one_of(self, "dataset_name", "train_file")
         if self.validation_file and not (self.dataset_name or self.train_file):
             raise ValueError("--validation_file needs --train_file or --dataset_name (the embedded default brings its own split).")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}.")
+        _check_percentage(self)
         _check_labeled_sampling(self)
-        for name in ("max_seq_length", "preprocessing_num_workers"):
-            _check_positive(name, getattr(self, name))
+        check_positive(self, "max_seq_length", "preprocessing_num_workers")
 
 
 @dataclass
@@ -776,7 +578,7 @@ class ImageClassificationDataArguments(ImageDataArguments):
 
 
 @dataclass
-class ClassifierModelArguments:
+class ClassifierModelArguments(ModelSourceArguments):
     """Which pretrained encoder the classifier starts from, or the same architecture with random weights."""
 
     model_name_or_path: str | None = field(
@@ -792,25 +594,12 @@ class ClassifierModelArguments:
     model_preset: str | None = field(
         default=None,
         metadata={"help": "finetune_image.py without --model_name_or_path: a ViT built from scratch at this size "
-                          "(tiny | small | base; default tiny)."},
+                          "(default tiny).", "choices": tuple(VISION_PRESETS)},
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
 
     def __post_init__(self) -> None:
-        from hfssl.models import VISION_PRESETS
-
-        if self.model_name_or_path and self.model_preset:
-            raise ValueError("Pass either --model_name_or_path or --model_preset (a ViT from scratch), not both.")
-        if self.model_preset is not None and self.model_preset not in VISION_PRESETS:
-            raise ValueError(f"--model_preset must be one of {', '.join(VISION_PRESETS)}, got {self.model_preset!r}.")
-
-
-def _check_pooling(pooling: str) -> None:
-    from hfssl.transfer.pooling import POOLINGS
-
-    if pooling not in POOLINGS:
-        raise ValueError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
+        super().__post_init__()
+        one_of(self, "model_name_or_path", "model_preset", notes=("", " (a ViT from scratch)"))
 
 
 @dataclass
@@ -819,7 +608,7 @@ class TextClassifierArguments:
 
     pooling: str | None = field(
         default=None,
-        metadata={"help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
+        metadata={"choices": POOLINGS, "help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
                           "architecture pools natively: ModernBERT, which mlm.py builds from scratch; a masked-LM-pretrained "
                           "encoder never trained a [CLS] summary, and mean pooling transfers far better with few labels) | "
                           "cls: the [CLS] token (default for BERT, MiniLM, RoBERTa and the other architectures whose stock "
@@ -829,8 +618,7 @@ class TextClassifierArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.pooling.text_pooling)
-            _check_pooling(self.pooling)
+        check_choices(self)  # None: the default for the model (see hfssl.transfer.pooling.text_pooling)
 
 
 @dataclass
@@ -839,7 +627,7 @@ class ImageClassifierArguments:
 
     pooling: str | None = field(
         default=None,
-        metadata={"help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
+        metadata={"choices": POOLINGS, "help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
                           "states, layer-normed, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
                           "from scratch): the [CLS] token. ViT encoders are classified as BEiT, whose stock head pools "
                           "either way (use_mean_pooling in config.json), so pipeline() predicts as evaluated. "
@@ -848,8 +636,7 @@ class ImageClassifierArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.pooling is not None:  # None: the default for the model (see hfssl.transfer.pooling.image_pooling)
-            _check_pooling(self.pooling)
+        check_choices(self)  # None: the default for the model (see hfssl.transfer.pooling.image_pooling)
 
 
 @dataclass
@@ -858,7 +645,7 @@ class TransferArguments:
 
     strategy: str = field(
         default="full",
-        metadata={"help": "full: train everything | lora: low-rank adapters (peft) + the classifier | linear_probe: "
+        metadata={"choices": tuple(STRATEGIES), "help": "full: train everything | lora: low-rank adapters (peft) + the classifier | linear_probe: "
                           "backbone frozen | freeze: the bottom --freeze_layers layers frozen | lp_ft: linear probe, then full."},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -888,17 +675,14 @@ class TransferArguments:
     )
     class_weights: str = field(
         default="none",
-        metadata={"help": "none | balanced: weight each class's loss by n / (classes x its count) for imbalanced labels."},
+        metadata={"choices": ("none", "balanced"), "help": "none: every class weighs the same | balanced: weight each class's loss by n / (classes x its count) for imbalanced labels."},
     )
     seeds: str | None = field(
         default=None, metadata={"help": "Comma-separated seeds, e.g. 1,2,3: repeat the run and report mean and std (the first seed's model is saved)."}
     )
 
     def __post_init__(self) -> None:
-        from hfssl.transfer.strategies import STRATEGIES
-
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}.")
+        check_choices(self)
         if (self.strategy == "freeze") != (self.freeze_layers is not None):
             raise ValueError("--strategy freeze needs --freeze_layers N (and --freeze_layers only applies to it).")
         if self.freeze_layers is not None and self.freeze_layers < 0:
@@ -906,17 +690,15 @@ class TransferArguments:
         if self.merge_lora and self.strategy != "lora":
             raise ValueError("--merge_lora only applies to --strategy lora.")
         for name in ("lora_r", "lora_alpha"):
-            _check_positive(name, getattr(self, name))
-        _check_fraction("lora_dropout", self.lora_dropout, high_open=True, low_open=False)
-        _check_fraction("lp_fraction", self.lp_fraction)
+            check_positive(self, name)
+        check_fraction("lora_dropout", self.lora_dropout, high_open=True, low_open=False)
+        check_fraction("lp_fraction", self.lp_fraction)
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ValueError(f"--layer_decay must be in (0, 1], got {self.layer_decay}. Pass e.g. 0.75.")
         if self.l2sp_alpha < 0:
             raise ValueError(f"--l2sp_alpha must be 0 or more, got {self.l2sp_alpha}.")
         if self.l2sp_alpha and self.strategy in ("lora", "linear_probe"):
             raise ValueError(f"--l2sp_alpha has nothing to pull with --strategy {self.strategy}: no pretrained weight is trained.")
-        if self.class_weights not in ("none", "balanced"):
-            raise ValueError(f"--class_weights must be 'none' or 'balanced', got {self.class_weights!r}.")
         self.seed_list()
 
     def seed_list(self) -> list[int] | None:

@@ -88,15 +88,9 @@ def _main(argv: list[str]) -> None:
         card(rest)
         return
     if command == "options":
-        from transformers import TrainingArguments
+        from hfssl.option_docs import options_text
 
-        from hfssl.args import options_table
-
-        recipe = load_recipe(rest[0] if rest else "mlm")
-        trains = any(issubclass(t, TrainingArguments) for t in recipe.OPTION_TYPES)  # not the pipeline: its stages do
-        print(options_table(recipe.OPTION_TYPES, skip=TrainingArguments if trains else None))
-        if trains:
-            print("\nEvery transformers TrainingArguments option (--learning_rate, --max_steps, --bf16, ...) passes through.")
+        print(options_text(rest[0] if rest else "mlm"))
         return
     from hfssl.api import script
 

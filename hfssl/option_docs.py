@@ -21,10 +21,7 @@ def options_text(name: str) -> str:
     """What `hfssl options <name>` prints: the recipe's own options as a Markdown table."""
     from transformers import TrainingArguments
 
-    try:
-        from hfssl.options import options_table
-    except ImportError:
-        from hfssl.args import options_table
+    from hfssl.options import options_table
     from hfssl.registry import load_recipe
 
     recipe = load_recipe(name)

@@ -39,7 +39,8 @@ from typing import Any, Sequence
 import yaml
 
 from hfssl.api import Result
-from hfssl.args import OptionError, PipelineArguments, RunArguments, _load_yaml, config_file, parse_args
+from hfssl.args import PipelineArguments, RunArguments
+from hfssl.options import OptionError, config_file, load_yaml, parse_args
 from hfssl.registry import RECIPES, load_recipe
 
 __all__ = ["STAGE_RECIPES", "Pipeline", "Stage", "load_pipeline", "run_pipeline", "summary_text"]
@@ -85,7 +86,7 @@ def _load_pipeline(argv: list[str], defaults: dict[str, Any] | None, options: di
     if not argv or argv[0].startswith("-") or not argv[0].endswith((".yaml", ".yml")):
         raise ValueError("Give the pipeline file first: `hfssl run pipeline.yaml [--output_dir DIR]` (see recipes/configs/pipeline_*.yaml).")
     path = config_file(argv.pop(0))  # a file, or a pipeline that ships with hfssl, by name
-    raw = _load_yaml(path)
+    raw = load_yaml(path)
     specs = raw.pop("stages", None)
     top_level = [f.name for f in dataclasses.fields(PipelineArguments)]
     unknown = sorted(set(raw) - set(top_level))
@@ -130,7 +131,7 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
         preset = Path(path).parent / str(spec["config"])
         if not preset.is_file():
             raise ValueError(f"{where}: `config` {spec['config']} does not exist (a relative path starts at the pipeline file's folder).")
-        options.update(_load_yaml(str(preset)))
+        options.update(load_yaml(str(preset)))
     given = spec.get("options") or {}
     if not isinstance(given, dict):
         raise ValueError(f"{where}: `options` must be a mapping of option: value, got {given!r}.")

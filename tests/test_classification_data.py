@@ -113,6 +113,16 @@ def test_image_folders_give_labels_and_few_label_subsets(tmp_path):
     assert splits.validation.labels.tolist() == [1, 1, 2, 2]  # "bee", "cow" mapped into the training label space
 
 
+def test_max_samples_with_validation_dir_draw_from_every_class(tmp_path):
+    # The folders are read class by class: the first N images would all be of the first classes.
+    args = ImageClassificationDataArguments(train_dir=_image_folder(tmp_path / "train", ["ant", "bee", "cow"]),
+                                            validation_dir=_image_folder(tmp_path / "val", ["ant", "bee", "cow"], 4),
+                                            max_train_samples=9, max_eval_samples=6)
+    splits = load_image_classification(args)
+    assert len(splits.train) == 9 and len(splits.validation) == 6
+    assert set(splits.train.labels.tolist()) == {0, 1, 2} and len(set(splits.validation.labels.tolist())) >= 2
+
+
 def test_embedded_digits_are_the_default_image_task():
     splits = load_image_classification(ImageClassificationDataArguments())
     assert splits.class_names == [str(d) for d in range(10)]

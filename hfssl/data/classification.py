@@ -261,9 +261,11 @@ def load_image_classification(args: ImageClassificationDataArguments, seed: int 
             raise ValueError(f"--validation_dir has classes never seen in training: {', '.join(map(repr, unseen))}. "
                              "Add training images of them, or drop those folders.")
         validation.labels = np.array([class_names.index(folder_names[i]) for i in validation.labels], dtype=np.int64)
-        for source, limit in ((train, args.max_train_samples), (validation, args.max_eval_samples)):
-            if limit is not None:
-                source.indices, source.labels = source.indices[:limit], source.labels[:limit]
+        rng = np.random.default_rng(seed)  # a random subset, as without --validation_dir: folders are sorted by class
+        if args.max_train_samples is not None and args.max_train_samples < len(train):
+            train = train.subset(np.sort(rng.permutation(len(train))[:args.max_train_samples]))
+        if args.max_eval_samples is not None and args.max_eval_samples < len(validation):
+            validation = validation.subset(np.sort(rng.permutation(len(validation))[:args.max_eval_samples]))
         splits = ImageSplits(train, validation, class_names, describe_image_source(args))
     else:
         splits = load_image_sources(args, seed)
