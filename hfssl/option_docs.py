@@ -41,7 +41,8 @@ def render_option_pages() -> dict[str, str]:
             f"# `{name}` options\n\n{generated}\n\n"
             f"`recipes/{name}.py`: {recipe.summary}.\n"
             f"`hfssl options {name}` prints the same table. Its defaults are the option definitions'; the recipe's own\n"
-            f"defaults (learning rate, steps, batch size, ...) and the reasons for them are on [its page](../recipes/{name}.md).\n\n"
+            "defaults (learning rate, steps, batch size, ...) and the reasons for them are on "
+            f"[its page](../recipes/{name}.md).\n\n"
             f"{options_text(name)}\n"
         )
     rows = "\n".join(f"| [{name}]({name}.md) | {recipe.summary} |" for name, recipe in sorted(RECIPES.items()))

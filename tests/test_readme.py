@@ -26,4 +26,5 @@ def test_every_recipe_option_is_documented(name):
         for f in dataclasses.fields(t)
         if f.init and f.name not in inherited and f"`--{f.name}`" not in page
     ]
-    assert not missing, f"give these {name} options help text (metadata={{'help': ...}}), so that `hfssl options {name}` lists them: {missing}"
+    hint = "give them help text (metadata={'help': ...})"
+    assert not missing, f"`hfssl options {name}` does not list these {name} options; {hint}: {missing}"
