@@ -158,7 +158,7 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
     if resume and len(stages) > 1:
         raise ValueError("--resume_from_checkpoint is not supported with --strategy lp_ft; start the run again.")
     weights = balanced_class_weights(setup.train_labels, len(setup.label_names)) if transfer.class_weights == "balanced" else None
-    log_history, trainable, train_metrics = [], [], {}
+    log_history, trainable, train_metrics, offset = [], [], {}, 0
     for stage, stage_args in zip(stages, _stage_arguments(run_args, transfer, len(stages), len(setup.train_dataset))):
         model = stage(model, transfer, layout)  # a strategy that cannot apply raises here, before anything is written
         trainable.append(count_parameters(model)[0])
@@ -171,11 +171,11 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
             layer_decay=transfer.layer_decay,
         )
         result = trainer.train(resume_from_checkpoint=resume)
-        offset = log_history[-1]["step"] if log_history else 0
         tag = {"stage": stage.__name__} if len(stages) > 1 else {}
         log_history += [{**entry, "step": entry.get("step", 0) + offset, **tag} for entry in trainer.state.log_history]
+        offset += trainer.state.global_step  # the next stage counts on from this one's last step, logged or not
         train_metrics = {k: train_metrics.get(k, 0) + v if k in ("train_runtime", "total_flos") else v for k, v in result.metrics.items()}
-        train_metrics["train_steps"] = train_metrics.get("train_steps", 0) + trainer.state.global_step
+        train_metrics["train_steps"] = offset  # every stage's (the dict above keeps only the last stage's other keys)
     train_metrics["train_samples"] = len(setup.train_dataset)
     parameters = {"trainable": trainable[-1], "full": full_count}
     if len(stages) > 1:
