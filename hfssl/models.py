@@ -301,7 +301,9 @@ def _check_mask_geometry(image_size: int, patch_size: int, masking: Any) -> None
                          f"{1 / units:.3g} (and keep it below 1) so that some, not all, patches are hidden.")
 
 
-def build_masked_image_model(config: Any, model_name_or_path: str | None = None, cache_dir: str | None = None) -> PreTrainedModel:
+def build_masked_image_model(
+    config: Any, model_name_or_path: str | None = None, *, trust_remote_code: bool = False, cache_dir: str | None = None
+) -> PreTrainedModel:
     """ViTMAEForPreTraining or ViTForMaskedImageModeling: from scratch, or with a checkpoint's encoder (and decoder if same kind)."""
     from transformers import AutoModel, ViTForMaskedImageModeling, ViTMAEForPreTraining
 
@@ -311,10 +313,10 @@ def build_masked_image_model(config: Any, model_name_or_path: str | None = None,
         if config.model_type == "vit_mae":
             _restore_mae_init(model)
         return model
-    if load_config(model_name_or_path, cache_dir=cache_dir).model_type == config.model_type:
+    if load_config(model_name_or_path, trust_remote_code, cache_dir).model_type == config.model_type:
         return cls.from_pretrained(model_name_or_path, config=config, cache_dir=cache_dir)
     model = cls(config)
-    source = AutoModel.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+    source = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     weights = beit_to_vit(source.state_dict()) if source.config.model_type == "beit" else source.state_dict()
     missing, unexpected = model.vit.load_state_dict(weights, strict=False)
     missing = [k for k in missing if k != "embeddings.mask_token"]  # SimMIM's learned token starts fresh

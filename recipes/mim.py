@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     processor = image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     train, held_out = (decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
     set_seed(run_args.seed)  # model initialisation, augmentation and masks all follow --seed
-    model = build_masked_image_model(config, model_args.model_name_or_path, model_args.cache_dir)
+    model = build_masked_image_model(config, model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
+                                     cache_dir=model_args.cache_dir)
     use_fast_attention(model, run_args.device)  # SDPA on GPUs; matmul attention on CPU, where SDPA's backward is slow
 
     mean, std = processor.image_mean, processor.image_std

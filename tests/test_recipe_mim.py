@@ -104,6 +104,36 @@ def test_image_folder_run_counts_skipped_files(recipe, tmp_path, capsys):
     assert "eval_knn_accuracy" not in metrics  # no class folders, no probe
 
 
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_trust_remote_code_reaches_every_load_of_the_starting_checkpoint(recipe, tmp_path, monkeypatch, method):
+    from transformers import AutoConfig
+
+    from hfssl.args import PatchMaskingArguments, VisionModelArguments
+    from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder
+
+    # The starting checkpoint: an encoder as mim.py exports it (BEiT), so each method loads its config and its weights.
+    config = masked_image_config(VisionModelArguments(num_channels=1), PatchMaskingArguments(method="mae"))
+    config.update(dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
+                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64))
+    start = tmp_path / "start"
+    pooled_encoder(build_masked_image_model(config)).save_pretrained(start)
+    loads = []
+    for auto in (AutoConfig, AutoModel):
+        def spy(*args, _load=auto.from_pretrained, _name=auto.__name__, **kwargs):
+            loads.append((_name, kwargs.get("trust_remote_code")))
+            return _load(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    out = tmp_path / "out"
+    recipe.main(["--method", method, "--model_name_or_path", str(start), "--trust_remote_code", "true", "--output_dir", str(out),
+                 "--max_steps", "2", "--eval_steps", "2", "--max_train_samples", "64", "--probe_samples", "64",
+                 "--per_device_train_batch_size", "32", "--save_steps", "100", "--bf16", "false"])
+    assert ("AutoModel", True) in loads and ("AutoConfig", True) in loads
+    assert all(trusted for _, trusted in loads), loads  # every load of the checkpoint, as the card says
+    assert json.loads((out / "hfssl.json").read_text())["options"]["model"]["trust_remote_code"] is True
+    assert "Trained with `trust_remote_code=True`" in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
