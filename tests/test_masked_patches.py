@@ -129,7 +129,8 @@ def test_the_final_save_exports_the_encoder_from_the_state_dict_the_trainer_gath
     trainer.save_model(str(tmp_path / "plain"))
     plain = load_file(tmp_path / "plain" / "model.safetensors")
     assert plain.keys() == expected.keys() and all(torch.equal(plain[k], expected[k]) for k in expected)
-    assert json.loads((tmp_path / "plain" / "config.json").read_text()) == json.loads((tmp_path / "expected" / "config.json").read_text())
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config == json.loads((tmp_path / "expected" / "config.json").read_text())
     trainer.save_model(str(tmp_path / "checkpoint"), _internal_call=True)  # a checkpoint keeps the whole model, decoder too
     assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["architectures"] == [type(model).__name__]
 
@@ -140,8 +141,8 @@ def test_the_final_save_exports_the_encoder_from_the_state_dict_the_trainer_gath
             param.zero_()
     gathers = []
     monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
-    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(state_dict_type="StateDictType.FULL_STATE_DICT"),
-                        raising=False)
+    fsdp_plugin = SimpleNamespace(state_dict_type="StateDictType.FULL_STATE_DICT")
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", fsdp_plugin, raising=False)
     monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda m, unwrap=True: gathers.append(m) or gathered)
     trainer.save_model(str(tmp_path / "fsdp"))
     sharded = load_file(tmp_path / "fsdp" / "model.safetensors")
