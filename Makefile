@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-mim test install clean
+.PHONY: demo demo-mim test test-fast lint format install clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,21 @@ demo: $(STAMP)
 demo-mim: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no recipes/mim.py
 
+# everything, as CI runs it (about 7 minutes on 2 CPU cores)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# the unit tests, without end-to-end recipe runs (the `slow` marker): the inner loop, under a minute
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

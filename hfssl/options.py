@@ -242,7 +242,7 @@ def _typed_numbers(parser: HfArgumentParser, values: dict[str, Any], path: str) 
 
 
 def options_table(types: Sequence[type], skip: type | None = None) -> str:
-    """A Markdown table of the options of `types` (for the README), from their help text."""
+    """A Markdown table of the options of `types` (for `hfssl options` and docs/options), from their help text."""
     rows = ["| option | default | what it does |", "|---|---|---|"]
     skipped = {f.name for f in dataclasses.fields(skip)} if skip else set()
     for t in types:

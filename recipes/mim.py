@@ -3,7 +3,7 @@
     accelerate launch recipes/mim.py [config.yaml] [--method mae|simmim] [--key value ...]
 
 With no arguments: a tiny ViT pretrained with MAE on the embedded handwritten digits
-(scikit-learn's 1,797 8x8 images, upsampled to 32x32), about two minutes on a laptop CPU; the
+(scikit-learn's 1,797 8x8 images, resized to the tiny preset's 16x16), about two minutes on a laptop CPU; the
 summary shows the kNN accuracy of its features before and after pretraining.
 """
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
-_SESSION_HOME = tempfile.mkdtemp(prefix="hfssl-tests-")
+
+def session_dir(prefix: str) -> str:
+    """A temporary directory for the whole test session, removed when the session ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+_SESSION_HOME = session_dir("hfssl-tests-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf")
 os.environ["HF_DATASETS_CACHE"] = os.path.join(_SESSION_HOME, "datasets")

@@ -22,12 +22,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from conftest import TINY_MLM, load_recipe
+from conftest import session_dir, TINY_MLM, load_recipe
 
 KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora", "minilm-mean-lora")
 # minilm-mean-lora: mean pooling on a BERT-family encoder, hfssl's custom-code classifier (trust_remote_code=True)
 
-_ROOT = Path(tempfile.mkdtemp(prefix="hfssl-outputs-"))
+_ROOT = Path(session_dir("hfssl-outputs-"))
 _QUIET = ["--disable_tqdm", "true"]
 TINY_MAE = ["--max_steps", "2", "--max_train_samples", "128", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
             "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "64", "--bf16", "false", "--config_overrides",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from hfssl.args import parse_args
 from hfssl.pipeline import load_pipeline
@@ -28,7 +29,11 @@ def test_recipe_config_parses_and_validates(path, tmp_path):
     assert first.startswith("#") and match, f"{path.name} must open with the command that runs it"
     recipe = load_recipe(match.group(1))
     parsed = parse_args(recipe.OPTION_TYPES, [str(path), "--output_dir", str(tmp_path / "out")], recipe.DEFAULTS)
-    assert len(parsed) == len(recipe.OPTION_TYPES)
+    values = {name: getattr(options, name) for options in parsed for name in vars(options)}
+    for key, value in yaml.safe_load(path.read_text()).items():  # every setting of the file reaches the run
+        got = values[key]
+        same = float(got) == float(value) if isinstance(got, (int, float)) and not isinstance(got, bool) else got == value
+        assert same or str(got) == str(value), f"{path.name}: {key} is {got!r} in the parsed options, {value!r} in the file"
 
 
 @pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)

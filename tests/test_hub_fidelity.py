@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SENTINEL, TINY_MLM, load_recipe
+from conftest import session_dir, SENTINEL, TINY_MLM, load_recipe
 from hfssl.args import ImageClassificationDataArguments, TextClassificationDataArguments
 from hfssl.data.classification import load_image_classification, load_text_classification
 from hfssl.hub import push_output
 
-_ROOT = Path(tempfile.mkdtemp(prefix="hfssl-fidelity-"))
+_ROOT = Path(session_dir("hfssl-fidelity-"))
 _QUIET = ["--disable_tqdm", "true"]
 TEXT = ["--train_samples_per_class", "8", "--max_eval_samples", "40", "--max_seq_length", "32", "--max_steps", "4",
         "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--learning_rate", "5e-3"]
