@@ -12,7 +12,8 @@ with the same parameter count and FLOPs per token):
       supported, step-time masking).
 
 Each path trains in a fresh process of its own (hfssl's recipe tunes malloc process-wide; the
-stock path runs with the C library's defaults, as run_mlm.py would). It prints tokens/s of each and their ratio (steady state: steps after the first three, timed by one
+stock path runs with the C library's defaults, as run_mlm.py would). It prints tokens/s of each and
+their ratio (steady state: steps after the first three, timed by one
 callback in both; the end-to-end rate including start-up is printed too), the eval MLM loss each model reached after the same
 tokens (both evaluated by one function: fp32, the same fixed 15% masks on the same held-out
 blocks), and hfssl's model-FLOPs utilisation against a bf16 matrix product timed in this run, with
@@ -38,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 from transformers import (  # noqa: E402
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -53,12 +55,13 @@ from hfssl.data.text import load_text_datasets, tokenize_and_pack  # noqa: E402
 from hfssl.pretext.masked_tokens import masked_token_nll  # noqa: E402
 from hfssl.registry import load_recipe  # noqa: E402
 from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
-from step_timer import WARMUP_STEPS, StepTimer, in_fresh_process  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 128
-SIZES = {256: dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024),
-         512: dict(hidden_size=512, num_attention_heads=8, intermediate_size=2048)}
+SIZES = {
+    256: dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+    512: dict(hidden_size=512, num_attention_heads=8, intermediate_size=2048),
+}
 
 
 def bert_uncased_tokenizer():
@@ -105,13 +108,23 @@ def train_stock(hidden, steps, batch, lr, out, corpus_docs, keep_freed_memory=Fa
     blocks = stock_blocks(load_text_datasets(TextDataArguments(max_corpus_documents=corpus_docs), seed=42)["train"], tokenizer)
     model = model_for(hidden, len(tokenizer))
     args = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr, warmup_steps=0.06,
-        weight_decay=0.01, save_strategy="no", report_to="none", logging_steps=10_000, disable_tqdm=True, seed=0,
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=lr,
+        warmup_steps=0.06,
+        weight_decay=0.01,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        seed=0,
     )
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
     timer = StepTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer,
-                      callbacks=[timer])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer, callbacks=[timer]
+    )
     runtime = trainer.train().metrics["train_runtime"]
     trainer.save_model(out)
     return timer.rate(batch * SEQ), steps * batch * SEQ / runtime
@@ -136,10 +149,34 @@ def train_hfssl(hidden, tok_dir, steps, batch, lr, out, corpus_docs, architectur
     if architecture == "modernbert":
         size["intermediate_size"] = size["intermediate_size"] * 2 // 3
     overrides = ",".join(f"{k}={v}" for k, v in {"num_hidden_layers": 4, **size}.items())
-    argv = ["--tokenizer_name", tok_dir, "--config_overrides", overrides, "--architecture", architecture, "--max_seq_length", str(SEQ),
-            "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--learning_rate", str(lr),
-            "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10000", "--disable_tqdm", "true",
-            "--seed", "0", "--output_dir", out]
+    argv = [
+        "--tokenizer_name",
+        tok_dir,
+        "--config_overrides",
+        overrides,
+        "--architecture",
+        architecture,
+        "--max_seq_length",
+        str(SEQ),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--max_steps",
+        str(steps),
+        "--learning_rate",
+        str(lr),
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10000",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--output_dir",
+        out,
+    ]
     if corpus_docs:
         argv += ["--max_corpus_documents", str(corpus_docs)]
     recipe.MaskedLMTrainer = WithStepTimer
@@ -209,7 +246,7 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
     def linear(m: int, k: int, n: int) -> float:
         x, w, dy = (torch.randn(*shape, dtype=bf16, device=DEVICE) for shape in ((m, k), (n, k), (m, n)))
         b = torch.randn(n, dtype=bf16, device=DEVICE)
-        return (_best(lambda: torch.addmm(b, x, w.t())) + _best(lambda: dy.mm(w)) + _best(lambda: dy.t().mm(x)))
+        return _best(lambda: torch.addmm(b, x, w.t())) + _best(lambda: dy.mm(w)) + _best(lambda: dy.t().mm(x))
 
     layer = 4 * linear(tokens, hidden, hidden) + linear(tokens, hidden, inter) + linear(tokens, inter, hidden)
     q = torch.randn(batch * heads, SEQ, hidden // heads, dtype=bf16, device=DEVICE)
@@ -224,8 +261,11 @@ def step_floor(hidden: int, vocab: int, batch: int, mask_fraction: float = 0.15)
         return _best(lambda: fn(x).backward(grad))
 
     norm = torch.nn.LayerNorm(hidden, dtype=bf16, device=DEVICE)
-    per_layer = (forward_backward(F.gelu, tokens, inter) + 2 * forward_backward(norm, tokens, hidden)
-                 + forward_backward(lambda x: torch.softmax(x, -1), batch * heads, SEQ, SEQ))
+    per_layer = (
+        forward_backward(F.gelu, tokens, inter)
+        + 2 * forward_backward(norm, tokens, hidden)
+        + forward_backward(lambda x: torch.softmax(x, -1), batch * heads, SEQ, SEQ)
+    )
     logits = torch.randn(rows, vocab, dtype=bf16, device=DEVICE, requires_grad=True)
     targets = torch.randint(0, vocab, (rows,), device=DEVICE)
     loss = _best(lambda: masked_token_nll(logits, targets).mean().backward())
@@ -252,11 +292,18 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
-    parser.add_argument("--architecture", default="bert", choices=["bert", "modernbert"],
-                        help="what hfssl's recipe builds: bert (the stock path's model: the ratio is implementation alone) or "
-                             "modernbert (the recipe's default, same parameters and FLOPs per token)")
-    parser.add_argument("--stock_keep_freed_memory", action="store_true",
-                        help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator")
+    parser.add_argument(
+        "--architecture",
+        default="bert",
+        choices=["bert", "modernbert"],
+        help="what hfssl's recipe builds: bert (the stock path's model: the ratio is implementation alone) or "
+        "modernbert (the recipe's default, same parameters and FLOPs per token)",
+    )
+    parser.add_argument(
+        "--stock_keep_freed_memory",
+        action="store_true",
+        help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator",
+    )
     args = parser.parse_args()
     steps = args.steps or (20 if args.quick else 100)
     corpus_docs = 3000 if args.quick else None
@@ -269,19 +316,22 @@ def main() -> None:
     eval_blocks = tokenize_and_pack(raw, tokenizer, "text", SEQ)["validation"]
     eval_blocks = eval_blocks.select(range(min(len(eval_blocks), 256)))
     peak = peak_bf16_flops()
-    print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; "
-          f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens; "
-          f"hfssl trains {args.architecture}"
-          + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else ""))
+    print(
+        f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; "
+        f"peak bf16 matmul {peak / 1e12:.2f} TFLOP/s; {steps} steps x {args.batch_size} x {SEQ} tokens; "
+        f"hfssl trains {args.architecture}" + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else "")
+    )
 
     results = {}
     for hidden in SIZES:
         # Each path trains in a process of its own: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
         stock_dir, hfssl_dir = os.path.join(work, f"stock{hidden}"), os.path.join(work, f"hfssl{hidden}")
-        stock_tps, stock_e2e = in_fresh_process(train_stock, hidden, steps, args.batch_size, args.lr, stock_dir,
-                                                corpus_docs, args.stock_keep_freed_memory)
-        hfssl_tps, hfssl_e2e = in_fresh_process(train_hfssl, hidden, tok_dir, steps, args.batch_size, args.lr,
-                                                hfssl_dir, corpus_docs, args.architecture)
+        stock_tps, stock_e2e = in_fresh_process(
+            train_stock, hidden, steps, args.batch_size, args.lr, stock_dir, corpus_docs, args.stock_keep_freed_memory
+        )
+        hfssl_tps, hfssl_e2e = in_fresh_process(
+            train_hfssl, hidden, tok_dir, steps, args.batch_size, args.lr, hfssl_dir, corpus_docs, args.architecture
+        )
         stock_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(stock_dir), eval_blocks, tokenizer)
         hfssl_loss = eval_mlm_loss(AutoModelForMaskedLM.from_pretrained(hfssl_dir), eval_blocks, tokenizer)
         step_flops = flops_per_token(hidden, len(tokenizer)) * args.batch_size * SEQ
@@ -289,28 +339,56 @@ def main() -> None:
         mfu = step_flops / step_s / peak
         floor = step_floor(hidden, len(tokenizer), args.batch_size)
         ceiling = step_flops / sum(floor.values()) / peak
-        results[hidden] = dict(stock_tokens_per_s=stock_tps, hfssl_tokens_per_s=hfssl_tps, speedup=hfssl_tps / stock_tps,
-                               stock_end_to_end_tokens_per_s=stock_e2e, hfssl_end_to_end_tokens_per_s=hfssl_e2e,
-                               end_to_end_speedup=hfssl_e2e / stock_e2e,
-                               stock_eval_loss=stock_loss, hfssl_eval_loss=hfssl_loss, mfu=mfu,
-                               hfssl_step_s=step_s, matmul_floor_s=floor["matmuls"],
-                               adamw_floor_s=floor["adamw"], other_ops_floor_s=floor["other_ops"],
-                               mfu_ceiling=ceiling)
-        print(f"hidden {hidden}: steady state (steps {WARMUP_STEPS + 1}-{steps}) stock {stock_tps:,.0f} tok/s, "
-              f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
-              f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
-              f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
-              f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}", flush=True)
-        print(f"hidden {hidden}: hfssl step {step_s * 1000:.0f} ms; its matrix products alone, "
-              f"each timed in isolation, {floor['matmuls'] * 1000:.0f} ms, the fused AdamW update {floor['adamw'] * 1000:.0f} ms, "
-              f"GELU + layer norms + softmax + loss {floor['other_ops'] * 1000:.0f} ms: MFU ceiling {ceiling:.2f} "
-              f"with nothing else and no time between ops; MFU 0.5 needs a "
-              f"{step_flops / (0.5 * peak) * 1000:.0f} ms step", flush=True)
+        results[hidden] = dict(
+            stock_tokens_per_s=stock_tps,
+            hfssl_tokens_per_s=hfssl_tps,
+            speedup=hfssl_tps / stock_tps,
+            stock_end_to_end_tokens_per_s=stock_e2e,
+            hfssl_end_to_end_tokens_per_s=hfssl_e2e,
+            end_to_end_speedup=hfssl_e2e / stock_e2e,
+            stock_eval_loss=stock_loss,
+            hfssl_eval_loss=hfssl_loss,
+            mfu=mfu,
+            hfssl_step_s=step_s,
+            matmul_floor_s=floor["matmuls"],
+            adamw_floor_s=floor["adamw"],
+            other_ops_floor_s=floor["other_ops"],
+            mfu_ceiling=ceiling,
+        )
+        print(
+            f"hidden {hidden}: steady state (steps {WARMUP_STEPS + 1}-{steps}) stock {stock_tps:,.0f} tok/s, "
+            f"hfssl {hfssl_tps:,.0f} tok/s, ratio {hfssl_tps / stock_tps:.2f}x; end to end (incl. start-up) "
+            f"{stock_e2e:,.0f} vs {hfssl_e2e:,.0f} tok/s, {hfssl_e2e / stock_e2e:.2f}x; "
+            f"eval MLM loss after {steps * args.batch_size * SEQ:,} tokens: stock {stock_loss:.3f}, hfssl {hfssl_loss:.3f} "
+            f"({(hfssl_loss / stock_loss - 1) * 100:+.1f}%); hfssl MFU {mfu:.2f}",
+            flush=True,
+        )
+        print(
+            f"hidden {hidden}: hfssl step {step_s * 1000:.0f} ms; its matrix products alone, "
+            f"each timed in isolation, {floor['matmuls'] * 1000:.0f} ms, the fused AdamW update {floor['adamw'] * 1000:.0f} ms, "
+            f"GELU + layer norms + softmax + loss {floor['other_ops'] * 1000:.0f} ms: MFU ceiling {ceiling:.2f} "
+            f"with nothing else and no time between ops; MFU 0.5 needs a "
+            f"{step_flops / (0.5 * peak) * 1000:.0f} ms step",
+            flush=True,
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": hardware_name(), "steps": steps, "batch_size": args.batch_size,
-                                               "stock_keep_freed_memory": args.stock_keep_freed_memory,
-                                               "peak_bf16_flops": peak, "results": results}, indent=2))
-    print(f"speedup_h256={results[256]['speedup']:.2f} speedup_h512={results[512]['speedup']:.2f} mfu_h512={results[512]['mfu']:.2f}")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": hardware_name(),
+                    "steps": steps,
+                    "batch_size": args.batch_size,
+                    "stock_keep_freed_memory": args.stock_keep_freed_memory,
+                    "peak_bf16_flops": peak,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+    print(
+        f"speedup_h256={results[256]['speedup']:.2f} speedup_h512={results[512]['speedup']:.2f} "
+        f"mfu_h512={results[512]['mfu']:.2f}"
+    )
 
 
 if __name__ == "__main__":

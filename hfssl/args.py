@@ -17,8 +17,17 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hfssl.models import TEXT_PRESETS, VISION_PRESETS
-from hfssl.options import (OptionError, check_choices, check_fraction, check_positive, config_file, one_of, option_values,
-                           options_table, parse_args)
+from hfssl.options import (
+    OptionError,
+    check_choices,
+    check_fraction,
+    check_positive,
+    config_file,
+    one_of,
+    option_values,
+    options_table,
+    parse_args,
+)
 from hfssl.transfer.pooling import POOLINGS
 from hfssl.transfer.strategies import STRATEGIES
 
@@ -82,14 +91,18 @@ class RunArguments(TrainingArguments):
     )
     hub_endpoint: str | None = field(
         default=None,
-        metadata={"help": "Hub URL for --push_to_hub, e.g. a self-hosted Hub-compatible server (default: HF_ENDPOINT, else https://huggingface.co)."},
+        metadata={
+            "help": "Hub URL for --push_to_hub, e.g. a self-hosted Hub-compatible server (default: HF_ENDPOINT, else https://huggingface.co)."
+        },
     )
 
     keep_freed_memory: bool = field(
         default=True,
-        metadata={"help": "On Linux (glibc): keep freed memory in the process for reuse instead of unmapping each large tensor "
-                          "and page-faulting it back on the next step (a 4-layer BERT's step: 700 -> 500 ms on 2 CPU cores); "
-                          "false keeps the C library's defaults."},
+        metadata={
+            "help": "On Linux (glibc): keep freed memory in the process for reuse instead of unmapping each large tensor "
+            "and page-faulting it back on the next step (a 4-layer BERT's step: 700 -> 500 ms on 2 CPU cores); "
+            "false keeps the C library's defaults."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -97,7 +110,9 @@ class RunArguments(TrainingArguments):
             raise ValueError("--output_dir is required.")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.card_license or ""):
             raise ValueError(f"--card_license {self.card_license!r} is not a Hub license id; use e.g. apache-2.0, mit or other.")
-        if self.card_language is not None and not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?|code|multilingual", self.card_language):
+        if self.card_language is not None and not re.fullmatch(
+            r"[a-z]{2,3}(-[A-Za-z0-9]+)?|code|multilingual", self.card_language
+        ):
             raise ValueError(f"--card_language {self.card_language!r} is not an ISO 639 code (en, fr, de, ...) or 'none'.")
         _check_run_sizes(self)
         _check_reporters(self.report_to)
@@ -109,8 +124,14 @@ class RunArguments(TrainingArguments):
 
 
 # --report_to integrations whose package hfssl installs as an extra: name -> (module to import, extra)
-REPORTERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
-             "trackio": ("trackio", "trackio"), "comet_ml": ("comet_ml", "comet"), "clearml": ("clearml", "clearml")}
+REPORTERS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+    "trackio": ("trackio", "trackio"),
+    "comet_ml": ("comet_ml", "comet"),
+    "clearml": ("clearml", "clearml"),
+}
 
 
 def _check_reporters(report_to: str | list[str] | None) -> None:
@@ -122,10 +143,14 @@ def _check_reporters(report_to: str | list[str] | None) -> None:
         if name in ("none", "all") or name not in REPORTERS:
             continue  # "all" means those installed; transformers rejects unknown names itself
         module, extra = REPORTERS[name]
-        found = importlib.util.find_spec(module) is not None or (name == "tensorboard" and importlib.util.find_spec("tensorboardX"))
+        found = importlib.util.find_spec(module) is not None or (
+            name == "tensorboard" and importlib.util.find_spec("tensorboardX")
+        )
         if not found:
-            raise OptionError(f"--report_to {name}: the {module} package is not installed. Install it with "
-                              f"pip install 'hfssl[{extra}]', or pass --report_to none.")
+            raise OptionError(
+                f"--report_to {name}: the {module} package is not installed. Install it with "
+                f"pip install 'hfssl[{extra}]', or pass --report_to none."
+            )
 
 
 @dataclass
@@ -134,9 +159,11 @@ class PretrainingRunArguments(RunArguments):
 
     bf16_weights: bool | None = field(
         default=None,
-        metadata={"help": "Keep the model's weights in bf16 and fp32 master copies in the optimizer, instead of autocast's "
-                          "casts at every op. Default: on with --bf16 on a CPU in one process without gradient accumulation "
-                          "(autocast stays on GPUs). The saved model is fp32."},
+        metadata={
+            "help": "Keep the model's weights in bf16 and fp32 master copies in the optimizer, instead of autocast's "
+            "casts at every op. Default: on with --bf16 on a CPU in one process without gradient accumulation "
+            "(autocast stays on GPUs). The saved model is fp32."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -152,7 +179,9 @@ def _check_run_sizes(args: TrainingArguments) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         check_positive(args, name)
     if args.max_steps == 0 or args.max_steps < -1:
-        raise ValueError(f"--max_steps must be a positive number of steps, or -1 to train for --num_train_epochs; got {args.max_steps}.")
+        raise ValueError(
+            f"--max_steps must be a positive number of steps, or -1 to train for --num_train_epochs; got {args.max_steps}."
+        )
     if args.max_steps == -1 and not args.num_train_epochs > 0:
         raise ValueError(f"--num_train_epochs must be above 0 (or give --max_steps), got {args.num_train_epochs}.")
     for name in ("learning_rate", "weight_decay"):
@@ -163,7 +192,9 @@ def _check_run_sizes(args: TrainingArguments) -> None:
         if value is not None and not value > 0:
             raise ValueError(f"--{name} must be above 0 (a step count, or a fraction of the run below 1), got {value}.")
     if args.save_total_limit is not None and args.save_total_limit < 1:
-        raise ValueError(f"--save_total_limit must be 1 or more (or 'none' to keep every checkpoint), got {args.save_total_limit}.")
+        raise ValueError(
+            f"--save_total_limit must be 1 or more (or 'none' to keep every checkpoint), got {args.save_total_limit}."
+        )
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}.")
     if args.dataloader_num_workers < 0:
@@ -197,10 +228,12 @@ class DataSourceArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration name."})
     dataset: Any = field(default=None, init=False, repr=False)  # hfssl.run(dataset=...): an in-memory Dataset / DatasetDict
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many training examples (text: the first ones; images: a seeded random subset)."}
+        default=None,
+        metadata={"help": "Use at most this many training examples (text: the first ones; images: a seeded random subset)."},
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many held-out examples (text: the first ones; images: a seeded random subset)."}
+        default=None,
+        metadata={"help": "Use at most this many held-out examples (text: the first ones; images: a seeded random subset)."},
     )
 
     def __post_init__(self) -> None:
@@ -256,13 +289,17 @@ class TextModelArguments(ModelSourceArguments):
         metadata={"help": "A Hub id or local path of a BERT-like checkpoint to continue pretraining (domain adaptation)."},
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build an encoder from scratch at this size (default: tiny).", "choices": tuple(TEXT_PRESETS)}
+        default=None,
+        metadata={"help": "Build an encoder from scratch at this size (default: tiny).", "choices": tuple(TEXT_PRESETS)},
     )
     architecture: str = field(
         default="modernbert",
-        metadata={"choices": ("modernbert", "bert"), "help": "Architecture of a from-scratch encoder: modernbert (default: its classifier mean-pools natively, "
-                          "so a fine-tuned model loads with the stock classes and predicts as evaluated; rotary positions, "
-                          "GeGLU, pre-norm) | bert (the original; its stock classifier reads the [CLS] token)."},
+        metadata={
+            "choices": ("modernbert", "bert"),
+            "help": "Architecture of a from-scratch encoder: modernbert (default: its classifier mean-pools natively, "
+            "so a fine-tuned model loads with the stock classes and predicts as evaluated; rotary positions, "
+            "GeGLU, pre-norm) | bert (the original; its stock classifier reads the [CLS] token).",
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -273,9 +310,14 @@ class TextModelArguments(ModelSourceArguments):
     )
     train_tokenizer: bool | None = field(
         default=None,
-        metadata={"help": "Train a new tokenizer on the training split (default: on when building from scratch without --tokenizer_name)."},
+        metadata={
+            "help": "Train a new tokenizer on the training split "
+            "(default: on when building from scratch without --tokenizer_name)."
+        },
     )
-    tokenizer_type: str = field(default="wordpiece", metadata={"help": "Kind of tokenizer to train.", "choices": ("wordpiece", "bpe")})
+    tokenizer_type: str = field(
+        default="wordpiece", metadata={"help": "Kind of tokenizer to train.", "choices": ("wordpiece", "bpe")}
+    )
     vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size of a trained tokenizer."})
     tokenizer_training_samples: int = field(
         default=200_000, metadata={"help": "At most this many training texts are used to train the tokenizer."}
@@ -286,14 +328,18 @@ class TextModelArguments(ModelSourceArguments):
     )
     pretraining_dropout: float | None = field(
         default=0.0,
-        metadata={"help": "Dropout probability of every dropout layer while pretraining; the saved config keeps the "
-                  "model's own values for fine-tuning. 'none' keeps the model's. 0 as in Cramming (Geiping & Goldstein 2023)."},
+        metadata={
+            "help": "Dropout probability of every dropout layer while pretraining; the saved config keeps the "
+            "model's own values for fine-tuning. 'none' keeps the model's. 0 as in Cramming (Geiping & Goldstein 2023)."
+        },
     )
     head_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Peak learning rate of the MLM head's own weights (those outside the encoder; a decoder tied to "
-                  "the input embeddings follows --learning_rate). For continued pretraining of a checkpoint that has no "
-                  "MLM head (e.g. a sentence-transformers model), whose head starts random, e.g. 1e-3. Default: --learning_rate."},
+        metadata={
+            "help": "Peak learning rate of the MLM head's own weights (those outside the encoder; a decoder tied to "
+            "the input embeddings follows --learning_rate). For continued pretraining of a checkpoint that has no "
+            "MLM head (e.g. a sentence-transformers model), whose head starts random, e.g. 1e-3. Default: --learning_rate."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -302,11 +348,15 @@ class TextModelArguments(ModelSourceArguments):
         if self.pretraining_dropout is not None and not 0 <= self.pretraining_dropout < 1:
             raise ValueError(f"--pretraining_dropout must be in [0, 1), got {self.pretraining_dropout}.")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
-            raise ValueError(f"--head_learning_rate must be positive, got {self.head_learning_rate}. Leave it unset to use --learning_rate.")
+            raise ValueError(
+                f"--head_learning_rate must be positive, got {self.head_learning_rate}. Leave it unset to use --learning_rate."
+            )
         if self.vocab_size < 64:
             raise ValueError(f"--vocab_size must be at least 64, got {self.vocab_size}.")
         if self.model_name_or_path and self.config_overrides:
-            raise ValueError("--config_overrides only applies to a from-scratch model (--model_preset), not --model_name_or_path.")
+            raise ValueError(
+                "--config_overrides only applies to a from-scratch model (--model_preset), not --model_name_or_path."
+            )
         if self.train_tokenizer and self.model_name_or_path:
             raise ValueError(
                 "--train_tokenizer cannot be used with --model_name_or_path: a pretrained model's embeddings "
@@ -320,16 +370,20 @@ class SentenceEncoderArguments(ModelSourceArguments):
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A Hub id or local path of a BERT-like encoder to adapt, e.g. sentence-transformers/all-MiniLM-L6-v2 "
-                          "(required). Its sentence-transformers pooling is used when it has one, else mean pooling."},
+        metadata={
+            "help": "A Hub id or local path of a BERT-like encoder to adapt, e.g. sentence-transformers/all-MiniLM-L6-v2 "
+            "(required). Its sentence-transformers pooling is used when it has one, else mean pooling."
+        },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.model_name_or_path:
-            raise ValueError("--model_name_or_path is required: TSDAE adapts an existing encoder to your text, e.g. "
-                             "--model_name_or_path sentence-transformers/all-MiniLM-L6-v2. To pretrain an encoder from "
-                             "scratch, use recipes/mlm.py.")
+            raise ValueError(
+                "--model_name_or_path is required: TSDAE adapts an existing encoder to your text, e.g. "
+                "--model_name_or_path sentence-transformers/all-MiniLM-L6-v2. To pretrain an encoder from "
+                "scratch, use recipes/mlm.py."
+            )
 
 
 @dataclass
@@ -372,29 +426,38 @@ class ImageDataArguments(DataSourceArguments):
 
     train_dir: str | None = field(
         default=None,
-        metadata={"help": "A folder of images (any format Pillow reads). With one subfolder per class, the folder "
-                          "names are the labels (used only by the kNN / linear-probe evaluation)."},
+        metadata={
+            "help": "A folder of images (any format Pillow reads). With one subfolder per class, the folder "
+            "names are the labels (used only by the kNN / linear-probe evaluation)."
+        },
     )
     image_column: str | None = field(
-        default=None, metadata={"help": "--dataset_name: the column holding the images (default: 'image', 'img' or the only image column)."}
+        default=None,
+        metadata={"help": "--dataset_name: the column holding the images (default: 'image', 'img' or the only image column)."},
     )
     label_column: str | None = field(
-        default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label', 'labels' or the only class-label column)."}
+        default=None,
+        metadata={
+            "help": "--dataset_name: the column holding class labels (default: 'label', 'labels' or the only class-label column)."
+        },
     )
     validation_split_percentage: int = field(
         default=10, metadata={"help": "Percent of the training images held out when the data has no validation or test split."}
     )
     skip_corrupt_images: bool = field(
         default=False,
-        metadata={"help": "An unreadable or corrupt image file stops the run before training with an error naming it "
-                          "(default); pass true to skip such files instead (the summary and hfssl.json count them)."},
+        metadata={
+            "help": "An unreadable or corrupt image file stops the run before training with an error naming it "
+            "(default); pass true to skip such files instead (the summary and hfssl.json count them)."
+        },
     )
     crop_min_scale: float = field(
         default=0.6,
         metadata={"help": "Random resized crop: the smallest fraction of the image area a crop keeps (1 turns cropping off)."},
     )
     horizontal_flip: bool = field(
-        default=False, metadata={"help": "Mirror half of the training images left-right (off: it changes what digits and text mean)."}
+        default=False,
+        metadata={"help": "Mirror half of the training images left-right (off: it changes what digits and text mean)."},
     )
 
     def __post_init__(self) -> None:
@@ -402,7 +465,9 @@ class ImageDataArguments(DataSourceArguments):
         one_of(self, "dataset_name", "train_dir")
         _check_percentage(self)
         if not 0 < self.crop_min_scale <= 1:
-            raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}. Pass e.g. 0.6, or 1 to turn cropping off.")
+            raise ValueError(
+                f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}. Pass e.g. 0.6, or 1 to turn cropping off."
+            )
 
 
 @dataclass
@@ -411,17 +476,21 @@ class VisionModelArguments(ModelSourceArguments):
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A Hub id or local path of a ViT or ViT-MAE checkpoint to continue pretraining "
-                          "(its encoder is reused; a decoder of the chosen --method is kept when present)."},
+        metadata={
+            "help": "A Hub id or local path of a ViT or ViT-MAE checkpoint to continue pretraining "
+            "(its encoder is reused; a decoder of the chosen --method is kept when present)."
+        },
     )
     model_preset: str | None = field(
-        default=None, metadata={"help": "Build a ViT from scratch at this size (default: tiny).", "choices": tuple(VISION_PRESETS)}
+        default=None,
+        metadata={"help": "Build a ViT from scratch at this size (default: tiny).", "choices": tuple(VISION_PRESETS)},
     )
     image_size: int | None = field(
         default=None, metadata={"help": "From scratch: image side in pixels (default: the preset's; tiny 16, small/base 224)."}
     )
     patch_size: int | None = field(
-        default=None, metadata={"help": "From scratch: patch side in pixels; must divide --image_size (default: tiny 4, small/base 16)."}
+        default=None,
+        metadata={"help": "From scratch: patch side in pixels; must divide --image_size (default: tiny 4, small/base 16)."},
     )
     num_channels: int | None = field(
         default=None,
@@ -429,17 +498,23 @@ class VisionModelArguments(ModelSourceArguments):
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated config changes for a from-scratch model, e.g. 'num_hidden_layers=2,decoder_hidden_size=64'."},
+        metadata={
+            "help": "Comma-separated config changes for a from-scratch model, e.g. 'num_hidden_layers=2,decoder_hidden_size=64'."
+        },
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self, "model_name_or_path", "model_preset", notes=(" (continue pretraining)", " (from scratch)"))
         if self.model_name_or_path:
-            given = [f"--{n}" for n in ("image_size", "patch_size", "num_channels", "config_overrides") if getattr(self, n) is not None]
+            given = [
+                f"--{n}" for n in ("image_size", "patch_size", "num_channels", "config_overrides") if getattr(self, n) is not None
+            ]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to a from-scratch model (--model_preset); "
-                                 f"--model_name_or_path {self.model_name_or_path} brings its own. Drop them.")
+                raise ValueError(
+                    f"{', '.join(given)} only apply to a from-scratch model (--model_preset); "
+                    f"--model_name_or_path {self.model_name_or_path} brings its own. Drop them."
+                )
             return
         self.model_preset = self.model_preset or "tiny"
         for name in ("image_size", "patch_size"):
@@ -465,24 +540,35 @@ class PatchMaskingArguments:
 
     method: str = field(
         default="mae",
-        metadata={"choices": ("mae", "simmim"), "help": "mae: the encoder sees only the visible patches, a small decoder predicts the rest (ViTMAEForPreTraining). "
-                          "simmim: masked patches become a learned token, a linear head predicts their pixels (ViTForMaskedImageModeling)."},
+        metadata={
+            "choices": ("mae", "simmim"),
+            "help": "mae: the encoder sees only the visible patches, a small decoder predicts the rest (ViTMAEForPreTraining). "
+            "simmim: masked patches become a learned token, a linear head predicts their pixels (ViTForMaskedImageModeling).",
+        },
     )
     mask_ratio: float | None = field(
         default=None, metadata={"help": "Fraction of patches masked, in [0, 1) (default: mae 0.75, simmim 0.6)."}
     )
     mask_type: str | None = field(
         default=None,
-        metadata={"choices": ("random", "block"), "help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random "
-                          "rectangles; the default, it makes the encoder reason beyond neighbouring patches). mae: random only."},
+        metadata={
+            "choices": ("random", "block"),
+            "help": "simmim: random (independent mask units, as run_mim.py) or block (BEiT block-wise: random "
+            "rectangles; the default, it makes the encoder reason beyond neighbouring patches). mae: random only.",
+        },
     )
     mask_patch_size: int | None = field(
         default=None,
-        metadata={"help": "simmim: side in pixels of the square unit masked together; a multiple of the patch size that "
-                          "divides the image size (default: the patch size; run_mim.py uses 32 at 192 pixels)."},
+        metadata={
+            "help": "simmim: side in pixels of the square unit masked together; a multiple of the patch size that "
+            "divides the image size (default: the patch size; run_mim.py uses 32 at 192 pixels)."
+        },
     )
     norm_pix_loss: bool = field(
-        default=False, metadata={"help": "mae: predict each patch's pixels normalised by its own mean and std (the MAE paper's better targets)."}
+        default=False,
+        metadata={
+            "help": "mae: predict each patch's pixels normalised by its own mean and std (the MAE paper's better targets)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -494,8 +580,14 @@ class PatchMaskingArguments:
         if self.mask_type is None:
             self.mask_type = "random" if self.method == "mae" else "block"
         if self.method == "mae":
-            simmim_only = [f"--{n}" for n, on in (("mask_patch_size", self.mask_patch_size is not None),
-                                                  ("mask_type block", self.mask_type == "block")) if on]
+            simmim_only = [
+                f"--{n}"
+                for n, on in (
+                    ("mask_patch_size", self.mask_patch_size is not None),
+                    ("mask_type block", self.mask_type == "block"),
+                )
+                if on
+            ]
             if simmim_only:
                 raise ValueError(f"{', '.join(simmim_only)} only apply to --method simmim (MAE masks single patches at random).")
         elif self.norm_pix_loss:
@@ -507,7 +599,9 @@ class PatchMaskingArguments:
 class ProbeArguments:
     """How the encoder's features are scored with labels it never trained on (kNN and linear probe)."""
 
-    knn_k: int = field(default=20, metadata={"help": "Neighbours in the kNN vote (cosine similarity, weighted by exp(similarity / 0.07))."})
+    knn_k: int = field(
+        default=20, metadata={"help": "Neighbours in the kNN vote (cosine similarity, weighted by exp(similarity / 0.07))."}
+    )
     probe_samples: int = field(
         default=5000, metadata={"help": "At most this many labeled training images are encoded to fit the kNN and linear probe."}
     )
@@ -528,26 +622,40 @@ def _check_labeled_sampling(args: Any) -> None:
 class TextClassificationDataArguments(DataSourceArguments):
     """Which labeled text to read (names as in transformers' run_classification.py) and how much of it."""
 
-    train_file: str | None = field(default=None, metadata={"help": "Labeled training data: a .csv/.json/.jsonl/.parquet file (or a glob)."})
-    validation_file: str | None = field(
-        default=None, metadata={"help": "Labeled evaluation data in the same format (default: the data's validation/test split, else a held-out part)."}
+    train_file: str | None = field(
+        default=None, metadata={"help": "Labeled training data: a .csv/.json/.jsonl/.parquet file (or a glob)."}
     )
-    text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: 'text', else the only string column)."})
+    validation_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Labeled evaluation data in the same format "
+            "(default: the data's validation/test split, else a held-out part)."
+        },
+    )
+    text_column: str | None = field(
+        default=None, metadata={"help": "Column holding the text (default: 'text', else the only string column)."}
+    )
     label_column: str = field(default="label", metadata={"help": "Column holding the class labels (names or ids)."})
     validation_split_percentage: int = field(
-        default=20, metadata={"help": "Percent of the training data held out (stratified by label) when there is no evaluation data."}
+        default=20,
+        metadata={"help": "Percent of the training data held out (stratified by label) when there is no evaluation data."},
     )
     train_samples_per_class: int | None = field(
-        default=None, metadata={"help": "Few-label experiments: keep this many training examples per class, drawn at random (stratified)."}
+        default=None,
+        metadata={"help": "Few-label experiments: keep this many training examples per class, drawn at random (stratified)."},
     )
-    max_seq_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens (None: min(512, the model's positions))."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate texts to this many tokens (None: min(512, the model's positions))."}
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self, "dataset_name", "train_file")
         if self.validation_file and not (self.dataset_name or self.train_file):
-            raise ValueError("--validation_file needs --train_file or --dataset_name (the embedded default brings its own split).")
+            raise ValueError(
+                "--validation_file needs --train_file or --dataset_name (the embedded default brings its own split)."
+            )
         _check_percentage(self)
         _check_labeled_sampling(self)
         check_positive(self, "max_seq_length", "preprocessing_num_workers")
@@ -564,10 +672,14 @@ class ImageClassificationDataArguments(ImageDataArguments):
         default=None, metadata={"help": "--dataset_name: the column holding class labels (default: 'label' or 'labels')."}
     )
     validation_dir: str | None = field(
-        default=None, metadata={"help": "A folder of evaluation images laid out like --train_dir (default: a held-out part of the training images)."}
+        default=None,
+        metadata={
+            "help": "A folder of evaluation images laid out like --train_dir (default: a held-out part of the training images)."
+        },
     )
     train_samples_per_class: int | None = field(
-        default=None, metadata={"help": "Few-label experiments: keep this many training images per class, drawn at random (stratified)."}
+        default=None,
+        metadata={"help": "Few-label experiments: keep this many training images per class, drawn at random (stratified)."},
     )
 
     def __post_init__(self) -> None:
@@ -583,18 +695,24 @@ class ClassifierModelArguments(ModelSourceArguments):
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "The starting checkpoint: the output of mlm.py / mim.py, or any Hub id or local path of a "
-                          "BERT-like encoder, ViT or CNN (finetune_text.py default: the packaged MiniLM)."},
+        metadata={
+            "help": "The starting checkpoint: the output of mlm.py / mim.py, or any Hub id or local path of a "
+            "BERT-like encoder, ViT or CNN (finetune_text.py default: the packaged MiniLM)."
+        },
     )
     from_scratch: bool = field(
         default=False,
-        metadata={"help": "Same architecture and tokenizer / image processor, random weights: the control arm of "
-                          "a 'does pretraining help?' comparison."},
+        metadata={
+            "help": "Same architecture and tokenizer / image processor, random weights: the control arm of "
+            "a 'does pretraining help?' comparison."
+        },
     )
     model_preset: str | None = field(
         default=None,
-        metadata={"help": "finetune_image.py without --model_name_or_path: a ViT built from scratch at this size "
-                          "(default tiny).", "choices": tuple(VISION_PRESETS)},
+        metadata={
+            "help": "finetune_image.py without --model_name_or_path: a ViT built from scratch at this size (default tiny).",
+            "choices": tuple(VISION_PRESETS),
+        },
     )
 
     def __post_init__(self) -> None:
@@ -608,13 +726,16 @@ class TextClassifierArguments:
 
     pooling: str | None = field(
         default=None,
-        metadata={"choices": POOLINGS, "help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
-                          "architecture pools natively: ModernBERT, which mlm.py builds from scratch; a masked-LM-pretrained "
-                          "encoder never trained a [CLS] summary, and mean pooling transfers far better with few labels) | "
-                          "cls: the [CLS] token (default for BERT, MiniLM, RoBERTa and the other architectures whose stock "
-                          "classifier reads [CLS]). Saved in the model's own config, so pipeline() and from_pretrained "
-                          "predict as evaluated. mean on those architectures saves hfssl's mean-pooling classifier as "
-                          "custom code: it loads only with trust_remote_code=True, and plain loading fails loudly."},
+        metadata={
+            "choices": POOLINGS,
+            "help": "mean: the head reads the average of the token states over non-padding tokens (default where the "
+            "architecture pools natively: ModernBERT, which mlm.py builds from scratch; a masked-LM-pretrained "
+            "encoder never trained a [CLS] summary, and mean pooling transfers far better with few labels) | "
+            "cls: the [CLS] token (default for BERT, MiniLM, RoBERTa and the other architectures whose stock "
+            "classifier reads [CLS]). Saved in the model's own config, so pipeline() and from_pretrained "
+            "predict as evaluated. mean on those architectures saves hfssl's mean-pooling classifier as "
+            "custom code: it loads only with trust_remote_code=True, and plain loading fails loudly.",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -627,12 +748,15 @@ class ImageClassifierArguments:
 
     pooling: str | None = field(
         default=None,
-        metadata={"choices": POOLINGS, "help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
-                          "states, layer-normed, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
-                          "from scratch): the [CLS] token. ViT encoders are classified as BEiT, whose stock head pools "
-                          "either way (use_mean_pooling in config.json), so pipeline() predicts as evaluated. "
-                          "Convolutional models (ResNet, ConvNeXt, ...) average their feature map themselves and take no "
-                          "--pooling."},
+        metadata={
+            "choices": POOLINGS,
+            "help": "ViT classifiers: mean (default for pretrained weights): the head reads the average of the patch "
+            "states, layer-normed, as MAE fine-tunes (masked-image pretraining never trains the [CLS] token) | cls (default "
+            "from scratch): the [CLS] token. ViT encoders are classified as BEiT, whose stock head pools "
+            "either way (use_mean_pooling in config.json), so pipeline() predicts as evaluated. "
+            "Convolutional models (ResNet, ConvNeXt, ...) average their feature map themselves and take no "
+            "--pooling.",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -645,8 +769,11 @@ class TransferArguments:
 
     strategy: str = field(
         default="full",
-        metadata={"choices": tuple(STRATEGIES), "help": "full: train everything | lora: low-rank adapters (peft) + the classifier | linear_probe: "
-                          "backbone frozen | freeze: the bottom --freeze_layers layers frozen | lp_ft: linear probe, then full."},
+        metadata={
+            "choices": tuple(STRATEGIES),
+            "help": "full: train everything | lora: low-rank adapters (peft) + the classifier | linear_probe: "
+            "backbone frozen | freeze: the bottom --freeze_layers layers frozen | lp_ft: linear probe, then full.",
+        },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
@@ -655,30 +782,45 @@ class TransferArguments:
         default=None,
         metadata={"help": "Comma-separated module names LoRA wraps (default: detected per architecture, e.g. query,value)."},
     )
-    merge_lora: bool = field(default=False, metadata={"help": "lora: also write the adapters merged into a plain model, in merged/."})
+    merge_lora: bool = field(
+        default=False, metadata={"help": "lora: also write the adapters merged into a plain model, in merged/."}
+    )
     freeze_layers: int | None = field(
         default=None, metadata={"help": "freeze: how many of the bottom layers to freeze, the embeddings included."}
     )
-    lp_fraction: float = field(default=0.3, metadata={"help": "lp_ft: the fraction of the training steps spent on the linear probe."})
+    lp_fraction: float = field(
+        default=0.3, metadata={"help": "lp_ft: the fraction of the training steps spent on the linear probe."}
+    )
     lp_learning_rate: float | None = field(
         default=None, metadata={"help": "lp_ft: learning rate of the linear-probe stage (default: 10 x --learning_rate)."}
     )
     layer_decay: float | None = field(
         default=None,
-        metadata={"help": "Layer-wise learning-rate decay in (0, 1]: layer l of L trains at lr x decay^(L + 1 - l), "
-                          "the embeddings lowest, the head at lr (e.g. 0.75, as BEiT / ELECTRA)."},
+        metadata={
+            "help": "Layer-wise learning-rate decay in (0, 1]: layer l of L trains at lr x decay^(L + 1 - l), "
+            "the embeddings lowest, the head at lr (e.g. 0.75, as BEiT / ELECTRA)."
+        },
     )
     l2sp_alpha: float = field(
         default=0.0,
-        metadata={"help": "L2-SP: add alpha / 2 x ||w - w_pretrained||^2 over the trainable pretrained weights to the "
-                          "loss (Li et al. 2018), so fine-tuning stays near the starting point; 0 turns it off."},
+        metadata={
+            "help": "L2-SP: add alpha / 2 x ||w - w_pretrained||^2 over the trainable pretrained weights to the "
+            "loss (Li et al. 2018), so fine-tuning stays near the starting point; 0 turns it off."
+        },
     )
     class_weights: str = field(
         default="none",
-        metadata={"choices": ("none", "balanced"), "help": "none: every class weighs the same | balanced: weight each class's loss by n / (classes x its count) for imbalanced labels."},
+        metadata={
+            "choices": ("none", "balanced"),
+            "help": "none: every class weighs the same | balanced: weight each class's loss by n / (classes x its count), "
+            "for imbalanced labels.",
+        },
     )
     seeds: str | None = field(
-        default=None, metadata={"help": "Comma-separated seeds, e.g. 1,2,3: repeat the run and report mean and std (the first seed's model is saved)."}
+        default=None,
+        metadata={
+            "help": "Comma-separated seeds, e.g. 1,2,3: repeat the run and report mean and std (the first seed's model is saved)."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -698,7 +840,9 @@ class TransferArguments:
         if self.l2sp_alpha < 0:
             raise ValueError(f"--l2sp_alpha must be 0 or more, got {self.l2sp_alpha}.")
         if self.l2sp_alpha and self.strategy in ("lora", "linear_probe"):
-            raise ValueError(f"--l2sp_alpha has nothing to pull with --strategy {self.strategy}: no pretrained weight is trained.")
+            raise ValueError(
+                f"--l2sp_alpha has nothing to pull with --strategy {self.strategy}: no pretrained weight is trained."
+            )
         self.seed_list()
 
     def seed_list(self) -> list[int] | None:
@@ -720,8 +864,10 @@ class PipelineArguments:
 
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Each stage writes to OUTPUT_DIR/STAGE_NAME unless it sets its own output_dir; the resolved "
-                          "stages are saved as OUTPUT_DIR/pipeline.yaml (default: outputs/pipeline-DATE-TIME)."},
+        metadata={
+            "help": "Each stage writes to OUTPUT_DIR/STAGE_NAME unless it sets its own output_dir; the resolved "
+            "stages are saved as OUTPUT_DIR/pipeline.yaml (default: outputs/pipeline-DATE-TIME)."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Passed to every stage: replace stage outputs that already hold a finished model."}

@@ -130,8 +130,10 @@ def _hub_dataset(record: dict[str, Any]) -> str | None:
 
 def _card_metrics(out: _Output) -> list[tuple[str, str, str]]:
     """The recipe's card metrics from the registry, (hfssl.json key, metric id, shown name); the kNN one names its k."""
-    return [(key, metric, f"{label} (k={out.record['options']['probe']['knn_k']})" if key == "eval_knn_accuracy" else label)
-            for key, metric, label in RECIPES[out.record["recipe"]].card_metrics]
+    return [
+        (key, metric, f"{label} (k={out.record['options']['probe']['knn_k']})" if key == "eval_knn_accuracy" else label)
+        for key, metric, label in RECIPES[out.record["recipe"]].card_metrics
+    ]
 
 
 def _shown(out: _Output, *extra: tuple[str, str]) -> list[tuple[str, str]]:
@@ -150,13 +152,22 @@ def _eval_results(out: _Output, task_type: str, task_name: str) -> list[EvalResu
     record = out.record
     metrics, data = record["metrics"], record["lineage"]["data"]
     hub_data = _hub_dataset(record)
-    return [EvalResult(
-        task_type=task_type, task_name=task_name, dataset_type=hub_data or data, dataset_name=data,
-        dataset_config=record["options"]["data"].get("dataset_config_name") if hub_data else None,
-        dataset_split="held-out", metric_type=metric_type, metric_name=label,
-        metric_value=float(f"{metrics[key]:.4g}"),
-        metric_args={"average": "macro"} if key.endswith("_macro") else None,
-    ) for key, metric_type, label in _card_metrics(out) if isinstance(metrics.get(key), (int, float))]
+    return [
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            dataset_type=hub_data or data,
+            dataset_name=data,
+            dataset_config=record["options"]["data"].get("dataset_config_name") if hub_data else None,
+            dataset_split="held-out",
+            metric_type=metric_type,
+            metric_name=label,
+            metric_value=float(f"{metrics[key]:.4g}"),
+            metric_args={"average": "macro"} if key.endswith("_macro") else None,
+        )
+        for key, metric_type, label in _card_metrics(out)
+        if isinstance(metrics.get(key), (int, float))
+    ]
 
 
 def _card_data(out: _Output, pipeline_tag: str, tags: list[str], library: str, results: list[EvalResult]) -> ModelCardData:
@@ -189,13 +200,22 @@ def _render(template: str, data: ModelCardData, out: _Output, **facts: Any) -> M
     lineage, training = record["lineage"], record["options"]["training"]
     steps = record["metrics"].get("train_steps")
     common = dict(
-        recipe=record["recipe"], modality=RECIPES[record["recipe"]].modality, hfssl_version=_hfssl_version(),
-        ref=out.ref, files=out.files, data=lineage["data"], embedded=_EMBEDDED_DATA.get(lineage["data"]),
-        start=_model_ref(lineage) if lineage.get("base_model") else None, lineage=lineage_text(lineage),
-        seed=training.get("seed"), autocast="bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None,
-        hardware=record.get("hardware", "?"), wall_time=f"{record['metrics'].get('train_runtime', 0):.0f}",
+        recipe=record["recipe"],
+        modality=RECIPES[record["recipe"]].modality,
+        hfssl_version=_hfssl_version(),
+        ref=out.ref,
+        files=out.files,
+        data=lineage["data"],
+        embedded=_EMBEDDED_DATA.get(lineage["data"]),
+        start=_model_ref(lineage) if lineage.get("base_model") else None,
+        lineage=lineage_text(lineage),
+        seed=training.get("seed"),
+        autocast="bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None,
+        hardware=record.get("hardware", "?"),
+        wall_time=f"{record['metrics'].get('train_runtime', 0):.0f}",
         steps=f"{steps:,}" if steps is not None else str(training.get("max_steps")),
-        learning_rate=training.get("learning_rate"), batch_size=training.get("per_device_train_batch_size"),
+        learning_rate=training.get("learning_rate"),
+        batch_size=training.get("per_device_train_batch_size"),
         trust_remote_code=any(group.get("trust_remote_code") for group in record["options"].values() if isinstance(group, dict)),
     )
     return ModelCard.from_template(data, template_path=str(TEMPLATES / f"{template}.md"), **common, **facts)
@@ -213,15 +233,28 @@ def _masked_lm_card(out: _Output) -> ModelCard:
     mask = _mask_token(out.folder)
     return _render(
         "pretrained",
-        _card_data(out, "fill-mask", ["masked-lm", "self-supervised"], "transformers",
-                   _eval_results(out, "fill-mask", "Masked-token prediction")),
+        _card_data(
+            out,
+            "fill-mask",
+            ["masked-lm", "self-supervised"],
+            "transformers",
+            _eval_results(out, "fill-mask", "Masked-token prediction"),
+        ),
         out,
-        pretext="masked-lm", mask=mask, sample=RECIPES["mlm"].sample_input.format(mask=mask),
-        selected=_pct(masking["mlm_probability"]), whole_word_mask=masking["whole_word_mask"],
-        replaced=_pct(masking["mask_replace_prob"]), randomised=_pct(masking["random_replace_prob"]),
-        preset=opts["model"]["model_preset"] or "tiny", parameters=_parameters(out.folder),
-        config_overrides=opts["model"].get("config_overrides"), seen=_fmt(metrics.get("train_tokens", 0)),
-        max_seq_length=record["max_seq_length"], speed=_speed(metrics, "tokens"), metrics=_scores(out),
+        pretext="masked-lm",
+        mask=mask,
+        sample=RECIPES["mlm"].sample_input.format(mask=mask),
+        selected=_pct(masking["mlm_probability"]),
+        whole_word_mask=masking["whole_word_mask"],
+        replaced=_pct(masking["mask_replace_prob"]),
+        randomised=_pct(masking["random_replace_prob"]),
+        preset=opts["model"]["model_preset"] or "tiny",
+        parameters=_parameters(out.folder),
+        config_overrides=opts["model"].get("config_overrides"),
+        seen=_fmt(metrics.get("train_tokens", 0)),
+        max_seq_length=record["max_seq_length"],
+        speed=_speed(metrics, "tokens"),
+        metrics=_scores(out),
     )
 
 
@@ -251,17 +284,36 @@ def _masked_image_card(out: _Output) -> ModelCard:
     method = masking["method"]
     return _render(
         "pretrained",
-        _card_data(out, "image-feature-extraction", [method, "masked-image-modeling", "vit", "self-supervised"], "transformers",
-                   _eval_results(out, "image-feature-extraction",
-                                 f"{'MAE' if method == 'mae' else 'SimMIM'} pretraining; frozen-feature probes")),
+        _card_data(
+            out,
+            "image-feature-extraction",
+            [method, "masked-image-modeling", "vit", "self-supervised"],
+            "transformers",
+            _eval_results(
+                out, "image-feature-extraction", f"{'MAE' if method == 'mae' else 'SimMIM'} pretraining; frozen-feature probes"
+            ),
+        ),
         out,
-        pretext=method, mask_ratio=masking["mask_ratio"], visible=_pct(1 - masking["mask_ratio"]),
-        masked=_pct(masking["mask_ratio"]), norm_pix_loss=masking["norm_pix_loss"], mask_type=masking["mask_type"],
-        skipped_images=record.get("skipped_images"), preset=model["model_preset"], parameters=_parameters(out.folder),
-        config_overrides=model.get("config_overrides"), image_size=record["image_size"], patch_size=record["patch_size"],
-        num_channels=record["num_channels"], seen=_fmt(metrics.get("train_images", 0)), speed=_speed(metrics, "images"),
-        metrics=_scores(out, ("start_knn_accuracy", "kNN accuracy before pretraining"),
-                        ("start_linear_probe_accuracy", "linear-probe accuracy before pretraining")),
+        pretext=method,
+        mask_ratio=masking["mask_ratio"],
+        visible=_pct(1 - masking["mask_ratio"]),
+        masked=_pct(masking["mask_ratio"]),
+        norm_pix_loss=masking["norm_pix_loss"],
+        mask_type=masking["mask_type"],
+        skipped_images=record.get("skipped_images"),
+        preset=model["model_preset"],
+        parameters=_parameters(out.folder),
+        config_overrides=model.get("config_overrides"),
+        image_size=record["image_size"],
+        patch_size=record["patch_size"],
+        num_channels=record["num_channels"],
+        seen=_fmt(metrics.get("train_images", 0)),
+        speed=_speed(metrics, "images"),
+        metrics=_scores(
+            out,
+            ("start_knn_accuracy", "kNN accuracy before pretraining"),
+            ("start_linear_probe_accuracy", "linear-probe accuracy before pretraining"),
+        ),
     )
 
 
@@ -270,13 +322,22 @@ def _sentence_denoising_card(out: _Output) -> ModelCard:
     metrics = record["metrics"]
     return _render(
         "pretrained",
-        _card_data(out, "feature-extraction", ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"],
-                   "sentence-transformers",
-                   _eval_results(out, "feature-extraction", "Sentence reconstruction from the pooled embedding")),
+        _card_data(
+            out,
+            "feature-extraction",
+            ["tsdae", "sentence-embeddings", "domain-adaptation", "self-supervised"],
+            "sentence-transformers",
+            _eval_results(out, "feature-extraction", "Sentence reconstruction from the pooled embedding"),
+        ),
         out,
-        pretext="tsdae", sample=RECIPES["tsdae"].sample_input, deleted=_pct(record["options"]["denoising"]["deletion_ratio"]),
-        parameters=_parameters(out.folder), seen=_fmt(metrics.get("train_sentences", 0)),
-        max_seq_length=record["max_seq_length"], speed=_speed(metrics, "sentences", ",.1f"), metrics=_scores(out),
+        pretext="tsdae",
+        sample=RECIPES["tsdae"].sample_input,
+        deleted=_pct(record["options"]["denoising"]["deletion_ratio"]),
+        parameters=_parameters(out.folder),
+        seen=_fmt(metrics.get("train_sentences", 0)),
+        max_seq_length=record["max_seq_length"],
+        speed=_speed(metrics, "sentences", ",.1f"),
+        metrics=_scores(out),
     )
 
 
@@ -308,23 +369,42 @@ def _classifier_card(out: _Output) -> ModelCard:
     seeds = record.get("seed_results")
     if seeds:
         over = ",".join(map(str, seeds["seeds"]))
-        scores += [(f"{label} over seeds {over}", f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}")
-                   for k, label in _shown(out, baseline) if f"{k}_mean" in seeds]
+        scores += [
+            (f"{label} over seeds {over}", f"{seeds[k + '_mean']:.4g} ± {seeds[k + '_std']:.2g}")
+            for k, label in _shown(out, baseline)
+            if f"{k}_mean" in seeds
+        ]
     return _render(
         "finetuned",
-        _card_data(out, task, ["transfer-learning", transfer["strategy"], *(["peft"] if lora else []), *_pretexts(lineage)],
-                   "peft" if lora else "transformers", _eval_results(out, task, "Held-out classification")),
+        _card_data(
+            out,
+            task,
+            ["transfer-learning", transfer["strategy"], *(["peft"] if lora else []), *_pretexts(lineage)],
+            "peft" if lora else "transformers",
+            _eval_results(out, task, "Held-out classification"),
+        ),
         out,
-        strategy=transfer["strategy"], lora_r=transfer.get("lora_r"), lora_alpha=transfer.get("lora_alpha"),
-        layer_decay=transfer["layer_decay"], l2sp_alpha=transfer["l2sp_alpha"], class_weights=transfer["class_weights"],
-        label_smoothing=training["label_smoothing_factor"], pooling=opts["model"].get("pooling"),
-        sample=RECIPES[record["recipe"]].sample_input, custom_code=custom_code,
+        strategy=transfer["strategy"],
+        lora_r=transfer.get("lora_r"),
+        lora_alpha=transfer.get("lora_alpha"),
+        layer_decay=transfer["layer_decay"],
+        l2sp_alpha=transfer["l2sp_alpha"],
+        class_weights=transfer["class_weights"],
+        label_smoothing=training["label_smoothing_factor"],
+        pooling=opts["model"].get("pooling"),
+        sample=RECIPES[record["recipe"]].sample_input,
+        custom_code=custom_code,
         architecture=None if custom_code else _architecture(config),
-        encoder_type=config.get("encoder", {}).get("model_type", "?"), architecture_of=lineage.get("architecture_of"),
-        labels=record["labels"], trainable=f"{metrics['trainable_parameters']:,}", parameters=f"{metrics['full_parameters']:,}",
+        encoder_type=config.get("encoder", {}).get("model_type", "?"),
+        architecture_of=lineage.get("architecture_of"),
+        labels=record["labels"],
+        trainable=f"{metrics['trainable_parameters']:,}",
+        parameters=f"{metrics['full_parameters']:,}",
         examples=_fmt(metrics["train_samples"]) if "train_samples" in metrics else None,
         epochs=f"{metrics['epoch']:.3g}" if "epoch" in metrics else None,
-        metrics=scores, eval_samples=metrics.get("eval_samples", "?"), per_class=list(record["per_class"].items()),
+        metrics=scores,
+        eval_samples=metrics.get("eval_samples", "?"),
+        per_class=list(record["per_class"].items()),
         several_seeds=bool(seeds),
     )
 
@@ -346,8 +426,10 @@ def output_card(record: dict[str, Any], folder: str | Path, repo_id: str | None 
 def _read_record(output_dir: Path) -> dict[str, Any]:
     path = output_dir / RECORD_FILE
     if not path.is_file():
-        raise ValueError(f"{output_dir} has no {RECORD_FILE}, so it is not a finished hfssl output (still training, or "
-                         "interrupted?). Give a directory that a recipe finished writing.")
+        raise ValueError(
+            f"{output_dir} has no {RECORD_FILE}, so it is not a finished hfssl output (still training, or "
+            "interrupted?). Give a directory that a recipe finished writing."
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -378,8 +460,12 @@ def refresh_card(output_dir: str | Path, repo_id: str) -> bool:
             named = None
         renders = {str(output_card(record, out, r)) for r in {None, named}}
         if current not in renders:
-            logger.warning("%s was edited, so it is pushed as it is; `hfssl card %s --repo-id %s` re-renders it for the repo.",
-                           path, out, repo_id)
+            logger.warning(
+                "%s was edited, so it is pushed as it is; `hfssl card %s --repo-id %s` re-renders it for the repo.",
+                path,
+                out,
+                repo_id,
+            )
             return False
     path.write_text(wanted, encoding="utf-8", newline="")
     return True

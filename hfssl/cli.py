@@ -1,14 +1,14 @@
 """The `hfssl` console script: run a recipe, print its options, or re-render a card.
 
-    hfssl mlm [config.yaml] [--key value ...]      one process; on several GPUs: accelerate launch -m hfssl.recipes.mlm ...
-                                                   (likewise tsdae, mim, finetune_text, finetune_image; in a checkout,
-                                                   accelerate launch recipes/mlm.py runs the same file)
-                                                   config.yaml: a file, or a preset shipped with hfssl (mlm_from_scratch.yaml)
-    hfssl run pipeline.yaml [--output_dir DIR]     run the stages of a pipeline file (same as: hfssl pipeline ...)
-    hfssl options mlm                              the recipe's options as a Markdown table
-    hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
-                                                   upload a finished output directory (token: HF_TOKEN or `hf auth login`)
-    hfssl card OUTPUT_DIR [--repo-id NAME]         re-render OUTPUT_DIR/README.md from its hfssl.json, to review before pushing
+hfssl mlm [config.yaml] [--key value ...]      one process; on several GPUs: accelerate launch -m hfssl.recipes.mlm ...
+                                               (likewise tsdae, mim, finetune_text, finetune_image; in a checkout,
+                                               accelerate launch recipes/mlm.py runs the same file)
+                                               config.yaml: a file, or a preset shipped with hfssl (mlm_from_scratch.yaml)
+hfssl run pipeline.yaml [--output_dir DIR]     run the stages of a pipeline file (same as: hfssl pipeline ...)
+hfssl options mlm                              the recipe's options as a Markdown table
+hfssl push OUTPUT_DIR --repo-id NAME [--private] [--revision R] [--endpoint URL]
+                                               upload a finished output directory (token: HF_TOKEN or `hf auth login`)
+hfssl card OUTPUT_DIR [--repo-id NAME]         re-render OUTPUT_DIR/README.md from its hfssl.json, to review before pushing
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hfssl.registry import load_recipe
 
 __all__ = ["main"]
 
+
 def push(argv: list[str]) -> None:
     """`hfssl push`: upload an output directory; failures exit with the reason and the command to retry."""
     parser = argparse.ArgumentParser(
@@ -31,8 +32,9 @@ def push(argv: list[str]) -> None:
     )
     parser.add_argument("output_dir", help="a directory a recipe finished writing (it holds hfssl.json)")
     parser.add_argument("--repo-id", "--repo_id", required=True, help="NAMESPACE/NAME, or NAME for your own namespace")
-    parser.add_argument("--private", action="store_true", default=None,
-                        help="create the repo private (an existing repo keeps its visibility)")
+    parser.add_argument(
+        "--private", action="store_true", default=None, help="create the repo private (an existing repo keeps its visibility)"
+    )
     parser.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     args = parser.parse_args(argv)
@@ -54,7 +56,9 @@ def card(argv: list[str]) -> None:
         "`hfssl push` re-renders an unedited card for the repo it pushes to; a card edited by hand is pushed as it is.",
     )
     parser.add_argument("output_dir", help="a directory a recipe finished writing (it holds hfssl.json)")
-    parser.add_argument("--repo-id", "--repo_id", help="NAMESPACE/NAME the card's code loads from (default: the output directory)")
+    parser.add_argument(
+        "--repo-id", "--repo_id", help="NAMESPACE/NAME the card's code loads from (default: the output directory)"
+    )
     args = parser.parse_args(argv)
 
     from hfssl.cards import write_card

@@ -86,8 +86,12 @@ def _push(api: HfApi, out: Path, repo_id: str, private: bool | None, revision: s
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     api.upload_folder(
-        repo_id=repo_id, folder_path=out, revision=revision, commit_message=message,
-        ignore_patterns=list(LEFT_OUT), delete_patterns="*",  # remote files gone from the output go too
+        repo_id=repo_id,
+        folder_path=out,
+        revision=revision,
+        commit_message=message,
+        ignore_patterns=list(LEFT_OUT),
+        delete_patterns="*",  # remote files gone from the output go too
     )
     logger.info("Pushed %s to %s", out, url)
     return str(url)
@@ -155,8 +159,13 @@ def take_push_request(run_args: Any) -> PushRequest | None:
     repo_id = run_args.hub_model_id or Path(run_args.output_dir).name
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"--hub_model_id {repo_id!r} is not a repo id; use NAME or NAMESPACE/NAME.")
-    request = PushRequest(repo_id, run_args.hub_private_repo, getattr(run_args, "hub_revision", None),
-                          token, getattr(run_args, "hub_endpoint", None) or os.environ.get("HF_ENDPOINT"))
+    request = PushRequest(
+        repo_id,
+        run_args.hub_private_repo,
+        getattr(run_args, "hub_revision", None),
+        token,
+        getattr(run_args, "hub_endpoint", None) or os.environ.get("HF_ENDPOINT"),
+    )
     run_args.push_to_hub = False
     return request
 
@@ -169,5 +178,11 @@ def publish(request: PushRequest | None, output_dir: str) -> str | None:
     """
     if request is None:
         return None
-    return push_output(output_dir, request.repo_id, private=request.private, revision=request.revision,
-                       endpoint=request.endpoint, token=request.token)
+    return push_output(
+        output_dir,
+        request.repo_id,
+        private=request.private,
+        revision=request.revision,
+        endpoint=request.endpoint,
+        token=request.token,
+    )

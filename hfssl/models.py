@@ -4,7 +4,8 @@ Text presets follow the BERT miniatures of Turc et al. (2019), "Well-Read Studen
 (tiny 2x128, mini 4x256, small 4x512, base 12x768). From scratch they are built as ModernBERT by
 default (`--architecture`): its `ModernBertForSequenceClassification` mean-pools the token states
 natively (`classifier_pooling="mean"`), so a fine-tuned model loads with the stock classes and
-predicts exactly as hfssl evaluated it; BERT's stock classifier can only read the [CLS] token. Vision presets: small and base are ViT-S/16
+predicts exactly as hfssl evaluated it; BERT's stock classifier can only read the [CLS] token.
+Vision presets: small and base are ViT-S/16
 and ViT-B/16 with the MAE paper's decoder widths; tiny is a 4-layer ViT at 16 pixels with 4-pixel
 patches, sized for the embedded 8x8 digits and a few minutes on a laptop CPU (pass --image_size 32
 for CIFAR-like images).
@@ -57,22 +58,60 @@ TEXT_PRESETS: dict[str, dict[str, int]] = {
 }
 
 _DECODERS = {  # MAE decoders: narrow and shallow, since the encoder alone is kept
-    "tiny": dict(decoder_num_hidden_layers=2, decoder_hidden_size=128, decoder_num_attention_heads=4, decoder_intermediate_size=512),
-    "small": dict(decoder_num_hidden_layers=4, decoder_hidden_size=256, decoder_num_attention_heads=8, decoder_intermediate_size=1024),
-    "base": dict(decoder_num_hidden_layers=8, decoder_hidden_size=512, decoder_num_attention_heads=16, decoder_intermediate_size=2048),
+    "tiny": dict(
+        decoder_num_hidden_layers=2, decoder_hidden_size=128, decoder_num_attention_heads=4, decoder_intermediate_size=512
+    ),
+    "small": dict(
+        decoder_num_hidden_layers=4, decoder_hidden_size=256, decoder_num_attention_heads=8, decoder_intermediate_size=1024
+    ),
+    "base": dict(
+        decoder_num_hidden_layers=8, decoder_hidden_size=512, decoder_num_attention_heads=16, decoder_intermediate_size=2048
+    ),
 }
 VISION_PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(num_hidden_layers=4, hidden_size=192, num_attention_heads=3, intermediate_size=768,
-                 image_size=16, patch_size=4, **_DECODERS["tiny"]),
-    "small": dict(num_hidden_layers=12, hidden_size=384, num_attention_heads=6, intermediate_size=1536,
-                  image_size=224, patch_size=16, **_DECODERS["small"]),
-    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
-                 image_size=224, patch_size=16, **_DECODERS["base"]),
+    "tiny": dict(
+        num_hidden_layers=4,
+        hidden_size=192,
+        num_attention_heads=3,
+        intermediate_size=768,
+        image_size=16,
+        patch_size=4,
+        **_DECODERS["tiny"],
+    ),
+    "small": dict(
+        num_hidden_layers=12,
+        hidden_size=384,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        image_size=224,
+        patch_size=16,
+        **_DECODERS["small"],
+    ),
+    "base": dict(
+        num_hidden_layers=12,
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=224,
+        patch_size=16,
+        **_DECODERS["base"],
+    ),
 }
 # Config fields that describe the encoder, the same in ViTConfig and ViTMAEConfig.
 _ENCODER_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act", "hidden_dropout_prob",
-    "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "layer_norm_eps",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "qkv_bias",
 )
 
 
@@ -108,9 +147,19 @@ def usable_positions(config: Any, tokenizer: Any, requested: int | None = None) 
     return requested
 
 
-_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings",
-          "image_size", "patch_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
-          "decoder_intermediate_size")
+_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "image_size",
+    "patch_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+)
 
 
 def _apply_overrides(config: Any, overrides: str | None) -> None:
@@ -134,8 +183,10 @@ def _apply_overrides(config: Any, overrides: str | None) -> None:
     for prefix in ("", "decoder_"):
         width, heads = getattr(config, f"{prefix}hidden_size", None), getattr(config, f"{prefix}num_attention_heads", None)
         if width and heads and width % heads:
-            raise ValueError(f"--config_overrides {overrides!r}: {prefix}hidden_size {width} is not a multiple of "
-                             f"{prefix}num_attention_heads {heads}. Pick sizes such as hidden_size={heads * max(1, width // heads)}.")
+            raise ValueError(
+                f"--config_overrides {overrides!r}: {prefix}hidden_size {width} is not a multiple of "
+                f"{prefix}num_attention_heads {heads}. Pick sizes such as hidden_size={heads * max(1, width // heads)}."
+            )
 
 
 def modernbert_config(size: dict[str, int]) -> ModernBertConfig:
@@ -143,8 +194,9 @@ def modernbert_config(size: dict[str, int]) -> ModernBertConfig:
     projections, so the hidden width is 2/3 of BERT's), every layer attending globally (the sliding window only pays
     beyond a few hundred tokens), mean pooling for classifiers, and 512 positions as BERT."""
     glu = max(8, round(size["intermediate_size"] * 2 / 3 / 8) * 8)
-    return ModernBertConfig(**{**size, "intermediate_size": glu}, max_position_embeddings=512, global_attn_every_n_layers=1,
-                            classifier_pooling="mean")
+    return ModernBertConfig(
+        **{**size, "intermediate_size": glu}, max_position_embeddings=512, global_attn_every_n_layers=1, classifier_pooling="mean"
+    )
 
 
 def mlm_config(
@@ -253,7 +305,6 @@ def load_config(model_name_or_path: str, trust_remote_code: bool = False, cache_
         raise ValueError(f"--model_name_or_path {model_name_or_path}: cannot load a model config ({err}).") from None
 
 
-
 def masked_image_config(model_args: Any, masking: Any) -> Any:
     """ViTMAEConfig (mae) or ViTConfig (simmim): a checkpoint's encoder or a preset, with the pretext's settings.
 
@@ -265,8 +316,10 @@ def masked_image_config(model_args: Any, masking: Any) -> Any:
         check_model_path(model_args.model_name_or_path)
         source = load_config(model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
         if source.model_type not in ("vit", "vit_mae", "beit"):
-            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {source.model_type!r} model; "
-                             "masked-image pretraining needs a ViT, ViT-MAE or mim.py (BEiT) checkpoint.")
+            raise ValueError(
+                f"--model_name_or_path {model_args.model_name_or_path} is a {source.model_type!r} model; "
+                "masked-image pretraining needs a ViT, ViT-MAE or mim.py (BEiT) checkpoint."
+            )
         if source.model_type == "beit":
             check_vit_like(source)
         encoder = {f: getattr(source, f) for f in _ENCODER_FIELDS if hasattr(source, f)}  # BEiT: no qkv_bias (always biased)
@@ -275,7 +328,9 @@ def masked_image_config(model_args: Any, masking: Any) -> Any:
     else:
         preset = VISION_PRESETS[model_args.model_preset]
         encoder = {f: preset[f] for f in _ENCODER_FIELDS if f in preset}
-        encoder.update(image_size=model_args.image_size, patch_size=model_args.patch_size, num_channels=model_args.num_channels or 3)
+        encoder.update(
+            image_size=model_args.image_size, patch_size=model_args.patch_size, num_channels=model_args.num_channels or 3
+        )
         decoder = _DECODERS[model_args.model_preset]
     if masking.method == "mae":
         config = ViTMAEConfig(**encoder, **decoder, mask_ratio=masking.mask_ratio, norm_pix_loss=masking.norm_pix_loss)
@@ -292,19 +347,27 @@ def _check_mask_geometry(image_size: int, patch_size: int, masking: Any) -> None
         raise ValueError(f"The model's image size {image_size} is not divisible by its patch size {patch_size}.")
     unit = masking.mask_patch_size or patch_size
     if unit % patch_size or image_size % unit:
-        raise ValueError(f"--mask_patch_size {unit} must be a multiple of the patch size ({patch_size}) that divides the "
-                         f"image size ({image_size}), e.g. {patch_size} or {2 * patch_size if image_size % (2 * patch_size) == 0 else patch_size}.")
+        raise ValueError(
+            f"--mask_patch_size {unit} must be a multiple of the patch size ({patch_size}) that divides the "
+            f"image size ({image_size}), e.g. {patch_size}"
+            + (f" or {2 * patch_size}." if image_size % (2 * patch_size) == 0 else ".")
+        )
     units = (image_size // unit) ** 2
-    masked = math.ceil(units * masking.mask_ratio) if masking.method == "simmim" else units - int(units * (1 - masking.mask_ratio))
+    masked = (
+        math.ceil(units * masking.mask_ratio) if masking.method == "simmim" else units - int(units * (1 - masking.mask_ratio))
+    )
     if not 0 < masked < units:
-        raise ValueError(f"--mask_ratio {masking.mask_ratio} masks {masked} of the {units} mask units: raise it to at least "
-                         f"{1 / units:.3g} (and keep it below 1) so that some, not all, patches are hidden.")
+        raise ValueError(
+            f"--mask_ratio {masking.mask_ratio} masks {masked} of the {units} mask units: raise it to at least "
+            f"{1 / units:.3g} (and keep it below 1) so that some, not all, patches are hidden."
+        )
 
 
 def build_masked_image_model(
     config: Any, model_name_or_path: str | None = None, *, trust_remote_code: bool = False, cache_dir: str | None = None
 ) -> PreTrainedModel:
-    """ViTMAEForPreTraining or ViTForMaskedImageModeling: from scratch, or with a checkpoint's encoder (and decoder if same kind)."""
+    """ViTMAEForPreTraining or ViTForMaskedImageModeling: from scratch, or with a checkpoint's encoder
+    (and its decoder when it is of the same kind)."""
     from transformers import AutoModel, ViTForMaskedImageModeling, ViTMAEForPreTraining
 
     cls = ViTMAEForPreTraining if config.model_type == "vit_mae" else ViTForMaskedImageModeling
@@ -322,8 +385,10 @@ def build_masked_image_model(
     missing = [k for k in missing if k != "embeddings.mask_token"]  # SimMIM's learned token starts fresh
     unexpected = [k for k in unexpected if not k.startswith("pooler.")]
     if missing or unexpected:
-        raise ValueError(f"--model_name_or_path {model_name_or_path}: its encoder does not match a ViT encoder "
-                         f"(missing {missing[:4]}, unexpected {unexpected[:4]}).")
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path}: its encoder does not match a ViT encoder "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]})."
+        )
     return model
 
 
@@ -348,8 +413,14 @@ def _restore_mae_init(model: PreTrainedModel) -> None:
 # keys, which softmax cancels: dropping it is exact (tests/test_models.py checks it). Its pooler can be the layer
 # norm of the patch mean (`use_mean_pooling`: MAE's `fc_norm`) or, without it, the [CLS] state after the final
 # layer norm, which is ViT's classifier input: one stock class serves both poolings with no hook.
-_BEIT_AS_VIT = dict(use_absolute_position_embeddings=True, use_relative_position_bias=False,
-                    use_shared_relative_position_bias=False, layer_scale_init_value=0.0, drop_path_rate=0.0, use_mask_token=False)
+_BEIT_AS_VIT = dict(
+    use_absolute_position_embeddings=True,
+    use_relative_position_bias=False,
+    use_shared_relative_position_bias=False,
+    layer_scale_init_value=0.0,
+    drop_path_rate=0.0,
+    use_mask_token=False,
+)
 
 
 def beit_config(vit_config: Any, mean_pooling: bool) -> Any:
@@ -361,8 +432,11 @@ def beit_config(vit_config: Any, mean_pooling: bool) -> Any:
         config = copy.deepcopy(vit_config)
         config.use_mean_pooling = mean_pooling
     else:
-        config = BeitConfig(**{f: getattr(vit_config, f) for f in _ENCODER_FIELDS if f != "qkv_bias"}, **_BEIT_AS_VIT,
-                            use_mean_pooling=mean_pooling)
+        config = BeitConfig(
+            **{f: getattr(vit_config, f) for f in _ENCODER_FIELDS if f != "qkv_bias"},
+            **_BEIT_AS_VIT,
+            use_mean_pooling=mean_pooling,
+        )
     for key in ("id2label", "label2id"):
         if getattr(vit_config, key, None) and getattr(vit_config, "num_labels", 2) != 2:
             setattr(config, key, getattr(vit_config, key))
@@ -371,19 +445,26 @@ def beit_config(vit_config: Any, mean_pooling: bool) -> Any:
 
 def vit_like(config: Any) -> bool:
     """Whether a BEiT config is a ViT in disguise (absolute positions, no relative position bias, no layer scale)."""
-    return not (config.use_relative_position_bias or config.use_shared_relative_position_bias
-                or not config.use_absolute_position_embeddings or config.layer_scale_init_value)
+    return not (
+        config.use_relative_position_bias
+        or config.use_shared_relative_position_bias
+        or not config.use_absolute_position_embeddings
+        or config.layer_scale_init_value
+    )
 
 
 def check_vit_like(config: Any) -> None:
     """Raise ValueError for a BEiT that is not a ViT in disguise (relative position bias, layer scale)."""
     if not vit_like(config):
-        raise ValueError("This BEiT checkpoint uses relative position biases or layer scale, which a ViT does not have; "
-                         "hfssl reads BEiT encoders saved by mim.py / finetune_image.py (absolute positions, no layer scale).")
+        raise ValueError(
+            "This BEiT checkpoint uses relative position biases or layer scale, which a ViT does not have; "
+            "hfssl reads BEiT encoders saved by mim.py / finetune_image.py (absolute positions, no layer scale)."
+        )
 
 
 def vit_to_beit(weights: dict[str, torch.Tensor], mean_pooling: bool, prefix: str = "") -> dict[str, torch.Tensor]:
-    """A ViT encoder's state dict (`embeddings.`, `layers.N.`, `layernorm.`) in BEiT's names under `prefix`; key biases dropped."""
+    """A ViT encoder's state dict (`embeddings.`, `layers.N.`, `layernorm.`) in BEiT's names under `prefix`;
+    key biases dropped."""
     out = {}
     for key, value in weights.items():
         if key.endswith("attention.k_proj.bias") or key.startswith("pooler.") or key == "embeddings.mask_token":
@@ -420,7 +501,7 @@ def pooled_encoder(model: PreTrainedModel, state_dict: dict[str, torch.Tensor] |
     if state_dict is None:
         vit_state = model.vit.state_dict()
     else:
-        vit_state = {k[len("vit."):]: v for k, v in state_dict.items() if k.startswith("vit.")}
+        vit_state = {k[len("vit.") :]: v for k, v in state_dict.items() if k.startswith("vit.")}
     encoder.load_state_dict(vit_to_beit(vit_state, mean_pooling=True), strict=True, assign=True)
     return encoder.eval()
 

@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
@@ -91,8 +92,11 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 def parse_args(
-    types: Sequence[type], argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None, dataset: Any = None,
+    types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    dataset: Any = None,
 ) -> tuple[Any, ...]:
     """Parse `recipe.py [config.yaml] [--key value ...]` into the given dataclasses.
 
@@ -109,8 +113,10 @@ def parse_args(
         from_yaml = load_yaml(config_path)
         unknown = sorted(set(from_yaml) - known)
         if unknown:
-            raise OptionError(f"Unknown option(s) in {config_path}: {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
-                              "See `--help` for valid names.")
+            raise OptionError(
+                f"Unknown option(s) in {config_path}: {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
+                "See `--help` for valid names."
+            )
         merged.update(_typed_numbers(parser, from_yaml, config_path))
     # `--key none` sets an optional option to None (argparse would try float("none")).
     # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
@@ -137,8 +143,10 @@ def parse_args(
     if options:
         unknown = sorted(set(options) - known)
         if unknown:
-            raise OptionError(f"Unknown option(s): {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
-                              "`hfssl options <recipe>` lists the valid names.")
+            raise OptionError(
+                f"Unknown option(s): {', '.join(unknown)}.{_did_you_mean(unknown[0], known)} "
+                "`hfssl options <recipe>` lists the valid names."
+            )
         merged.update(options)
     try:
         parsed = parser.parse_dict(merged)  # the dataclasses' own checks (__post_init__) run here
@@ -156,12 +164,18 @@ def _attach_dataset(parsed: Sequence[Any], dataset: Any) -> None:
     import datasets
 
     if not isinstance(dataset, (datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict)):
-        raise OptionError(f"dataset= must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}. "
-                          "Wrap in-memory rows with datasets.Dataset.from_dict({...}) or from_pandas(df).")
+        raise OptionError(
+            f"dataset= must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}. "
+            "Wrap in-memory rows with datasets.Dataset.from_dict({...}) or from_pandas(df)."
+        )
     data = next((p for p in parsed if any(f.name == "dataset" for f in dataclasses.fields(p))), None)
     if data is None:
         raise OptionError("dataset=: this recipe reads no data of its own (a pipeline's stages do). Pass it to a recipe.")
-    named = [f"--{name}" for name in ("dataset_name", "train_file", "train_dir", "validation_file", "validation_dir") if getattr(data, name, None)]
+    named = [
+        f"--{name}"
+        for name in ("dataset_name", "train_file", "train_dir", "validation_file", "validation_dir")
+        if getattr(data, name, None)
+    ]
     if named:
         raise OptionError(f"dataset= and {', '.join(named)} both name the data: pass one of them.")
     data.dataset = dataset
@@ -256,5 +270,3 @@ def options_table(types: Sequence[type], skip: type | None = None) -> str:
             help_text = help_text.replace("|", "\\|")
             rows.append(f"| `--{f.name}` | `{default}` | {help_text} |")
     return "\n".join(rows)
-
-

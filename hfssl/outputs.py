@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shutil
-import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
     "RECORD_FILE",
@@ -96,7 +97,9 @@ def prepare_output_dir(run_args: Any, resume: str | None) -> None:
         raise ValueError(f"--output_dir {out} is a file. Give a directory path.")
     where = _nearest_existing(out)
     if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir {out} is not writable: {where} is read-only for this user. Choose a writable --output_dir.")
+        raise ValueError(
+            f"--output_dir {out} is not writable: {where} is read-only for this user. Choose a writable --output_dir."
+        )
     if not out.is_dir():
         return
     if resume is None and not run_args.overwrite_output_dir:
@@ -134,7 +137,9 @@ def publish_staging(staging: Path, output_dir: Path) -> None:
     staging.rmdir()
 
 
-def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, eval_key: str = "eval_loss", title: str = "Training loss") -> None:
+def plot_loss_curve(
+    log_history: list[dict[str, Any]], path: Path, eval_key: str = "eval_loss", title: str = "Training loss"
+) -> None:
     """Write a PNG of the training loss (and eval loss where logged) against steps, from the Trainer's log history."""
     import matplotlib
 

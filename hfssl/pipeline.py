@@ -31,10 +31,11 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -68,8 +69,9 @@ class Pipeline:
     stages: list[Stage]
 
 
-def load_pipeline(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None,
-                  options: dict[str, Any] | None = None) -> Pipeline:
+def load_pipeline(
+    argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None, options: dict[str, Any] | None = None
+) -> Pipeline:
     """Read `pipeline.yaml [--output_dir DIR] [--overwrite_output_dir true]` and check every stage.
 
     `options` (Python values) override the file and the command line. Raise OptionError naming the stage and key.
@@ -84,14 +86,18 @@ def load_pipeline(argv: Sequence[str] | None = None, defaults: dict[str, Any] | 
 
 def _load_pipeline(argv: list[str], defaults: dict[str, Any] | None, options: dict[str, Any] | None) -> Pipeline:
     if not argv or argv[0].startswith("-") or not argv[0].endswith((".yaml", ".yml")):
-        raise ValueError("Give the pipeline file first: `hfssl run pipeline.yaml [--output_dir DIR]` (see recipes/configs/pipeline_*.yaml).")
+        raise ValueError(
+            "Give the pipeline file first: `hfssl run pipeline.yaml [--output_dir DIR]` (see recipes/configs/pipeline_*.yaml)."
+        )
     path = config_file(argv.pop(0))  # a file, or a pipeline that ships with hfssl, by name
     raw = load_yaml(path)
     specs = raw.pop("stages", None)
     top_level = [f.name for f in dataclasses.fields(PipelineArguments)]
     unknown = sorted(set(raw) - set(top_level))
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; a pipeline file holds stages, {', '.join(top_level)}.")
+        raise ValueError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; a pipeline file holds stages, {', '.join(top_level)}."
+        )
     (args,) = parse_args((PipelineArguments,), argv, {**(defaults or {}), **raw}, options)
     if not isinstance(specs, list) or not specs:
         raise ValueError(f"{path}: `stages` must be a non-empty list of stages, each with a name, a recipe and its options.")
@@ -114,13 +120,17 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
         raise ValueError(f"{path}: stage {index} must be a mapping with name, recipe and options, got {spec!r}.")
     name = spec.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-        raise ValueError(f"{path}: stage {index} needs a `name` made of letters, digits, _ . - (it names the stage's "
-                         f"output folder), got {name!r}.")
+        raise ValueError(
+            f"{path}: stage {index} needs a `name` made of letters, digits, _ . - (it names the stage's "
+            f"output folder), got {name!r}."
+        )
     where = f"{path}: stage {name!r}"
     unknown = sorted(set(spec) - set(_STAGE_KEYS))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a stage has {', '.join(_STAGE_KEYS)} "
-                         "(the recipe's options go under `options`).")
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; a stage has {', '.join(_STAGE_KEYS)} "
+            "(the recipe's options go under `options`)."
+        )
     if any(stage.name == name for stage in earlier):
         raise ValueError(f"{where}: an earlier stage has the same name; stage names must be unique.")
     recipe = spec.get("recipe")
@@ -130,7 +140,9 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
     if spec.get("config") is not None:
         preset = Path(path).parent / str(spec["config"])
         if not preset.is_file():
-            raise ValueError(f"{where}: `config` {spec['config']} does not exist (a relative path starts at the pipeline file's folder).")
+            raise ValueError(
+                f"{where}: `config` {spec['config']} does not exist (a relative path starts at the pipeline file's folder)."
+            )
         options.update(load_yaml(str(preset)))
     given = spec.get("options") or {}
     if not isinstance(given, dict):
@@ -142,17 +154,22 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
         if source is None:
             known = ", ".join(s.name for s in earlier) or "none"
             problem = "the stage itself" if parent == name else "a later stage" if parent in names else "no stage"
-            raise ValueError(f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it "
-                             f"(here: {known}).")
+            raise ValueError(
+                f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it (here: {known})."
+            )
         if "model_name_or_path" in options:
             raise ValueError(f"{where}: give either `from: {parent}` or the option model_name_or_path, not both.")
         source_modality, modality = RECIPES[source.recipe].modality, RECIPES[recipe].modality
         if source_modality != modality:
-            raise ValueError(f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {source_modality}), "
-                             f"but {recipe} works on {modality}.")
+            raise ValueError(
+                f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {source_modality}), "
+                f"but {recipe} works on {modality}."
+            )
         if source.options.get("strategy") == "lora":
-            raise ValueError(f"{where}: `from: {parent}` writes a LoRA adapter, not a model to start from; start from "
-                             f"the stage {parent} started from, or give {parent} another strategy.")
+            raise ValueError(
+                f"{where}: `from: {parent}` writes a LoRA adapter, not a model to start from; start from "
+                f"the stage {parent} started from, or give {parent} another strategy."
+            )
         options["model_name_or_path"] = source.options["output_dir"]
     options.setdefault("output_dir", str(Path(args.output_dir) / name))
     if args.overwrite_output_dir:
@@ -165,7 +182,9 @@ def _check_output_dirs(path: str, stages: list[Stage]) -> None:
     for stage in stages:
         folder = Path(stage.options["output_dir"]).resolve()
         if folder in seen:
-            raise ValueError(f"{path}: stages {seen[folder]!r} and {stage.name!r} have the same output_dir {stage.options['output_dir']}.")
+            raise ValueError(
+                f"{path}: stages {seen[folder]!r} and {stage.name!r} have the same output_dir {stage.options['output_dir']}."
+            )
         seen[folder] = stage.name
 
 
@@ -208,19 +227,30 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, Result]:
     # Under `accelerate launch` the process group starts with stage 1's Trainer (starting accelerate's state
     # here, before the Trainer sets it up for CPU or GPU, would leave every process thinking it is alone).
     rank = int(os.environ.get("RANK", "0"))
-    setup_logging(SimpleNamespace(process_index=rank, log_level="passive", log_level_replica="warning"))  # as each recipe does, so stage 1's log line shows too
+    setup_logging(
+        SimpleNamespace(process_index=rank, log_level="passive", log_level_replica="warning")
+    )  # as each recipe does, so stage 1's log line shows too
     if rank == 0:
         out = Path(pipeline.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        resolved = [{"name": s.name, "recipe": s.recipe, **({"from": s.parent} if s.parent else {}), "options": s.options}
-                    for s in pipeline.stages]
-        (out / "pipeline.yaml").write_text(f"# resolved from {pipeline.path}\n"
-                                           + yaml.safe_dump({"stages": resolved}, sort_keys=False), encoding="utf-8")
+        resolved = [
+            {"name": s.name, "recipe": s.recipe, **({"from": s.parent} if s.parent else {}), "options": s.options}
+            for s in pipeline.stages
+        ]
+        (out / "pipeline.yaml").write_text(
+            f"# resolved from {pipeline.path}\n" + yaml.safe_dump({"stages": resolved}, sort_keys=False), encoding="utf-8"
+        )
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="hfssl-pipeline-") as folder:
         for index, stage in enumerate(pipeline.stages, 1):
-            logger.info("Pipeline stage %d of %d: %s (%s) -> %s", index, len(pipeline.stages), stage.name, stage.recipe,
-                        stage.options["output_dir"])
+            logger.info(
+                "Pipeline stage %d of %d: %s (%s) -> %s",
+                index,
+                len(pipeline.stages),
+                stage.name,
+                stage.recipe,
+                stage.options["output_dir"],
+            )
             result = load_recipe(stage.recipe).main([_stage_file(stage, folder)])
             seeds = result.fit.seed_results if result.fit is not None else {}
             result.metrics = {**result.metrics, **{k: v for k, v in seeds.items() if not isinstance(v, (dict, list))}}

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,11 +138,19 @@ def master_weights_apply(args: Any) -> bool:
     and DeepSpeed/FSDP have their own mixed precision.
     """
     requested = getattr(args, "bf16_weights", None)
-    suitable = (args.bf16 and args.device.type == "cpu" and args.world_size == 1 and args.gradient_accumulation_steps == 1
-                and not args.deepspeed and not args.fsdp)
+    suitable = (
+        args.bf16
+        and args.device.type == "cpu"
+        and args.world_size == 1
+        and args.gradient_accumulation_steps == 1
+        and not args.deepspeed
+        and not args.fsdp
+    )
     if requested and not suitable:
-        raise ValueError("--bf16_weights true needs --bf16 true on a CPU in a single process without gradient accumulation, "
-                         "DeepSpeed or FSDP; leave it unset to decide automatically.")
+        raise ValueError(
+            "--bf16_weights true needs --bf16 true on a CPU in a single process without gradient accumulation, "
+            "DeepSpeed or FSDP; leave it unset to decide automatically."
+        )
     return bool(suitable if requested is None else requested)
 
 

@@ -13,8 +13,9 @@ import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import Trainer, TrainingArguments
 
@@ -79,11 +80,18 @@ def _values(options: Any) -> Any:
     return options
 
 
-def run_record(recipe: str, lineage: dict[str, Any], options: dict[str, Any], metrics: dict[str, Any],
-               **facts: Any) -> dict[str, Any]:
+def run_record(
+    recipe: str, lineage: dict[str, Any], options: dict[str, Any], metrics: dict[str, Any], **facts: Any
+) -> dict[str, Any]:
     """The content of hfssl.json: recipe, lineage, options (dataclasses as their typed values), metrics, hardware."""
-    return dict(recipe=recipe, lineage=lineage, options={k: _values(v) for k, v in options.items()}, metrics=metrics,
-                hardware=hardware_name(), **facts)
+    return dict(
+        recipe=recipe,
+        lineage=lineage,
+        options={k: _values(v) for k, v in options.items()},
+        metrics=metrics,
+        hardware=hardware_name(),
+        **facts,
+    )
 
 
 def finish_run(

@@ -171,5 +171,8 @@ def log_precision(run_args: Any) -> None:
     if chosen is not None:
         logger.info("Precision: %s (mixed precision %r chosen in accelerate launch / accelerate config)", ran, chosen)
     elif run_args.bf16 and bf16_supported():
-        logger.info("Precision: %s, hfssl's default on this hardware (accelerate launch --mixed_precision no or --bf16 false "
-                    "turns it off)", ran)
+        logger.info(
+            "Precision: %s, hfssl's default on this hardware (accelerate launch --mixed_precision no or --bf16 false "
+            "turns it off)",
+            ran,
+        )

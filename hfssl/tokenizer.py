@@ -29,19 +29,32 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["check_mask_token", "load_tokenizer", "resolve_tokenizer", "tokenizer_cache_dir", "tokenizer_cache_key",
-           "train_tokenizer"]
+__all__ = [
+    "check_mask_token",
+    "load_tokenizer",
+    "resolve_tokenizer",
+    "tokenizer_cache_dir",
+    "tokenizer_cache_key",
+    "train_tokenizer",
+]
 
 logger = logging.getLogger(__name__)
 
-_WORDPIECE_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+_WORDPIECE_SPECIALS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 _BPE_SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
 _SPECIALS = {"wordpiece": _WORDPIECE_SPECIALS, "bpe": _BPE_SPECIALS}
 _CACHE_FORMAT = 1  # bump when train_tokenizer's pipeline (normalizer, template, ...) changes, so old entries are not reused
@@ -94,8 +107,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, kind: str = "w
 
 def tokenizer_cache_key(texts: Iterable[str], kind: str, vocab_size: int, training_samples: int) -> str:
     """A hash of the texts the trainer reads, in order, and of every option that shapes the tokenizer."""
-    options = {"type": kind, "vocab_size": vocab_size, "training_samples": training_samples,
-               "special_tokens": _SPECIALS.get(kind), "tokenizers": tokenizers.__version__, "format": _CACHE_FORMAT}
+    options = {
+        "type": kind,
+        "vocab_size": vocab_size,
+        "training_samples": training_samples,
+        "special_tokens": _SPECIALS.get(kind),
+        "tokenizers": tokenizers.__version__,
+        "format": _CACHE_FORMAT,
+    }
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for text in _nonempty(texts):
         data = text.encode("utf-8", "surrogatepass")

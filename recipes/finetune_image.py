@@ -18,8 +18,14 @@ import torch
 
 from hfssl.api import Result, script
 from hfssl.args import (
-    ClassifierModelArguments, ImageClassificationDataArguments, ImageClassifierArguments, RunArguments, TransferArguments,
-    default_output_dir, option_values, parse_args,
+    ClassifierModelArguments,
+    ImageClassificationDataArguments,
+    ImageClassifierArguments,
+    RunArguments,
+    TransferArguments,
+    default_output_dir,
+    option_values,
+    parse_args,
 )
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
@@ -28,8 +34,13 @@ from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
 from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
 
-OPTION_TYPES = (ImageClassificationDataArguments, ClassifierModelArguments, ImageClassifierArguments, TransferArguments,
-                RunArguments)
+OPTION_TYPES = (
+    ImageClassificationDataArguments,
+    ClassifierModelArguments,
+    ImageClassifierArguments,
+    TransferArguments,
+    RunArguments,
+)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_image"),
     per_device_train_batch_size=64,
@@ -61,27 +72,60 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     train, held_out = (decode_images(s, processor, 3, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
 
     setup = TransferSetup(
-        build=lambda: load_classifier("image", model_args.model_name_or_path, splits.class_names, model_args.from_scratch,
-                                      config=config, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
-        train_dataset=LabeledImages(train), eval_dataset=LabeledImages(held_out),
-        collator=LabeledImageCollator(ImageBatchCollator(processor.image_mean, processor.image_std, None,
-                                                         data_args.crop_min_scale, data_args.horizontal_flip)),
-        processing_class=processor, label_names=splits.class_names,
-        train_labels=train.labels.numpy(), eval_labels=held_out.labels.numpy(),
+        build=lambda: load_classifier(
+            "image",
+            model_args.model_name_or_path,
+            splits.class_names,
+            model_args.from_scratch,
+            config=config,
+            trust_remote_code=model_args.trust_remote_code,
+            cache_dir=model_args.cache_dir,
+        ),
+        train_dataset=LabeledImages(train),
+        eval_dataset=LabeledImages(held_out),
+        collator=LabeledImageCollator(
+            ImageBatchCollator(
+                processor.image_mean, processor.image_std, None, data_args.crop_min_scale, data_args.horizontal_flip
+            )
+        ),
+        processing_class=processor,
+        label_names=splits.class_names,
+        train_labels=train.labels.numpy(),
+        eval_labels=held_out.labels.numpy(),
     )
     result = run_transfer(setup, transfer, run_args, resume)
 
     skipped = len(train.skipped) + len(held_out.skipped)
-    options = dict(data=option_values(data_args), model={**vars(model_args), "pooling": pooling}, transfer=vars(transfer),
-                   training=run_args.to_dict(),
-                   image_size=getattr(config, "image_size", None), skipped_images=skipped)
+    options = dict(
+        data=option_values(data_args),
+        model={**vars(model_args), "pooling": pooling},
+        transfer=vars(transfer),
+        training=run_args.to_dict(),
+        image_size=getattr(config, "image_size", None),
+        skipped_images=skipped,
+    )
     architecture = model_args.model_name_or_path or f"hfssl ViT preset {model_args.model_preset or 'tiny'}"
-    record = transfer_record("finetune_image", result, splits.description, architecture,
-                             model_args.from_scratch or not model_args.model_name_or_path, options, splits.class_names)
-    return finish_run(result.trainer, record, push,
-                      lambda: summary_text("finetune_image", result, run_args.output_dir)
-                      + (f"\n  {skipped} unreadable images skipped" if skipped else ""),
-                      extra=transfer_files(result, setup, transfer, record), log_history=result.log_history, fit=result)
+    record = transfer_record(
+        "finetune_image",
+        result,
+        splits.description,
+        architecture,
+        model_args.from_scratch or not model_args.model_name_or_path,
+        options,
+        splits.class_names,
+    )
+    return finish_run(
+        result.trainer,
+        record,
+        push,
+        lambda: (
+            summary_text("finetune_image", result, run_args.output_dir)
+            + (f"\n  {skipped} unreadable images skipped" if skipped else "")
+        ),
+        extra=transfer_files(result, setup, transfer, record),
+        log_history=result.log_history,
+        fit=result,
+    )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,31 @@ from transformers import DataCollatorWithPadding
 
 from hfssl.api import Result, script
 from hfssl.args import (
-    ClassifierModelArguments, RunArguments, TextClassificationDataArguments, TextClassifierArguments, TransferArguments,
-    default_output_dir, option_values, parse_args,
+    ClassifierModelArguments,
+    RunArguments,
+    TextClassificationDataArguments,
+    TextClassifierArguments,
+    TransferArguments,
+    default_output_dir,
+    option_values,
+    parse_args,
 )
 from hfssl.data.classification import load_text_classification, tokenize_classification
 from hfssl.models import load_config, usable_positions
-from hfssl.tokenizer import load_tokenizer
 from hfssl.runs import finish_run, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
+from hfssl.tokenizer import load_tokenizer
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
 from hfssl.transfer.pooling import text_pooling
 from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
 
-OPTION_TYPES = (TextClassificationDataArguments, ClassifierModelArguments, TextClassifierArguments, TransferArguments, RunArguments)
+OPTION_TYPES = (
+    TextClassificationDataArguments,
+    ClassifierModelArguments,
+    TextClassifierArguments,
+    TransferArguments,
+    RunArguments,
+)
 DEFAULTS = dict(
     output_dir=default_output_dir("finetune_text"),
     model_name_or_path=packaged_text_model(),
@@ -63,23 +75,53 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     pooling = text_pooling(config, classifier.pooling)  # mean where the architecture pools natively, else [CLS]
     data = load_text_classification(data_args, seed=run_args.seed)
     with run_args.main_process_first(desc="tokenizing"):
-        encoded = tokenize_classification(data, tokenizer, max_seq_length, data_args.preprocessing_num_workers,
-                                          eval_max_length=usable_positions(config, tokenizer))
+        encoded = tokenize_classification(
+            data,
+            tokenizer,
+            max_seq_length,
+            data_args.preprocessing_num_workers,
+            eval_max_length=usable_positions(config, tokenizer),
+        )
 
     setup = TransferSetup(
-        build=lambda: load_classifier("text", model_path, data.label_names, model_args.from_scratch, pooling=pooling,
-                                      trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir),
-        train_dataset=encoded["train"], eval_dataset=encoded["validation"],
-        collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, label_names=data.label_names,
-        train_labels=encoded["train"].with_format("numpy")["labels"], eval_labels=encoded["validation"].with_format("numpy")["labels"],
+        build=lambda: load_classifier(
+            "text",
+            model_path,
+            data.label_names,
+            model_args.from_scratch,
+            pooling=pooling,
+            trust_remote_code=model_args.trust_remote_code,
+            cache_dir=model_args.cache_dir,
+        ),
+        train_dataset=encoded["train"],
+        eval_dataset=encoded["validation"],
+        collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        label_names=data.label_names,
+        train_labels=encoded["train"].with_format("numpy")["labels"],
+        eval_labels=encoded["validation"].with_format("numpy")["labels"],
     )
     result = run_transfer(setup, transfer, run_args, resume)
 
-    options = dict(data=option_values(data_args), model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
-                   transfer=vars(transfer), training=run_args.to_dict(), max_seq_length=max_seq_length)
-    record = transfer_record("finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names)
-    return finish_run(result.trainer, record, push, lambda: summary_text("finetune_text", result, run_args.output_dir),
-                      extra=transfer_files(result, setup, transfer, record), log_history=result.log_history, fit=result)
+    options = dict(
+        data=option_values(data_args),
+        model={**vars(model_args), "pooling": pooling, "model_name_or_path": model_path},
+        transfer=vars(transfer),
+        training=run_args.to_dict(),
+        max_seq_length=max_seq_length,
+    )
+    record = transfer_record(
+        "finetune_text", result, data.description, model_path, model_args.from_scratch, options, data.label_names
+    )
+    return finish_run(
+        result.trainer,
+        record,
+        push,
+        lambda: summary_text("finetune_text", result, run_args.output_dir),
+        extra=transfer_files(result, setup, transfer, record),
+        log_history=result.log_history,
+        fit=result,
+    )
 
 
 if __name__ == "__main__":

@@ -13,25 +13,41 @@ from typing import Any
 from transformers import set_seed
 
 from hfssl.api import Result, script
-from hfssl.args import (MaskingArguments, PretrainingRunArguments, TextDataArguments, TextModelArguments, default_output_dir,
-                        parse_args)
+from hfssl.args import (
+    MaskingArguments,
+    PretrainingRunArguments,
+    TextDataArguments,
+    TextModelArguments,
+    default_output_dir,
+    parse_args,
+)
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, head_parameters, masked_lm_metrics
-from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
+from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
-    output_dir=default_output_dir("mlm"), max_seq_length=128, per_device_train_batch_size=64, per_device_eval_batch_size=64,
+    output_dir=default_output_dir("mlm"),
+    max_seq_length=128,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=64,
     learning_rate=1e-3,  # small encoders leave the unigram plateau sooner with a high LR and warmup
-    warmup_steps=0.06, weight_decay=0.01, max_steps=300,  # under two minutes on a 2-core CPU
+    warmup_steps=0.06,
+    weight_decay=0.01,
+    max_steps=300,  # under two minutes on a 2-core CPU
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
     # bf16 autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs), unless accelerate was told otherwise
     **precision_defaults(bf16_supported()),
-    eval_strategy="steps", eval_steps=100, logging_steps=20, save_steps=100, save_total_limit=2,
-    report_to="none", include_num_input_tokens_seen="non_padding",
+    eval_strategy="steps",
+    eval_steps=100,
+    logging_steps=20,
+    save_steps=100,
+    save_total_limit=2,
+    report_to="none",
+    include_num_input_tokens_seen="non_padding",
 )
 
 
@@ -41,8 +57,14 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
-    config = mlm_config(model_args.model_name_or_path, model_args.model_preset, model_args.config_overrides,
-                        model_args.trust_remote_code, model_args.cache_dir, model_args.architecture)
+    config = mlm_config(
+        model_args.model_name_or_path,
+        model_args.model_preset,
+        model_args.config_overrides,
+        model_args.trust_remote_code,
+        model_args.cache_dir,
+        model_args.architecture,
+    )
     raw = load_text_datasets(data_args, seed=run_args.seed)
     text_column = resolve_text_column(raw["train"], data_args.text_column)
     tokenizer = resolve_tokenizer(model_args, raw["train"], text_column, resume)
@@ -56,34 +78,58 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     if model_args.head_learning_rate is not None:
         head_parameters(model)  # a model without a separate head fails here, before tokenizing
     with run_args.main_process_first(desc="tokenizing"):
-        blocks = tokenize_and_pack(raw, tokenizer, text_column, max_seq_length, data_args.line_by_line,
-                                   masking.whole_word_mask, data_args.preprocessing_num_workers, data_args.overwrite_cache)
+        blocks = tokenize_and_pack(
+            raw,
+            tokenizer,
+            text_column,
+            max_seq_length,
+            data_args.line_by_line,
+            masking.whole_word_mask,
+            data_args.preprocessing_num_workers,
+            data_args.overwrite_cache,
+        )
 
     trainer = MaskedLMTrainer(
-        model=model, args=run_args, train_dataset=blocks["train"], eval_dataset=blocks["validation"],
-        masker=build_masker(tokenizer, masking, seed=run_args.seed), processing_class=tokenizer,
-        compute_metrics=masked_lm_metrics, sparse=model_args.sparse_head,
+        model=model,
+        args=run_args,
+        train_dataset=blocks["train"],
+        eval_dataset=blocks["validation"],
+        masker=build_masker(tokenizer, masking, seed=run_args.seed),
+        processing_class=tokenizer,
+        compute_metrics=masked_lm_metrics,
+        sparse=model_args.sparse_head,
         head_learning_rate=model_args.head_learning_rate,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate()}
     tokens = int(trainer.state.num_input_tokens_seen)
-    metrics.update(train_tokens=tokens, train_tokens_per_second=tokens / max(trainer.train_seconds, 1e-9),
-                   train_steps=trainer.state.global_step)
+    metrics.update(
+        train_tokens=tokens,
+        train_tokens_per_second=tokens / max(trainer.train_seconds, 1e-9),
+        train_steps=trainer.state.global_step,
+    )
 
-    record = run_record("mlm", pretext_lineage("masked-lm", describe_source(data_args), model_args.model_name_or_path),
-                        dict(data=data_args, model=model_args, masking=masking, training=run_args), metrics,
-                        max_seq_length=max_seq_length)
+    record = run_record(
+        "mlm",
+        pretext_lineage("masked-lm", describe_source(data_args), model_args.model_name_or_path),
+        dict(data=data_args, model=model_args, masking=masking, training=run_args),
+        metrics,
+        max_seq_length=max_seq_length,
+    )
 
     def summary() -> str:
-        lines = [f"hfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
-                 f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
-                 f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}", f"Saved to {run_args.output_dir}"]
+        lines = [
+            f"hfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
+            f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
+            f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}",
+            f"Saved to {run_args.output_dir}",
+        ]
         for text, predictions in fill_mask_examples(run_args.output_dir, raw["validation"], text_column):
             lines += [f"  {text}", f"    -> {predictions}"]
         return "\n".join(lines)
 
     return finish_run(trainer, record, push, summary)
+
 
 if __name__ == "__main__":
     script(main)

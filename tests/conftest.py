@@ -68,10 +68,24 @@ def bpe(corpus):
 
 # Arguments that make a recipe run take seconds: a tiny model, a small slice of the corpus.
 TINY_MLM = [
-    "--max_corpus_documents", "1500", "--vocab_size", "1500", "--max_seq_length", "64",
-    "--config_overrides", "num_hidden_layers=1,hidden_size=64,num_attention_heads=2,intermediate_size=128",
-    "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
-    "--logging_steps", "5", "--eval_steps", "20", "--save_steps", "20",
+    "--max_corpus_documents",
+    "1500",
+    "--vocab_size",
+    "1500",
+    "--max_seq_length",
+    "64",
+    "--config_overrides",
+    "num_hidden_layers=1,hidden_size=64,num_attention_heads=2,intermediate_size=128",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--logging_steps",
+    "5",
+    "--eval_steps",
+    "20",
+    "--save_steps",
+    "20",
 ]
 
 

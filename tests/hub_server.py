@@ -20,11 +20,12 @@ import re
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
@@ -239,8 +240,9 @@ class LoopbackHub:
                     match = pattern.match(url.path)
                     if route_method == method and match and body is not None:
                         groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                        return handler(**groups, query=parse_qs(url.query), body=body, method=method,
-                                       authorized=self._authorized(headers))
+                        return handler(
+                            **groups, query=parse_qs(url.query), body=body, method=method, authorized=self._authorized(headers)
+                        )
                 raise HubError(501, f"the loopback Hub does not implement {request}")
             except HubError as e:
                 if e.status == 501:  # an unknown route, or an option of a known one that is not implemented
@@ -327,12 +329,22 @@ class LoopbackHub:
     def _repo_info(self, repo: str, authorized: bool, rev: str = "main", **_: Any):
         found = self._repo(repo, authorized)
         commit = self._commit_of(found, rev)
-        return self._json({
-            "_id": hashlib.sha1(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo, "author": repo.split("/")[0],
-            "sha": commit.oid, "lastModified": commit.date, "createdAt": found.commits[next(iter(found.commits))].date,
-            "private": found.private, "disabled": False, "gated": False, "tags": [],
-            "siblings": [{"rfilename": path} for path in sorted(commit.files)],
-        })
+        return self._json(
+            {
+                "_id": hashlib.sha1(repo.encode()).hexdigest()[:24],
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "sha": commit.oid,
+                "lastModified": commit.date,
+                "createdAt": found.commits[next(iter(found.commits))].date,
+                "private": found.private,
+                "disabled": False,
+                "gated": False,
+                "tags": [],
+                "siblings": [{"rfilename": path} for path in sorted(commit.files)],
+            }
+        )
 
     def _tree(self, repo: str, rev: str, query: dict, authorized: bool, path: str = "", **_: Any):
         commit = self._commit_of(self._repo(repo, authorized), rev)
@@ -366,8 +378,9 @@ class LoopbackHub:
             large = b"\0" in sample or item["size"] >= _LFS_MIN_SIZE
             existing = commit.files.get(item["path"])
             remote_oid = None if existing is None else (existing.sha256 or existing.oid)
-            files.append({"path": item["path"], "uploadMode": "lfs" if large else "regular", "shouldIgnore": False,
-                          "oid": remote_oid})
+            files.append(
+                {"path": item["path"], "uploadMode": "lfs" if large else "regular", "shouldIgnore": False, "oid": remote_oid}
+            )
         return self._json({"files": files, "commitOid": commit.oid})
 
     def _xet_token(self, repo: str, kind: str, authorized: bool, **_: Any):

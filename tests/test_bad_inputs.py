@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -61,7 +61,9 @@ def _adapter(root: Path) -> None:
 
 
 def _bert(root: Path) -> None:
-    transformers.BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64).save_pretrained(root)
+    transformers.BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        root
+    )
 
 
 def _csv(text: str) -> Callable[[Path], None]:
@@ -90,9 +92,15 @@ MAKE: dict[str, Callable[[Path], None]] = {
     "bert": _bert,
     "nomask": lambda p: _nomask_tokenizer(p),
     "finished": lambda p: (p.mkdir(), (p / "hfssl.json").write_text("{}\n"), (p / "model.safetensors").write_bytes(b"weights")),
-    "unfinished": lambda p: ((p / "checkpoint-5").mkdir(parents=True), (p / "checkpoint-5" / "trainer_state.json").write_text("{}")),
+    "unfinished": lambda p: (
+        (p / "checkpoint-5").mkdir(parents=True),
+        (p / "checkpoint-5" / "trainer_state.json").write_text("{}"),
+    ),
     "halfsaved": lambda p: (p.mkdir(), (p / "model.safetensors").write_bytes(b"weights"), (p / "config.json").write_text("{}")),
-    "killed_while_saving": lambda p: ((p / "checkpoint-5").mkdir(parents=True), (p / "checkpoint-5" / "model.safetensors").write_bytes(b"w")),
+    "killed_while_saving": lambda p: (
+        (p / "checkpoint-5").mkdir(parents=True),
+        (p / "checkpoint-5" / "model.safetensors").write_bytes(b"w"),
+    ),
     "a_file": _csv("I am a file, not a directory.\n"),
     "nan_images": _nan_images,
     "one_image": lambda p: _png(p / "only.png"),
@@ -139,13 +147,25 @@ CASES = [
     # --- recipes/mlm.py: text files --------------------------------------------------------------------------------
     ("mlm", ["--train_file", "{empty.txt}"], r"--train_file: .*empty\.txt is empty"),
     ("mlm", ["--bf16_weights", "true", "--bf16", "false"], r"--bf16_weights true needs --bf16 true on a CPU in a single process"),
-    ("mim", ["--bf16_weights", "true", "--gradient_accumulation_steps", "2"], r"--bf16_weights true needs .*without gradient accumulation"),
+    (
+        "mim",
+        ["--bf16_weights", "true", "--gradient_accumulation_steps", "2"],
+        r"--bf16_weights true needs .*without gradient accumulation",
+    ),
     ("mlm", ["--train_file", "{binary.txt}"], r"--train_file: .*binary\.txt looks like a binary file"),
     ("mlm", ["--train_file", "{latin1.txt}"], r"--train_file: .*latin1\.txt is not UTF-8 text .*iconv"),
     ("mlm", ["--train_file", "{blank.txt}"], r"tokenizer training text is empty"),
-    ("mlm", ["--train_file", "{short.txt}", "--max_seq_length", "64"], r"gives no example: not one full block of --max_seq_length 64"),
+    (
+        "mlm",
+        ["--train_file", "{short.txt}", "--max_seq_length", "64"],
+        r"gives no example: not one full block of --max_seq_length 64",
+    ),
     ("mlm", ["--train_file", "{bad.jsonl}"], r"Could not read --train_file/--validation_file \(.*bad\.jsonl\) as json"),
-    ("mlm", ["--train_file", "{body.csv}", "--text_column", "content"], r"--text_column 'content' is not in the data; its columns are: body, label"),
+    (
+        "mlm",
+        ["--train_file", "{body.csv}", "--text_column", "content"],
+        r"--text_column 'content' is not in the data; its columns are: body, label",
+    ),
     ("mlm", ["--train_file", "{numbers.csv}"], r"Cannot tell which column holds the text \(n, m\); pass --text_column"),
     ("mlm", ["--train_file", "{numbers.csv}", "--text_column", "n"], r"--text_column 'n' holds int64 values, not text"),
     ("mlm", ["--train_file", "{sheet.xlsx}"], r"--train_file: unsupported file type\(s\) \.xlsx"),
@@ -157,9 +177,17 @@ CASES = [
     ("mlm", ["--max_seq_length", "1000000000"], r"--max_seq_length 1000000000 is beyond the model's 512 positions"),
     ("mlm", ["--mlm_probability", "0"], r"--mlm_probability must be in \(0, 1\)"),
     ("mlm", ["--vocab_size", "0"], r"--vocab_size must be at least 64, got 0"),
-    ("mlm", ["--config_overrides", "hidden_size=0"], r"--config_overrides 'hidden_size=0': hidden_size must be a positive integer"),
+    (
+        "mlm",
+        ["--config_overrides", "hidden_size=0"],
+        r"--config_overrides 'hidden_size=0': hidden_size must be a positive integer",
+    ),
     ("mlm", ["--config_overrides", "num_hidden_layers=-2"], r"num_hidden_layers must be a positive integer, got -2"),
-    ("mlm", ["--config_overrides", "hidden_size=64,num_attention_heads=3"], r"hidden_size 64 is not a multiple of num_attention_heads 3"),
+    (
+        "mlm",
+        ["--config_overrides", "hidden_size=64,num_attention_heads=3"],
+        r"hidden_size 64 is not a multiple of num_attention_heads 3",
+    ),
     ("mlm", ["--config_overrides", "hiden_size=64"], r"--config_overrides 'hiden_size=64': .*hiden_size"),
     ("mlm", ["--model_name_or_path", "{tmp}/no_such_model"], r"--model_name_or_path .*no_such_model does not exist"),
     ("mlm", ["--model_name_or_path", "{adapter}"], r"--model_name_or_path .*adapter is a LoRA adapter, not a full model"),
@@ -185,16 +213,35 @@ CASES = [
     ("mlm", ["--output_dir", "{readonly_new}"], r"--output_dir .* is not writable: .* is read-only for this user"),
     ("mlm", ["--output_dir", "{readonly_existing}"], r"--output_dir .* is not writable: .* is read-only for this user"),
     ("mlm", ["--output_dir", "{finished}"], r"--output_dir .*finished already holds a model.*--overwrite_output_dir true"),
-    ("mlm", ["--output_dir", "{unfinished}"], r"holds an unfinished run \(checkpoints but no hfssl\.json\).*--resume_from_checkpoint true"),
+    (
+        "mlm",
+        ["--output_dir", "{unfinished}"],
+        r"holds an unfinished run \(checkpoints but no hfssl\.json\).*--resume_from_checkpoint true",
+    ),
     ("mlm", ["--output_dir", "{halfsaved}"], r"already holds model files \(model\.safetensors\) but no hfssl\.json"),
     ("mlm", ["--resume_from_checkpoint", "true"], r"--resume_from_checkpoint true: no complete checkpoint-\* folder"),
-    ("mlm", ["--output_dir", "{killed_while_saving}", "--resume_from_checkpoint", "true"],
-     r"no complete checkpoint-\* folder .*\(checkpoint-5 incomplete: stopped while saving\)"),
-    ("mlm", ["--resume_from_checkpoint", "{killed_while_saving}/checkpoint-5"], r"is not a complete checkpoint \(no trainer_state\.json"),
-    ("mlm", ["--resume_from_checkpoint", "{tmp}/no_such_checkpoint"], r"--resume_from_checkpoint .*no_such_checkpoint is not a checkpoint"),
+    (
+        "mlm",
+        ["--output_dir", "{killed_while_saving}", "--resume_from_checkpoint", "true"],
+        r"no complete checkpoint-\* folder .*\(checkpoint-5 incomplete: stopped while saving\)",
+    ),
+    (
+        "mlm",
+        ["--resume_from_checkpoint", "{killed_while_saving}/checkpoint-5"],
+        r"is not a complete checkpoint \(no trainer_state\.json",
+    ),
+    (
+        "mlm",
+        ["--resume_from_checkpoint", "{tmp}/no_such_checkpoint"],
+        r"--resume_from_checkpoint .*no_such_checkpoint is not a checkpoint",
+    ),
     ("mlm", ["--push_to_hub", "true", "--hub_model_id", "a/b/c"], r"--hub_model_id 'a/b/c' is not a repo id"),
     # --- recipes/mim.py ------------------------------------------------------------------------------------------
-    ("mim", ["--train_dir", "{nan_images}"], r"Cannot read image .*4\.tiff: 1 of its 64 pixels are NaN or infinite.*--skip_corrupt_images"),
+    (
+        "mim",
+        ["--train_dir", "{nan_images}"],
+        r"Cannot read image .*4\.tiff: 1 of its 64 pixels are NaN or infinite.*--skip_corrupt_images",
+    ),
     ("mim", ["--train_dir", "{corrupt_images}"], r"Cannot read image .*bad\.png.*--skip_corrupt_images true"),
     ("mim", ["--train_dir", "{no_images}"], r"--train_dir .*no_images holds no image files"),
     ("mim", ["--train_dir", "{tmp}/no_such_folder"], r"--train_dir .*no_such_folder is not a directory"),
@@ -204,15 +251,27 @@ CASES = [
     ("mim", ["--image_size", "16", "--patch_size", "32"], r"--image_size 16 is not divisible by --patch_size 32"),
     ("mim", ["--mask_ratio", "1.0"], r"--mask_ratio must be in \[0, 1\)"),
     ("mim", ["--num_channels", "2"], r"--num_channels must be 1 \(grayscale\) or 3 \(RGB\), got 2"),
-    ("mim", ["--model_name_or_path", "{bert}"], r"--model_name_or_path .*bert is a 'bert' model; masked-image pretraining needs a ViT"),
+    (
+        "mim",
+        ["--model_name_or_path", "{bert}"],
+        r"--model_name_or_path .*bert is a 'bert' model; masked-image pretraining needs a ViT",
+    ),
     ("mim", ["--config_overrides", "decoder_hidden_size=0"], r"decoder_hidden_size must be a positive integer, got 0"),
     # --- recipes/finetune_text.py (the packaged MiniLM is the default model) ----------------------------------------
-    ("finetune_text", ["--train_file", "{floats.csv}"], r"--label_column 'label' holds numbers with fractions \(0\.5, 1\.7, 2\.25"),
+    (
+        "finetune_text",
+        ["--train_file", "{floats.csv}"],
+        r"--label_column 'label' holds numbers with fractions \(0\.5, 1\.7, 2\.25",
+    ),
     ("finetune_text", ["--train_file", "{lists.jsonl}"], r"--label_column 'label' holds list values such as \[0, 1\]"),
     ("finetune_text", ["--train_file", "{mixed.jsonl}"], r"--label_column 'label' mixes text and numbers"),
     ("finetune_text", ["--train_file", "{holes.csv}"], r"--label_column 'label' is empty in 3 training rows"),
     ("finetune_text", ["--train_file", "{header.csv}"], r"header\.csv holds no data rows"),
-    ("finetune_text", ["--train_file", "{labeled.csv}"], r"--label_column 'label' is not in the data; its columns are: text, topic"),
+    (
+        "finetune_text",
+        ["--train_file", "{labeled.csv}"],
+        r"--label_column 'label' is not in the data; its columns are: text, topic",
+    ),
     ("finetune_text", ["--train_file", "{numtext.csv}", "--text_column", "n"], r"--text_column 'n' holds int64 values, not text"),
     ("finetune_text", ["--train_file", "{one_label.csv}"], r"single class \('same'\)"),
     ("finetune_text", ["--train_file", "{plain.txt}"], r"labeled text needs a \.csv, \.json, \.jsonl or \.parquet file"),
@@ -223,9 +282,17 @@ CASES = [
     ("finetune_text", ["--strategy", "everything"], r"--strategy must be one of full, lora"),
     ("finetune_text", ["--seeds", "1,one"], r"--seeds must be comma-separated integers"),
     # --- recipes/finetune_image.py -------------------------------------------------------------------------------
-    ("finetune_image", ["--train_dir", "{flat_images}"], r"The images of .*flat_images have no labels: --train_dir needs one subfolder per class"),
+    (
+        "finetune_image",
+        ["--train_dir", "{flat_images}"],
+        r"The images of .*flat_images have no labels: --train_dir needs one subfolder per class",
+    ),
     ("finetune_image", ["--train_dir", "{one_class}"], r"single class \('cats'\)"),
-    ("finetune_image", ["--train_dir", "{two_classes}", "--validation_dir", "{unseen_classes}"], r"classes never seen in training: 'birds'"),
+    (
+        "finetune_image",
+        ["--train_dir", "{two_classes}", "--validation_dir", "{unseen_classes}"],
+        r"classes never seen in training: 'birds'",
+    ),
     ("finetune_image", ["--train_dir", "{nan_images}"], r"Cannot read image .*4\.tiff: 1 of its 64 pixels are NaN or infinite"),
     ("finetune_image", ["--model_name_or_path", "{bert}"], r"--model_name_or_path .*bert is a 'bert' model.*image"),
     ("finetune_image", ["--crop_min_scale", "0"], r"--crop_min_scale must be in \(0, 1\]"),
@@ -245,6 +312,7 @@ def no_training(monkeypatch):
 
 
 @pytest.mark.parametrize("recipe, flags, message", CASES, ids=[f"{r}-{'-'.join(f).replace('/', '_')[:60]}" for r, f, _ in CASES])
+@pytest.mark.slow
 def test_bad_input_is_refused_before_training_and_writes_nothing(recipe, flags, message, tmp_path, no_training):
     (tmp_path / "data").mkdir()
     paths = {"tmp": str(tmp_path / "data")}
@@ -256,7 +324,7 @@ def test_bad_input_is_refused_before_training_and_writes_nothing(recipe, flags, 
             paths[token] = str(_read_only(tmp_path / "data", existing=token.endswith("existing")))
     argv = [re.sub(r"\{([\w.]+)\}", lambda m: paths[m.group(1)], f) for f in flags]
     config = argv[:1] if argv[0].endswith(".yaml") else []
-    argv = config + BASE[recipe] + argv[len(config):]  # the case's own flags come last, so they win
+    argv = config + BASE[recipe] + argv[len(config) :]  # the case's own flags come last, so they win
     out = tmp_path / "data" / "out"
     if "--output_dir" not in argv:
         argv += ["--output_dir", str(out)]
@@ -320,12 +388,37 @@ def test_mixed_sizes_and_modes_are_converted_not_refused(tmp_path, capsys):
         assert row[0] < 30 and row[-1] > 225 and (row.diff() >= 0).all(), (name, row)
 
     out = tmp_path / "out"
-    metrics = RECIPES["mim"].main([
-        "--train_dir", str(tmp_path / "mixed"), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
-        "--config_overrides", "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,decoder_num_hidden_layers=1,"
-        "decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64",
-        "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "16", "--knn_k", "3", "--bf16", "false", "--disable_tqdm", "true",
-    ]).metrics
+    metrics = (
+        RECIPES["mim"]
+        .main(
+            [
+                "--train_dir",
+                str(tmp_path / "mixed"),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--config_overrides",
+                "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,decoder_num_hidden_layers=1,"
+                "decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64",
+                "--eval_steps",
+                "2",
+                "--save_steps",
+                "2",
+                "--probe_samples",
+                "16",
+                "--knn_k",
+                "3",
+                "--bf16",
+                "false",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+        .metrics
+    )
     record = json.loads((out / "hfssl.json").read_text())
     assert record["num_channels"] == 3 and record["skipped_images"] == 0 and metrics["train_images"] == 2 * 4
     assert transformers.AutoModel.from_pretrained(out).config.num_channels == 3

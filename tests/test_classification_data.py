@@ -29,6 +29,7 @@ def animal_rows(n_per_class: int, classes=("cat", "dog", "bird")):
     return [(f"{WORDS[c]} example {i}", c) for c in classes for i in range(n_per_class)]
 
 
+@pytest.mark.slow
 def test_embedded_labeled_docstrings_are_a_real_multiclass_task():
     texts, labels, names = python_docs_labeled()
     counts = collections.Counter(labels)
@@ -39,9 +40,14 @@ def test_embedded_labeled_docstrings_are_a_real_multiclass_task():
 
 
 def test_csv_with_named_columns_is_split_stratified(tmp_path):
-    data = load_text_classification(TextClassificationDataArguments(
-        train_file=write_csv(tmp_path / "d.csv", animal_rows(20)), text_column="body", label_column="kind",
-        validation_split_percentage=25))
+    data = load_text_classification(
+        TextClassificationDataArguments(
+            train_file=write_csv(tmp_path / "d.csv", animal_rows(20)),
+            text_column="body",
+            label_column="kind",
+            validation_split_percentage=25,
+        )
+    )
     assert data.label_names == ["bird", "cat", "dog"] and data.text_column == "body"
     held = collections.Counter(data.splits["validation"]["labels"])
     assert held == {0: 5, 1: 5, 2: 5}  # 25% of every class
@@ -52,8 +58,13 @@ def test_csv_with_named_columns_is_split_stratified(tmp_path):
 
 def test_validation_file_and_per_class_sampling(tmp_path):
     args = TextClassificationDataArguments(
-        train_file=write_csv(tmp_path / "train.csv", animal_rows(30)), validation_file=write_csv(tmp_path / "val.csv", animal_rows(4)),
-        text_column="body", label_column="kind", train_samples_per_class=7, max_eval_samples=10)
+        train_file=write_csv(tmp_path / "train.csv", animal_rows(30)),
+        validation_file=write_csv(tmp_path / "val.csv", animal_rows(4)),
+        text_column="body",
+        label_column="kind",
+        train_samples_per_class=7,
+        max_eval_samples=10,
+    )
     data = load_text_classification(args, seed=3)
     assert collections.Counter(data.splits["train"]["labels"]) == {0: 7, 1: 7, 2: 7}
     assert len(data.splits["validation"]) == 10
@@ -61,12 +72,15 @@ def test_validation_file_and_per_class_sampling(tmp_path):
     assert again.splits["train"]["body"] == data.splits["train"]["body"]  # the same subset for the same seed
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_label_column", r"--label_column 'label' is not in the data; its columns are: body, kind"),
-    ("single_class", r"single class \('cat'\)"),
-    ("unseen_eval_label", r"labels never seen in training: 'fish'"),
-    ("txt", r"labeled text needs a \.csv"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_label_column", r"--label_column 'label' is not in the data; its columns are: body, kind"),
+        ("single_class", r"single class \('cat'\)"),
+        ("unseen_eval_label", r"labels never seen in training: 'fish'"),
+        ("txt", r"labeled text needs a \.csv"),
+    ],
+)
 def test_bad_labeled_text_fails_clearly(tmp_path, case, message):
     train = write_csv(tmp_path / "train.csv", animal_rows(5, ("cat",)) if case == "single_class" else animal_rows(5))
     kw = dict(train_file=train, text_column="body", label_column="kind")
@@ -104,9 +118,11 @@ def _image_folder(root, classes, per_class=6):
 
 
 def test_image_folders_give_labels_and_few_label_subsets(tmp_path):
-    args = ImageClassificationDataArguments(train_dir=_image_folder(tmp_path / "train", ["ant", "bee", "cow"]),
-                                            validation_dir=_image_folder(tmp_path / "val", ["bee", "cow"], 2),
-                                            train_samples_per_class=4)
+    args = ImageClassificationDataArguments(
+        train_dir=_image_folder(tmp_path / "train", ["ant", "bee", "cow"]),
+        validation_dir=_image_folder(tmp_path / "val", ["bee", "cow"], 2),
+        train_samples_per_class=4,
+    )
     splits = load_image_classification(args)
     assert splits.class_names == ["ant", "bee", "cow"]
     assert collections.Counter(splits.train.labels.tolist()) == {0: 4, 1: 4, 2: 4}
@@ -115,9 +131,12 @@ def test_image_folders_give_labels_and_few_label_subsets(tmp_path):
 
 def test_max_samples_with_validation_dir_draw_from_every_class(tmp_path):
     # The folders are read class by class: the first N images would all be of the first classes.
-    args = ImageClassificationDataArguments(train_dir=_image_folder(tmp_path / "train", ["ant", "bee", "cow"]),
-                                            validation_dir=_image_folder(tmp_path / "val", ["ant", "bee", "cow"], 4),
-                                            max_train_samples=9, max_eval_samples=6)
+    args = ImageClassificationDataArguments(
+        train_dir=_image_folder(tmp_path / "train", ["ant", "bee", "cow"]),
+        validation_dir=_image_folder(tmp_path / "val", ["ant", "bee", "cow"], 4),
+        max_train_samples=9,
+        max_eval_samples=6,
+    )
     splits = load_image_classification(args)
     assert len(splits.train) == 9 and len(splits.validation) == 6
     assert set(splits.train.labels.tolist()) == {0, 1, 2} and len(set(splits.validation.labels.tolist())) >= 2
@@ -130,10 +149,13 @@ def test_embedded_digits_are_the_default_image_task():
     assert set(splits.validation.labels.tolist()) == set(range(10))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("unseen", r"--validation_dir has classes never seen in training: 'dog'"),
-    ("flat", r"needs one subfolder per class"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unseen", r"--validation_dir has classes never seen in training: 'dog'"),
+        ("flat", r"needs one subfolder per class"),
+    ],
+)
 def test_bad_image_folders_fail_clearly(tmp_path, case, message):
     train = _image_folder(tmp_path / "train", ["ant", "bee"])
     if case == "unseen":
@@ -163,17 +185,20 @@ def test_shipped_metric_module_loads_offline_and_matches_sklearn():
     assert np.array_equal(np.array(scores["confusion_matrix"])[:4, :4], confusion_matrix(refs, preds))
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(strategy="adapters"), "--strategy must be one of full, lora, linear_probe, freeze, lp_ft"),
-    (dict(strategy="freeze"), "--strategy freeze needs --freeze_layers"),
-    (dict(freeze_layers=2), "--freeze_layers only applies"),
-    (dict(merge_lora=True), "--merge_lora only applies to --strategy lora"),
-    (dict(strategy="lora", l2sp_alpha=0.1), "--l2sp_alpha has nothing to pull"),
-    (dict(layer_decay=0.0), "--layer_decay must be in"),
-    (dict(seeds="1,1"), "--seeds must list distinct"),
-    (dict(seeds="1,x"), "--seeds must be comma-separated integers"),
-    (dict(class_weights="inverse"), "--class_weights must be"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(strategy="adapters"), "--strategy must be one of full, lora, linear_probe, freeze, lp_ft"),
+        (dict(strategy="freeze"), "--strategy freeze needs --freeze_layers"),
+        (dict(freeze_layers=2), "--freeze_layers only applies"),
+        (dict(merge_lora=True), "--merge_lora only applies to --strategy lora"),
+        (dict(strategy="lora", l2sp_alpha=0.1), "--l2sp_alpha has nothing to pull"),
+        (dict(layer_decay=0.0), "--layer_decay must be in"),
+        (dict(seeds="1,1"), "--seeds must list distinct"),
+        (dict(seeds="1,x"), "--seeds must be comma-separated integers"),
+        (dict(class_weights="inverse"), "--class_weights must be"),
+    ],
+)
 def test_bad_transfer_options_name_the_flag(kw, message):
     with pytest.raises(ValueError, match=message):
         TransferArguments(**kw)

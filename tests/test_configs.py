@@ -7,10 +7,9 @@ import re
 import pytest
 import yaml
 
+from conftest import ROOT, load_recipe
 from hfssl.args import parse_args
 from hfssl.pipeline import load_pipeline
-
-from conftest import ROOT, load_recipe
 
 CONFIGS = sorted((ROOT / "recipes" / "configs").rglob("*.yaml"))
 PIPELINE_CONFIGS = [p for p in CONFIGS if p.name.startswith("pipeline")]

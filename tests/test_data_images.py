@@ -91,7 +91,9 @@ def test_digits_are_the_default_with_a_stratified_hold_out():
     held_out = decode_images(splits.validation, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
     images, labels, _ = digits_images()
     first = splits.validation.indices[0]
-    upsampled = torch.nn.functional.interpolate(torch.tensor(images[first], dtype=torch.float32)[None, None], size=16, mode="bilinear")
+    upsampled = torch.nn.functional.interpolate(
+        torch.tensor(images[first], dtype=torch.float32)[None, None], size=16, mode="bilinear"
+    )
     assert held_out.labels[0] == labels[first]
     assert torch.corrcoef(torch.stack([held_out.pixels[0].float().flatten(), upsampled.flatten()]))[0, 1] > 0.95
 

@@ -46,6 +46,7 @@ def test_each_source_kind_loads_all_documents(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "txt_dir"])
+@pytest.mark.slow
 def test_streaming_reads_the_same_text(tmp_path, kind, wordpiece):
     args = TextDataArguments(train_file=write_source(kind, tmp_path), streaming=True, validation_split_percentage=10)
     raw = load_text_datasets(args)
@@ -58,6 +59,7 @@ def test_streaming_reads_the_same_text(tmp_path, kind, wordpiece):
     assert len(first["input_ids"]) == 32
 
 
+@pytest.mark.slow
 def test_packing_has_no_padding_and_starts_with_cls(tmp_path, wordpiece):
     raw = load_text_datasets(TextDataArguments(train_file=write_source("jsonl", tmp_path)))
     blocks = tokenize_and_pack(raw, wordpiece, "body", max_seq_length=32)

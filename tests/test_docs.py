@@ -6,9 +6,8 @@ import re
 
 import pytest
 
-from hfssl.option_docs import COMMAND, render_option_pages
-
 from conftest import ROOT
+from hfssl.option_docs import COMMAND, render_option_pages
 
 OPTION_PAGES = ROOT / "docs" / "options"
 MARKDOWN = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]

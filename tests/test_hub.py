@@ -21,13 +21,11 @@ import pytest
 from huggingface_hub import HfApi
 
 import hfssl.hub
+from conftest import SENTINEL, TINY_MLM, load_recipe
 from hfssl.cli import main as hfssl_cli
 from hfssl.hub import PushError, push_output
-
-from conftest import SENTINEL, TINY_MLM, load_recipe
 from hub_server import LoopbackHub
 from recipe_outputs import KINDS, check_card, check_printed_prediction, output_files, python_blocks, tiny_output
-
 
 # Loads every pushed repo in a fresh interpreter, so HF_ENDPOINT and HF_HUB_DISABLE_XET are read at import as
 # users set them; compares it with the local output directory; then loads the repo's card with ModelCard.load
@@ -105,10 +103,21 @@ def assert_no_token_in(*texts: str | bytes, dirs: tuple[Path, ...] = ()) -> None
 
 def reload_in_subprocess(hub: LoopbackHub, pairs: list[tuple[str, Path]], home: Path, transfer: str) -> tuple[dict, str]:
     """Run RELOAD on (repo_id, local output) pairs; return its report and everything it printed."""
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
-           "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0", "HF_TOKEN": SENTINEL}
-    proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps([(r, str(p)) for r, p in pairs])], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0",
+        "HF_TOKEN": SENTINEL,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD, json.dumps([(r, str(p)) for r, p in pairs])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.split("REPORT ", 1)[1])
     return report, proc.stdout + proc.stderr
@@ -118,6 +127,7 @@ def main_weights(out: Path) -> str:
     return "adapter_model.safetensors" if (out / "adapter_config.json").exists() else "model.safetensors"
 
 
+@pytest.mark.slow
 def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transfer, monkeypatch, tmp_path, caplog, capfd):
     """mlm, MAE, full and LoRA classifiers (text and image): the repo is the directory, loads to the same weights,
     and its card is complete, reports the final metrics and holds code that runs on the repo alone."""
@@ -161,17 +171,48 @@ def test_every_kind_pushes_and_reloads_identically_and_its_card_runs(hub, transf
         else:
             check_printed_prediction(out.name, result["printed"])
     out, err = capfd.readouterr()
-    assert_no_token_in(reload_log, caplog.text, out, err, *(f for repo in moved for f in hub.files(repo).values()),
-                       dirs=(tmp_path, Path(os.environ["HF_HOME"])))  # tmp_path: the outputs, Hub storage, reload cache
+    assert_no_token_in(
+        reload_log,
+        caplog.text,
+        out,
+        err,
+        *(f for repo in moved for f in hub.files(repo).values()),
+        dirs=(tmp_path, Path(os.environ["HF_HOME"])),
+    )  # tmp_path: the outputs, Hub storage, reload cache
 
 
 def test_recipe_push_to_hub_publishes_the_finished_output_once(hub, tmp_path, caplog, capfd):
     """--push_to_hub with every push option: the finished directory (no checkpoints), its card naming the repo."""
     out = tmp_path / "mlm"
-    load_recipe("mlm").main(TINY_MLM + [
-        "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--max_corpus_documents", "300",
-        "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", "me/from-recipe", "--hub_private_repo", "true",
-        "--hub_revision", "v1", "--hub_endpoint", hub.endpoint, "--hub_token", SENTINEL])
+    load_recipe("mlm").main(
+        TINY_MLM
+        + [
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--max_corpus_documents",
+            "300",
+            "--disable_tqdm",
+            "true",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/from-recipe",
+            "--hub_private_repo",
+            "true",
+            "--hub_revision",
+            "v1",
+            "--hub_endpoint",
+            hub.endpoint,
+            "--hub_token",
+            SENTINEL,
+        ]
+    )
     assert list(out.glob("checkpoint-*"))  # kept locally for resuming, not pushed
     remote = hub.files("me/from-recipe", "v1")
     assert remote.pop(".gitattributes") and remote == pushed_files(out)
@@ -199,6 +240,7 @@ def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output,
     assert "me/mirror" not in hub.repos
 
 
+@pytest.mark.slow
 def test_transient_server_errors_are_retried(mlm_output, hub, caplog):
     hub.fail(r"^POST /api/repos/create$", 503, times=2)  # not retried by huggingface_hub: hfssl retries the push
     hub.fail(r"^POST /api/models/.*/commit/", 503, times=1)  # retried inside huggingface_hub
@@ -254,8 +296,10 @@ def test_cli_push(mlm_output, hub, monkeypatch, capsys):
     assert_no_token_in(capsys.readouterr().out)
 
 
-@pytest.mark.skipif(not (os.environ.get("HFSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
-                    reason="live Hub test: set HFSSL_LIVE_HUB=1 and HF_TOKEN to run it")
+@pytest.mark.skipif(
+    not (os.environ.get("HFSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
+    reason="live Hub test: set HFSSL_LIVE_HUB=1 and HF_TOKEN to run it",
+)
 def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     api = HfApi(endpoint=hf_constants._HF_DEFAULT_ENDPOINT)
@@ -264,8 +308,13 @@ def test_live_hub_push_reload_delete(mlm_output, tmp_path, monkeypatch):
         url = push_output(mlm_output, repo_id, private=True, endpoint=api.endpoint)
         assert repo_id in url
         env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": api.endpoint}
-        proc = subprocess.run([sys.executable, "-c", RELOAD, json.dumps([(repo_id, str(mlm_output))])], env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", RELOAD, json.dumps([(repo_id, str(mlm_output))])],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert os.environ["HF_TOKEN"] not in proc.stdout + proc.stderr
     finally:

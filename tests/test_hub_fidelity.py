@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
@@ -23,22 +22,65 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import session_dir, SENTINEL, TINY_MLM, load_recipe
+from conftest import SENTINEL, TINY_MLM, load_recipe, session_dir
 from hfssl.args import ImageClassificationDataArguments, TextClassificationDataArguments
 from hfssl.data.classification import load_image_classification, load_text_classification
 from hfssl.hub import push_output
 
 _ROOT = Path(session_dir("hfssl-fidelity-"))
 _QUIET = ["--disable_tqdm", "true"]
-TEXT = ["--train_samples_per_class", "8", "--max_eval_samples", "40", "--max_seq_length", "32", "--max_steps", "4",
-        "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--learning_rate", "5e-3"]
-IMAGE = ["--train_samples_per_class", "6", "--max_eval_samples", "40", "--max_steps", "4", "--per_device_train_batch_size", "20",
-         "--eval_strategy", "no"]
+TEXT = [
+    "--train_samples_per_class",
+    "8",
+    "--max_eval_samples",
+    "40",
+    "--max_seq_length",
+    "32",
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_strategy",
+    "no",
+    "--learning_rate",
+    "5e-3",
+]
+IMAGE = [
+    "--train_samples_per_class",
+    "6",
+    "--max_eval_samples",
+    "40",
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "20",
+    "--eval_strategy",
+    "no",
+]
 ENCODER = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
-MIM = ["--max_steps", "2", "--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
-       "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "48", "--bf16", "false"]
-MIM_SIZES = {"mae": ENCODER + ",decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,"
-                              "decoder_intermediate_size=64", "simmim": ENCODER}
+MIM = [
+    "--max_steps",
+    "2",
+    "--max_train_samples",
+    "96",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_steps",
+    "2",
+    "--save_steps",
+    "2",
+    "--probe_samples",
+    "48",
+    "--bf16",
+    "false",
+]
+MIM_SIZES = {
+    "mae": ENCODER + ",decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,"
+    "decoder_intermediate_size=64",
+    "simmim": ENCODER,
+}
 
 # name -> (recipe, starting point, options): every strategy, both poolings, every kind of start.
 CLASSIFIERS = {
@@ -48,7 +90,11 @@ CLASSIFIERS = {
     "text-mlm-lp_ft": ("finetune_text", "mlm", ["--strategy", "lp_ft"]),
     "text-minilm-full": ("finetune_text", "minilm", ["--learning_rate", "2e-4"]),  # the recipe's default start: [CLS]
     "text-minilm-lora": ("finetune_text", "minilm", ["--strategy", "lora", "--learning_rate", "1e-3"]),
-    "text-minilm-freeze": ("finetune_text", "minilm", ["--strategy", "freeze", "--freeze_layers", "4", "--learning_rate", "2e-4"]),
+    "text-minilm-freeze": (
+        "finetune_text",
+        "minilm",
+        ["--strategy", "freeze", "--freeze_layers", "4", "--learning_rate", "2e-4"],
+    ),
     # mean pooling on a BERT-family encoder: hfssl's custom-code classifier, which loads only with trust_remote_code=True
     "text-minilm-mean-full": ("finetune_text", "minilm", ["--pooling", "mean", "--learning_rate", "2e-4"]),
     "text-minilm-mean-lora": ("finetune_text", "minilm", ["--pooling", "mean", "--strategy", "lora", "--learning_rate", "1e-3"]),
@@ -75,16 +121,48 @@ def start(kind: str | None) -> str | None:
     out = _ROOT / "starts" / kind
     if kind == "mlm":
         two_layers = [a.replace("num_hidden_layers=1", "num_hidden_layers=2") for a in TINY_MLM]
-        load_recipe("mlm").main(two_layers + _QUIET + ["--output_dir", str(out), "--max_steps", "6", "--eval_steps", "6",
-                                                        "--save_steps", "6", "--max_corpus_documents", "400"])
+        load_recipe("mlm").main(
+            two_layers
+            + _QUIET
+            + [
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "6",
+                "--eval_steps",
+                "6",
+                "--save_steps",
+                "6",
+                "--max_corpus_documents",
+                "400",
+            ]
+        )
     elif kind in ("mae", "simmim", "simmim-rgb"):
         method = kind.removesuffix("-rgb")
         data = ["--train_dir", str(rgb_folder())] if kind.endswith("-rgb") else []
-        load_recipe("mim").main(MIM + _QUIET + data + ["--output_dir", str(out), "--method", method, "--config_overrides", MIM_SIZES[method]])
+        load_recipe("mim").main(
+            MIM + _QUIET + data + ["--output_dir", str(out), "--method", method, "--config_overrides", MIM_SIZES[method]]
+        )
     elif kind == "tsdae":
-        load_recipe("tsdae").main(_QUIET + ["--model_name_or_path", start("minilm"), "--output_dir", str(out), "--max_steps", "2",
-                                            "--max_corpus_documents", "200", "--eval_steps", "2", "--save_steps", "2",
-                                            "--max_seq_length", "32"])
+        load_recipe("tsdae").main(
+            _QUIET
+            + [
+                "--model_name_or_path",
+                start("minilm"),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--max_corpus_documents",
+                "200",
+                "--eval_steps",
+                "2",
+                "--save_steps",
+                "2",
+                "--max_seq_length",
+                "32",
+            ]
+        )
     return str(out)
 
 
@@ -108,12 +186,20 @@ def held_out(recipe: str, options: list[str]) -> tuple[list, list[str]]:
     flags = dict(zip(options[::2], options[1::2]))
     seed = int(flags.get("--seed", 42))
     if recipe == "finetune_text":
-        data = load_text_classification(TextClassificationDataArguments(
-            train_samples_per_class=int(flags["--train_samples_per_class"]), max_eval_samples=int(flags["--max_eval_samples"])), seed)
+        data = load_text_classification(
+            TextClassificationDataArguments(
+                train_samples_per_class=int(flags["--train_samples_per_class"]), max_eval_samples=int(flags["--max_eval_samples"])
+            ),
+            seed,
+        )
         split = data.splits["validation"]
         return list(split[data.text_column]), [data.label_names[i] for i in split["labels"]]
-    splits = load_image_classification(ImageClassificationDataArguments(
-        train_samples_per_class=int(flags["--train_samples_per_class"]), max_eval_samples=int(flags["--max_eval_samples"])), seed)
+    splits = load_image_classification(
+        ImageClassificationDataArguments(
+            train_samples_per_class=int(flags["--train_samples_per_class"]), max_eval_samples=int(flags["--max_eval_samples"])
+        ),
+        seed,
+    )
     source = splits.validation
     return [source.open(i) for i in source.indices], [splits.class_names[i] for i in source.labels]
 
@@ -178,10 +264,18 @@ def run_loader(hub, jobs: list[dict], home: Path, transfer: str) -> dict:
     spec = home / "jobs.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(jobs))
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
-           "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0", "HF_TOKEN": SENTINEL, "HF_HUB_DISABLE_TELEMETRY": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(spec)], env=env, capture_output=True, text=True, timeout=900,
-                          cwd=home)  # not the checkout: `import hfssl` must come from nowhere but an explicit import
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0",
+        "HF_TOKEN": SENTINEL,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, str(spec)], env=env, capture_output=True, text=True, timeout=900, cwd=home
+    )  # not the checkout: `import hfssl` must come from nowhere but an explicit import
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.split("REPORT ", 1)[1])
 
@@ -233,6 +327,7 @@ def transfer(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.mark.slow
 def test_every_classifier_from_the_hub_predicts_exactly_what_hfssl_evaluated(hub, transfer, tmp_path):
     jobs, expected = [], {}
     for name, (recipe, _, options) in CLASSIFIERS.items():
@@ -241,8 +336,15 @@ def test_every_classifier_from_the_hub_predicts_exactly_what_hfssl_evaluated(hub
         repo_id = f"me/{name}"
         _push_and_delete(out, repo_id, hub, tmp_path)
         lora, remote = "lora" in options, "-mean-" in name
-        jobs.append({"repo": repo_id, "kind": "text-classification" if recipe == "finetune_text" else "image-classification",
-                     "inputs": _write_inputs(tmp_path / "inputs", name, inputs), "lora": lora, "remote": remote})
+        jobs.append(
+            {
+                "repo": repo_id,
+                "kind": "text-classification" if recipe == "finetune_text" else "image-classification",
+                "inputs": _write_inputs(tmp_path / "inputs", name, inputs),
+                "lora": lora,
+                "remote": remote,
+            }
+        )
         expected[repo_id] = (predicted, truth, scores, lora, remote)
     report = run_loader(hub, jobs, tmp_path / "home", transfer)
     for repo_id, (predicted, truth, scores, lora, remote) in expected.items():
@@ -258,6 +360,7 @@ def test_every_classifier_from_the_hub_predicts_exactly_what_hfssl_evaluated(hub
         assert accuracy == pytest.approx(scores["eval_accuracy"], abs=1e-9), repo_id  # eval_results.json, reproduced
 
 
+@pytest.mark.slow
 def test_embedding_outputs_from_the_hub_give_the_embeddings_hfssl_computed(hub, transfer, tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoImageProcessor, AutoModel
@@ -278,15 +381,19 @@ def test_embedding_outputs_from_the_hub_give_the_embeddings_hfssl_computed(hub, 
             assert np.allclose(np.linalg.norm(expected[repo_id], axis=1), 1, atol=1e-5)
             jobs.append({"repo": repo_id, "kind": "sentence", "inputs": _write_inputs(tmp_path / "inputs", kind, texts)})
         else:
-            images = ([Image.open(p) for p in sorted(rgb_folder().glob("*.png"))[:6]] if kind.endswith("rgb")
-                      else held_out("finetune_image", IMAGE)[0][:6])  # grayscale digits
+            images = (
+                [Image.open(p) for p in sorted(rgb_folder().glob("*.png"))[:6]]
+                if kind.endswith("rgb")
+                else held_out("finetune_image", IMAGE)[0][:6]
+            )  # grayscale digits
             processor = AutoImageProcessor.from_pretrained(out, backend="pil")
-            source = ImageSource(lambda i: images[i], str, np.arange(len(images)), None)
+            source = ImageSource(lambda i, images=images: images[i], str, np.arange(len(images)), None)
             pixels = decode_images(source, processor, 3, False).pixels
             encoder = AutoModel.from_pretrained(out)  # what mim.py probed: the same weights, its pooled output
             expected[repo_id] = encoder_features(encoder, pixels, processor.image_mean, processor.image_std)
-            jobs.append({"repo": repo_id, "kind": "image-feature-extraction",
-                         "inputs": _write_inputs(tmp_path / "inputs", kind, images)})
+            jobs.append(
+                {"repo": repo_id, "kind": "image-feature-extraction", "inputs": _write_inputs(tmp_path / "inputs", kind, images)}
+            )
         _push_and_delete(out, repo_id, hub, tmp_path)
     report = run_loader(hub, jobs, tmp_path / "home", transfer)
     for repo_id, want in expected.items():
@@ -298,6 +405,7 @@ def test_embedding_outputs_from_the_hub_give_the_embeddings_hfssl_computed(hub, 
             assert found["again"] == found["features"][0]  # deterministic: no randomly initialised pooler
 
 
+@pytest.mark.slow
 def test_the_adapter_of_a_pushed_lora_names_the_repo_and_the_repo_loads_without_the_local_base(hub, tmp_path):
     """After the push and the deletion, nothing in the repo points at the machine that trained it."""
     out, _, _, _ = classifier_output("text-mlm-lora")

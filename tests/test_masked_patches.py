@@ -19,7 +19,9 @@ def tiny_model(method: str, image_size: int = 16, patch_size: int = 4, **masking
     config = masked_image_config(VisionModelArguments(image_size=image_size, patch_size=patch_size, num_channels=1), args)
     config.update(SMALL)
     if method == "mae":
-        config.update(dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64))
+        config.update(
+            dict(decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64)
+        )
     torch.manual_seed(0)
     return build_masked_image_model(config), args
 
@@ -39,6 +41,7 @@ def test_masks_hide_exactly_the_ratio_in_whole_units(draw, grid, ratio, unit):
 
 def test_block_masks_are_blockier_than_random_masks():
     """Block masks put masked patches next to masked patches more often than independent draws do."""
+
     def neighbours(masks: torch.Tensor) -> float:
         grid = masks.view(-1, 14, 14).float()
         return float((grid[:, :, 1:] * grid[:, :, :-1]).sum() / grid[:, :, 1:].sum())
@@ -79,7 +82,9 @@ def test_cpu_attention_switch_reaches_every_layer_and_keeps_the_loss(method):
     model.eval()  # the masks (MAE: its shuffle noise) come from the seeded batch, the same for both passes
     sdpa_loss = model(**batch).loss
     assert use_fast_attention(model, "cpu") == "eager"
-    implementations = {m.config._attn_implementation for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    implementations = {
+        m.config._attn_implementation for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")
+    }
     assert implementations == {"eager"}
     torch.testing.assert_close(model(**batch).loss, sdpa_loss, rtol=1e-5, atol=1e-6)
     assert use_fast_attention(model, "cuda") == "eager"  # the switch is CPU-only: a model already switched is left as it is
@@ -101,9 +106,24 @@ def test_the_exported_encoder_is_a_stock_beit_whose_pooler_is_the_layer_normed_p
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]  # no random pooler
     gray = torch.randn(2, 1, 16, 16)
     with torch.no_grad():  # the unmasked pretraining encoder, by hand: final norm of the patch mean
-        vit = ViTModel(ViTConfig(**{k: getattr(model.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                    "intermediate_size", "image_size", "patch_size", "num_channels", "layer_norm_eps")}),
-                       add_pooling_layer=False).eval()
+        vit = ViTModel(
+            ViTConfig(
+                **{
+                    k: getattr(model.config, k)
+                    for k in (
+                        "hidden_size",
+                        "num_hidden_layers",
+                        "num_attention_heads",
+                        "intermediate_size",
+                        "image_size",
+                        "patch_size",
+                        "num_channels",
+                        "layer_norm_eps",
+                    )
+                }
+            ),
+            add_pooling_layer=False,
+        ).eval()
         vit.load_state_dict({k: v for k, v in model.vit.state_dict().items() if k != "embeddings.mask_token"})
         hidden = vit(pixel_values=gray, output_hidden_states=True).hidden_states[-1]
         expected = vit.layernorm(hidden[:, 1:].mean(dim=1))
@@ -124,8 +144,9 @@ def test_the_final_save_exports_the_encoder_from_the_state_dict_the_trainer_gath
     model, _ = tiny_model(method)
     rgb_input(pooled_encoder(model)).save_pretrained(tmp_path / "expected")  # the encoder export, as it always was
     expected = load_file(tmp_path / "expected" / "model.safetensors")
-    trainer = MaskedImageTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none",
-                                                                    use_cpu=True))
+    trainer = MaskedImageTrainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True)
+    )
     trainer.save_model(str(tmp_path / "plain"))
     plain = load_file(tmp_path / "plain" / "model.safetensors")
     assert plain.keys() == expected.keys() and all(torch.equal(plain[k], expected[k]) for k in expected)

@@ -16,8 +16,15 @@ from transformers import (
 
 from hfssl.args import MaskingArguments
 from hfssl.data.text import tokenize_and_pack
-from hfssl.pretext.masked_tokens import (MaskedLMTrainer, build_masker, head_parameters, masked_lm_metrics, masked_token_nll,
-                                        mlm_head_module, sparse_head)
+from hfssl.pretext.masked_tokens import (
+    MaskedLMTrainer,
+    build_masker,
+    head_parameters,
+    masked_lm_metrics,
+    masked_token_nll,
+    mlm_head_module,
+    sparse_head,
+)
 
 TEXT = ["Serialization of hierarchical configurations uncovers unexpectedly idiosyncratic incompatibilities."] * 8
 
@@ -49,7 +56,9 @@ def test_whole_word_masking_masks_all_pieces_together(request, tokenizer_name, l
 
 def test_masking_rates_follow_the_options(wordpiece):
     ids = wordpiece(" ".join(TEXT * 4), truncation=True, max_length=128)["input_ids"]
-    collate = build_masker(wordpiece, MaskingArguments(mlm_probability=0.3, mask_replace_prob=0.5, random_replace_prob=0.25), seed=0)
+    collate = build_masker(
+        wordpiece, MaskingArguments(mlm_probability=0.3, mask_replace_prob=0.5, random_replace_prob=0.25), seed=0
+    )
     batch = collate([{"input_ids": ids} for _ in range(64)])
     selected = batch["labels"] != -100
     assert abs(selected.float().mean().item() - 0.3) < 0.03
@@ -59,15 +68,25 @@ def test_masking_rates_follow_the_options(wordpiece):
 
 
 def _tiny(config_cls, **kw):
-    return config_cls(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                      max_position_embeddings=64, pad_token_id=0, **kw)
+    return config_cls(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        **kw,
+    )
 
 
 CONFIGS = {
     "bert": lambda: _tiny(BertConfig),
     "roberta": lambda: _tiny(RobertaConfig),
     "electra": lambda: _tiny(ElectraConfig, embedding_size=16),
-    "distilbert": lambda: DistilBertConfig(vocab_size=300, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64, pad_token_id=0),
+    "distilbert": lambda: DistilBertConfig(
+        vocab_size=300, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64, pad_token_id=0
+    ),
     "modernbert": lambda: _tiny(ModernBertConfig, global_attn_every_n_layers=1, local_attention=16),
 }
 
@@ -160,10 +179,18 @@ def test_head_learning_rate_applies_to_the_head_only_and_follows_the_schedule(tm
     """--head_learning_rate: the head's own weights get their lr; the tied decoder stays with the encoder's."""
     from hfssl.args import RunArguments
 
-    kw = dict(vocab_size=len(wordpiece), hidden_size=32, num_attention_heads=2, intermediate_size=64, pad_token_id=wordpiece.pad_token_id)
+    kw = dict(
+        vocab_size=len(wordpiece),
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=wordpiece.pad_token_id,
+    )
     kw.update(dict(dim=32, n_layers=1, n_heads=2, hidden_dim=64) if config_cls is DistilBertConfig else dict(num_hidden_layers=1))
     model = AutoModelForMaskedLM.from_config(config_cls(**kw))
-    args = RunArguments(output_dir=str(tmp_path), learning_rate=1e-4, warmup_steps=2, max_steps=10, report_to="none", use_cpu=True)
+    args = RunArguments(
+        output_dir=str(tmp_path), learning_rate=1e-4, warmup_steps=2, max_steps=10, report_to="none", use_cpu=True
+    )
     trainer = MaskedLMTrainer(model=model, args=args, masker=build_masker(wordpiece, MaskingArguments()), head_learning_rate=1e-2)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     head = {id(p) for p in head_parameters(model)}
@@ -186,8 +213,9 @@ def test_head_learning_rate_is_refused_when_deepspeed_builds_the_optimizer(tmp_p
 
     from hfssl.args import RunArguments
 
-    model = AutoModelForMaskedLM.from_config(BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=1,
-                                                        num_attention_heads=2, intermediate_size=64))
+    model = AutoModelForMaskedLM.from_config(
+        BertConfig(vocab_size=len(wordpiece), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
     args = RunArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     args.hf_deepspeed_config = SimpleNamespace(config={"optimizer": {"type": "AdamW"}})  # what a DeepSpeed config sets
     with pytest.raises(ValueError, match="--head_learning_rate cannot apply"):

@@ -13,11 +13,25 @@ from hfssl.cli import main as hfssl_main
 
 pipeline = load_recipe("pipeline")
 
-TINY_PRETRAIN = {**dict(zip(TINY_MLM[::2], TINY_MLM[1::2])), "--max_steps": 4, "--eval_steps": 4, "--save_steps": 4,
-                 "--max_corpus_documents": 300, "--disable_tqdm": True}
+TINY_PRETRAIN = {
+    **dict(zip(TINY_MLM[::2], TINY_MLM[1::2])),
+    "--max_steps": 4,
+    "--eval_steps": 4,
+    "--save_steps": 4,
+    "--max_corpus_documents": 300,
+    "--disable_tqdm": True,
+}
 TINY_PRETRAIN = {k.removeprefix("--"): v for k, v in TINY_PRETRAIN.items()}
-TINY_TRANSFER = dict(train_samples_per_class=8, max_eval_samples=48, max_seq_length=48, max_steps=4, per_device_train_batch_size=16,
-                     eval_strategy="no", save_strategy="no", disable_tqdm=True)
+TINY_TRANSFER = dict(
+    train_samples_per_class=8,
+    max_eval_samples=48,
+    max_seq_length=48,
+    max_steps=4,
+    per_device_train_batch_size=16,
+    eval_strategy="no",
+    save_strategy="no",
+    disable_tqdm=True,
+)
 
 
 def _write(path, stages, **top) -> str:
@@ -25,14 +39,23 @@ def _write(path, stages, **top) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_two_stage_pipeline_hands_the_encoder_on_and_records_the_lineage(tmp_path, capsys):
     out = tmp_path / "run"
     (tmp_path / "tiny_mlm.yaml").write_text(yaml.safe_dump({**TINY_PRETRAIN, "max_steps": 100}))  # a recipe preset...
-    config = _write(tmp_path / "p.yaml", [
-        {"name": "pretrain", "recipe": "mlm", "config": "tiny_mlm.yaml", "options": {"max_steps": 4}},  # ...and an override
-        {"name": "probe", "recipe": "finetune_text", "from": "pretrain",
-         "options": {**TINY_TRANSFER, "strategy": "linear_probe", "learning_rate": 1e-2}},
-    ], output_dir=str(out))
+    config = _write(
+        tmp_path / "p.yaml",
+        [
+            {"name": "pretrain", "recipe": "mlm", "config": "tiny_mlm.yaml", "options": {"max_steps": 4}},  # ...and an override
+            {
+                "name": "probe",
+                "recipe": "finetune_text",
+                "from": "pretrain",
+                "options": {**TINY_TRANSFER, "strategy": "linear_probe", "learning_rate": 1e-2},
+            },
+        ],
+        output_dir=str(out),
+    )
     results = pipeline.main([config]).stages
     printed = capsys.readouterr().out
     assert set(results) == {"pretrain", "probe"} and 0 <= results["probe"].metrics["eval_accuracy"] <= 1
@@ -53,25 +76,56 @@ MLM = {"name": "a", "recipe": "mlm"}
 PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
 
 
-@pytest.mark.parametrize("stages, top, message", [
-    ([{**MLM, "recipe": "mlmm"}], {}, r"stage 'a': `recipe` must be one of mlm, tsdae, finetune_text, mim, finetune_image, got 'mlmm'"),
-    ([{**MLM, "options": {"max_stpes": 3}}], {}, r"stage 'a' \(mlm\): unknown option 'max_stpes' \(did you mean max_steps\?\)"),
-    ([{**MLM, "form": "x"}], {}, r"stage 'a': unknown key\(s\) form; a stage has name, recipe, from, config, options"),
-    ([{**PROBE, "from": "c"}, {**MLM, "name": "c"}], {}, r"stage 'b': `from: c` names a later stage"),
-    ([MLM, {**PROBE, "from": "z"}], {}, r"stage 'b': `from: z` names no stage; .*\(here: a\)"),
-    ([MLM, {**PROBE, "from": "b"}], {}, r"stage 'b': `from: b` names the stage itself"),
-    ([{**MLM, "config": "nope.yaml"}], {}, r"stage 'a': `config` nope.yaml does not exist"),
-    ([{**MLM, "recipe": "mim"}, PROBE], {}, r"stage 'b': `from: a` is an output of mim \(modality: image\), but finetune_text works on text"),
-    ([MLM, {**PROBE, "options": {"strategy": "lora"}}, {**PROBE, "name": "c", "from": "b"}], {}, r"stage 'c': `from: b` writes a LoRA adapter"),
-    ([MLM, {**PROBE, "options": {"model_name_or_path": "x"}}], {}, r"stage 'b': give either `from: a` or the option model_name_or_path"),
-    ([MLM, {**PROBE, "options": {"strategy": "bogus"}}], {}, r"stage 'b' \(finetune_text\): --strategy must be one of"),
-    ([MLM, {**MLM, "recipe": "mim"}], {}, r"stage 'a': an earlier stage has the same name"),
-    ([{**MLM, "name": "../up"}], {}, r"stage 1 needs a `name` made of letters"),
-    ([MLM, {**PROBE, "options": {"output_dir": "{out}/a"}}], {}, r"stages 'a' and 'b' have the same output_dir"),
-    ([], {}, r"`stages` must be a non-empty list"),
-    ([MLM], {"epochs": 3}, r"unknown top-level key\(s\) epochs; a pipeline file holds stages, output_dir, overwrite_output_dir"),
-    ([MLM, {**PROBE, "name": "finished"}], {}, r"stage 'finished' \(finetune_text\): --output_dir .*finished already holds a model"),
-])
+@pytest.mark.parametrize(
+    "stages, top, message",
+    [
+        (
+            [{**MLM, "recipe": "mlmm"}],
+            {},
+            r"stage 'a': `recipe` must be one of mlm, tsdae, finetune_text, mim, finetune_image, got 'mlmm'",
+        ),
+        (
+            [{**MLM, "options": {"max_stpes": 3}}],
+            {},
+            r"stage 'a' \(mlm\): unknown option 'max_stpes' \(did you mean max_steps\?\)",
+        ),
+        ([{**MLM, "form": "x"}], {}, r"stage 'a': unknown key\(s\) form; a stage has name, recipe, from, config, options"),
+        ([{**PROBE, "from": "c"}, {**MLM, "name": "c"}], {}, r"stage 'b': `from: c` names a later stage"),
+        ([MLM, {**PROBE, "from": "z"}], {}, r"stage 'b': `from: z` names no stage; .*\(here: a\)"),
+        ([MLM, {**PROBE, "from": "b"}], {}, r"stage 'b': `from: b` names the stage itself"),
+        ([{**MLM, "config": "nope.yaml"}], {}, r"stage 'a': `config` nope.yaml does not exist"),
+        (
+            [{**MLM, "recipe": "mim"}, PROBE],
+            {},
+            r"stage 'b': `from: a` is an output of mim \(modality: image\), but finetune_text works on text",
+        ),
+        (
+            [MLM, {**PROBE, "options": {"strategy": "lora"}}, {**PROBE, "name": "c", "from": "b"}],
+            {},
+            r"stage 'c': `from: b` writes a LoRA adapter",
+        ),
+        (
+            [MLM, {**PROBE, "options": {"model_name_or_path": "x"}}],
+            {},
+            r"stage 'b': give either `from: a` or the option model_name_or_path",
+        ),
+        ([MLM, {**PROBE, "options": {"strategy": "bogus"}}], {}, r"stage 'b' \(finetune_text\): --strategy must be one of"),
+        ([MLM, {**MLM, "recipe": "mim"}], {}, r"stage 'a': an earlier stage has the same name"),
+        ([{**MLM, "name": "../up"}], {}, r"stage 1 needs a `name` made of letters"),
+        ([MLM, {**PROBE, "options": {"output_dir": "{out}/a"}}], {}, r"stages 'a' and 'b' have the same output_dir"),
+        ([], {}, r"`stages` must be a non-empty list"),
+        (
+            [MLM],
+            {"epochs": 3},
+            r"unknown top-level key\(s\) epochs; a pipeline file holds stages, output_dir, overwrite_output_dir",
+        ),
+        (
+            [MLM, {**PROBE, "name": "finished"}],
+            {},
+            r"stage 'finished' \(finetune_text\): --output_dir .*finished already holds a model",
+        ),
+    ],
+)
 def test_bad_pipeline_fails_before_any_stage_runs(tmp_path, capsys, stages, top, message):
     out = tmp_path / "run"
     (tmp_path / "run" / "finished").mkdir(parents=True)

@@ -16,8 +16,16 @@ from hfssl.precision import MasterWeightOptimizer
 
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return AutoModelForMaskedLM.from_config(config)
 
 
@@ -82,11 +90,35 @@ def test_state_dict_carries_the_masters_and_restore_gives_them_back():
         raise AssertionError("step() after restore() must fail")
 
 
+@pytest.mark.slow
 def test_mlm_recipe_with_bf16_weights_saves_fp32_and_learns(tmp_path):
     out = tmp_path / "out"
-    metrics = load_recipe("mlm").main(["--bf16", "true", "--bf16_weights", "true", "--max_steps", "30", "--max_corpus_documents", "300",
-                                       "--vocab_size", "500", "--eval_steps", "30", "--save_steps", "30", "--logging_steps", "5",
-                                       "--output_dir", str(out)]).metrics
+    metrics = (
+        load_recipe("mlm")
+        .main(
+            [
+                "--bf16",
+                "true",
+                "--bf16_weights",
+                "true",
+                "--max_steps",
+                "30",
+                "--max_corpus_documents",
+                "300",
+                "--vocab_size",
+                "500",
+                "--eval_steps",
+                "30",
+                "--save_steps",
+                "30",
+                "--logging_steps",
+                "5",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        .metrics
+    )
     for folder in (out, out / "checkpoint-30"):  # the final model and the checkpoint both hold the fp32 masters
         with safe_open(folder / "model.safetensors", "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}, folder
@@ -96,15 +128,42 @@ def test_mlm_recipe_with_bf16_weights_saves_fp32_and_learns(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["mae", "simmim"])
+@pytest.mark.slow
 def test_mim_recipe_with_bf16_weights_learns_and_saves_an_fp32_encoder(tmp_path, method):
     # MAE's frozen sin-cos position embeddings must turn bf16 with the rest, or its layer norms meet fp32 inputs.
     out = tmp_path / "out"
     encoder = "num_hidden_layers=2,hidden_size=64,num_attention_heads=2,intermediate_size=128"
     decoder = ",decoder_num_hidden_layers=1,decoder_hidden_size=64,decoder_num_attention_heads=2,decoder_intermediate_size=128"
-    load_recipe("mim").main(["--method", method, "--config_overrides", encoder + (decoder if method == "mae" else ""),
-                             "--bf16", "true", "--bf16_weights", "true", "--max_steps", "60", "--max_train_samples", "640",
-                             "--probe_samples", "256", "--per_device_train_batch_size", "64", "--learning_rate", "2e-3",
-                             "--logging_steps", "10", "--save_steps", "60", "--eval_steps", "60", "--output_dir", str(out)])
+    load_recipe("mim").main(
+        [
+            "--method",
+            method,
+            "--config_overrides",
+            encoder + (decoder if method == "mae" else ""),
+            "--bf16",
+            "true",
+            "--bf16_weights",
+            "true",
+            "--max_steps",
+            "60",
+            "--max_train_samples",
+            "640",
+            "--probe_samples",
+            "256",
+            "--per_device_train_batch_size",
+            "64",
+            "--learning_rate",
+            "2e-3",
+            "--logging_steps",
+            "10",
+            "--save_steps",
+            "60",
+            "--eval_steps",
+            "60",
+            "--output_dir",
+            str(out),
+        ]
+    )
     state = json.loads(sorted(out.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert losses[-1] < 0.8 * losses[0], losses

@@ -36,7 +36,15 @@ def test_knn_votes_are_weighted_by_similarity():
 
 def test_features_are_the_layer_normed_mean_of_patch_tokens_without_cls():
     """The exported encoder's pooled output, which pipeline("image-feature-extraction", pool=True) returns too."""
-    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=8, patch_size=4, num_channels=1)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+    )
     torch.manual_seed(0)
     vit = ViTModel(config, add_pooling_layer=False).eval()
     encoder = BeitModel(beit_config(config, mean_pooling=True)).eval()

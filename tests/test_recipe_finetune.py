@@ -21,10 +21,40 @@ mlm, mim = load_recipe("mlm"), load_recipe("mim")
 finetune_text, finetune_image = load_recipe("finetune_text"), load_recipe("finetune_image")
 
 # A few steps on a small stratified slice: seconds per run.
-FAST_TEXT = ["--train_samples_per_class", "8", "--max_eval_samples", "48", "--max_seq_length", "48", "--max_steps", "4",
-             "--per_device_train_batch_size", "16", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
-FAST_IMAGE = ["--train_samples_per_class", "12", "--max_eval_samples", "60", "--max_steps", "4", "--per_device_train_batch_size", "32",
-              "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
+FAST_TEXT = [
+    "--train_samples_per_class",
+    "8",
+    "--max_eval_samples",
+    "48",
+    "--max_seq_length",
+    "48",
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "16",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
+FAST_IMAGE = [
+    "--train_samples_per_class",
+    "12",
+    "--max_eval_samples",
+    "60",
+    "--max_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "32",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 SENTENCES = ["Return the running event loop of the current thread.", "Parse a message from a file object and return its headers."]
 
 
@@ -32,16 +62,40 @@ SENTENCES = ["Return the running event loop of the current thread.", "Parse a me
 def mlm_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm") / "out"
     two_layers = [a.replace("num_hidden_layers=1", "num_hidden_layers=2") for a in TINY_MLM]
-    mlm.main(two_layers + ["--output_dir", str(out), "--max_steps", "10", "--eval_steps", "10", "--save_steps", "10", "--disable_tqdm", "true"])
+    mlm.main(
+        two_layers
+        + ["--output_dir", str(out), "--max_steps", "10", "--eval_steps", "10", "--save_steps", "10", "--disable_tqdm", "true"]
+    )
     return str(out)
 
 
 @pytest.fixture(scope="module")
 def mim_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("mim") / "out"
-    mim.main(["--output_dir", str(out), "--max_steps", "2", "--max_train_samples", "128", "--max_eval_samples", "32",
-              "--per_device_train_batch_size", "16", "--eval_steps", "2", "--save_steps", "2", "--probe_samples", "64",
-              "--bf16", "false", "--disable_tqdm", "true"])
+    mim.main(
+        [
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--max_train_samples",
+            "128",
+            "--max_eval_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "16",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--probe_samples",
+            "64",
+            "--bf16",
+            "false",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     return str(out)
 
 
@@ -55,6 +109,7 @@ def text_logits(model: torch.nn.Module, tokenizer, texts=SENTENCES) -> torch.Ten
         return model.eval()(**tokenizer(texts, return_tensors="pt", padding=True)).logits
 
 
+@pytest.mark.slow
 def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
     model, fresh = load_classifier("text", mlm_out, list(DOCSTRING_FAMILIES), pooling="mean")
     assert fresh == {"classifier.weight", "classifier.bias"}  # no backbone weight (ModernBERT's head comes from the MLM head)
@@ -86,6 +141,7 @@ def test_text_chain_mlm_to_classifier(mlm_out, tmp_path, capsys):
     assert "| asyncio |" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_image_chain_mim_to_classifier(mim_out, tmp_path):
     model, fresh = load_classifier("image", mim_out, [str(d) for d in range(10)])
     assert fresh == {"classifier.weight", "classifier.bias"}  # the whole encoder came from mim.py
@@ -96,7 +152,9 @@ def test_image_chain_mim_to_classifier(mim_out, tmp_path):
     assert type(loaded).__name__ == "BeitForImageClassification" and loaded.config.use_mean_pooling
     pixels = torch.randn(3, 3, loaded.config.image_size, loaded.config.image_size)
     with torch.no_grad():
-        assert torch.allclose(loaded.eval()(pixel_values=pixels).logits, result.model.eval()(pixel_values=pixels).logits, atol=1e-5)
+        assert torch.allclose(
+            loaded.eval()(pixel_values=pixels).logits, result.model.eval()(pixel_values=pixels).logits, atol=1e-5
+        )
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"]["parent"]["pretext"] == "mae" and record["lineage"]["base_model"] == mim_out
     # the grayscale encoder now reads RGB, which is what pipeline() gives it
@@ -104,12 +162,26 @@ def test_image_chain_mim_to_classifier(mim_out, tmp_path):
     assert all(p[0]["label"] in loaded.config.label2id for p in predictions)
 
 
+@pytest.mark.slow
 def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, capsys):
     from peft import AutoPeftModelForSequenceClassification
 
     out = tmp_path / "lora"
-    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out), "--strategy", "lora",
-                                 "--merge_lora", "true", "--learning_rate", "5e-3"] + FAST_TEXT).fit
+    result = finetune_text.main(
+        [
+            "--model_name_or_path",
+            mlm_out,
+            "--output_dir",
+            str(out),
+            "--strategy",
+            "lora",
+            "--merge_lora",
+            "true",
+            "--learning_rate",
+            "5e-3",
+        ]
+        + FAST_TEXT
+    ).fit
     printed = capsys.readouterr().out
     trainable, full = result.parameters["trainable"], result.parameters["full"]
     assert trainable < full / 10 and f"trainable parameters: {trainable:,} of {full:,}" in printed
@@ -117,9 +189,11 @@ def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, cap
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     before = text_logits(result.model, tokenizer)
-    for reloaded in (AutoPeftModelForSequenceClassification.from_pretrained(out),
-                     AutoModelForSequenceClassification.from_pretrained(out / "merged"),
-                     AutoModelForSequenceClassification.from_pretrained(out)):  # transformers' own PEFT loading
+    for reloaded in (
+        AutoPeftModelForSequenceClassification.from_pretrained(out),
+        AutoModelForSequenceClassification.from_pretrained(out / "merged"),
+        AutoModelForSequenceClassification.from_pretrained(out),
+    ):  # transformers' own PEFT loading
         after = text_logits(reloaded, tokenizer)
         assert torch.allclose(after, before, atol=1e-5) and torch.equal(after.argmax(-1), before.argmax(-1))
     assert (out / "model.safetensors").is_file() and (out / "adapter_model.safetensors").is_file()  # the base ships beside it
@@ -130,12 +204,14 @@ def test_lora_text_output_reloads_to_the_same_predictions(mlm_out, tmp_path, cap
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(out.resolve())
 
 
+@pytest.mark.slow
 def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
     from peft import AutoPeftModel, PeftModel
 
     out = tmp_path / "lora"
-    result = finetune_image.main(["--model_name_or_path", mim_out, "--output_dir", str(out), "--strategy", "lora",
-                                  "--merge_lora", "true"] + FAST_IMAGE).fit
+    result = finetune_image.main(
+        ["--model_name_or_path", mim_out, "--output_dir", str(out), "--strategy", "lora", "--merge_lora", "true"] + FAST_IMAGE
+    ).fit
     pixels = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = result.model.eval()(pixel_values=pixels).logits
@@ -147,15 +223,39 @@ def test_lora_image_output_reloads_on_its_base_model(mim_out, tmp_path):
     assert len(pipeline("image-classification", model=str(out))(digit_images(1))[0]) == 5
 
 
-@pytest.mark.parametrize("flags, unchanged, changed", [
-    (["--strategy", "linear_probe", "--seeds", "1,2"], ("model.embeddings.", "model.layers.", "model.final_norm."), ()),
-    (["--strategy", "freeze", "--freeze_layers", "1", "--pooling", "cls"], ("model.embeddings.", "model.layers.0."), ("model.layers.1.",)),
-    (["--strategy", "lp_ft", "--layer_decay", "0.8", "--l2sp_alpha", "0.01", "--class_weights", "balanced",
-      "--label_smoothing_factor", "0.1"], (), ("model.embeddings.", "model.layers.0.", "model.layers.1.")),
-])
+@pytest.mark.parametrize(
+    "flags, unchanged, changed",
+    [
+        (["--strategy", "linear_probe", "--seeds", "1,2"], ("model.embeddings.", "model.layers.", "model.final_norm."), ()),
+        (
+            ["--strategy", "freeze", "--freeze_layers", "1", "--pooling", "cls"],
+            ("model.embeddings.", "model.layers.0."),
+            ("model.layers.1.",),
+        ),
+        (
+            [
+                "--strategy",
+                "lp_ft",
+                "--layer_decay",
+                "0.8",
+                "--l2sp_alpha",
+                "0.01",
+                "--class_weights",
+                "balanced",
+                "--label_smoothing_factor",
+                "0.1",
+            ],
+            (),
+            ("model.embeddings.", "model.layers.0.", "model.layers.1."),
+        ),
+    ],
+)
+@pytest.mark.slow
 def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unchanged, changed):
     out = tmp_path / "ft"
-    result = finetune_text.main(["--model_name_or_path", mlm_out, "--output_dir", str(out), "--learning_rate", "5e-3"] + FAST_TEXT + flags).fit
+    result = finetune_text.main(
+        ["--model_name_or_path", mlm_out, "--output_dir", str(out), "--learning_rate", "5e-3"] + FAST_TEXT + flags
+    ).fit
     start, saved = load_file(f"{mlm_out}/model.safetensors"), load_file(out / "model.safetensors")
     assert not unchanged or [n for n in saved if n.startswith(unchanged)]
     for name, tensor in saved.items():
@@ -172,7 +272,9 @@ def test_strategies_end_to_end_keep_frozen_weights(mlm_out, tmp_path, flags, unc
         assert seeds["eval_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
         assert json.loads((out / "eval_results.json").read_text())["eval_accuracy_mean"] == seeds["eval_accuracy_mean"]
     if "lp_ft" in flags:
-        assert result.parameters["trainable_in_linear_probe"] < result.parameters["trainable_in_full"] == result.parameters["full"]
+        assert (
+            result.parameters["trainable_in_linear_probe"] < result.parameters["trainable_in_full"] == result.parameters["full"]
+        )
 
 
 def _csv(path, rows) -> str:
@@ -183,17 +285,32 @@ def _csv(path, rows) -> str:
 ROWS = [(f"{w} sentence number {i}", w) for w in ("alpha", "beta") for i in range(12)]
 
 
-@pytest.mark.parametrize("recipe, flags, message", [
-    ("text", ["--train_file", "{csv}"], r"--label_column 'label' is not in the data; its columns are: text, topic"),
-    ("text", ["--train_file", "{one_class}", "--label_column", "topic"], r"single class \('alpha'\)"),
-    ("text", ["--train_file", "{csv}", "--validation_file", "{unseen}", "--label_column", "topic"], r"never seen in training: 'gamma'"),
-    ("text", ["--strategy", "lora", "--lora_target_modules", "qkv"], r"named qkv\. Candidate --lora_target_modules names: .*Wqkv"),
-    ("text", ["--strategy", "freeze", "--freeze_layers", "3"], r"--freeze_layers 3 is larger than the depth .*\(2 layers"),
-    ("image", ["--strategy", "freeze", "--freeze_layers", "9"], r"--freeze_layers 9 is larger than the depth .*\(4 layers"),
-])
+@pytest.mark.parametrize(
+    "recipe, flags, message",
+    [
+        ("text", ["--train_file", "{csv}"], r"--label_column 'label' is not in the data; its columns are: text, topic"),
+        ("text", ["--train_file", "{one_class}", "--label_column", "topic"], r"single class \('alpha'\)"),
+        (
+            "text",
+            ["--train_file", "{csv}", "--validation_file", "{unseen}", "--label_column", "topic"],
+            r"never seen in training: 'gamma'",
+        ),
+        (
+            "text",
+            ["--strategy", "lora", "--lora_target_modules", "qkv"],
+            r"named qkv\. Candidate --lora_target_modules names: .*Wqkv",
+        ),
+        ("text", ["--strategy", "freeze", "--freeze_layers", "3"], r"--freeze_layers 3 is larger than the depth .*\(2 layers"),
+        ("image", ["--strategy", "freeze", "--freeze_layers", "9"], r"--freeze_layers 9 is larger than the depth .*\(4 layers"),
+    ],
+)
+@pytest.mark.slow
 def test_bad_input_fails_before_training_and_writes_nothing(mlm_out, tmp_path, recipe, flags, message):
-    files = {"csv": _csv(tmp_path / "d.csv", ROWS), "one_class": _csv(tmp_path / "one.csv", ROWS[:12]),
-             "unseen": _csv(tmp_path / "u.csv", ROWS[:2] + [("gamma sentence", "gamma")])}
+    files = {
+        "csv": _csv(tmp_path / "d.csv", ROWS),
+        "one_class": _csv(tmp_path / "one.csv", ROWS[:12]),
+        "unseen": _csv(tmp_path / "u.csv", ROWS[:2] + [("gamma sentence", "gamma")]),
+    }
     out = tmp_path / "out"
     argv = [f.format(**files) for f in flags] + ["--output_dir", str(out)]
     with pytest.raises(ValueError, match=message):
@@ -204,10 +321,32 @@ def test_bad_input_fails_before_training_and_writes_nothing(mlm_out, tmp_path, r
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_embedded_text_task_full_fine_tuning_beats_the_majority_class(minilm_path, tmp_path, capsys):
-    result = finetune_text.main(["--output_dir", str(tmp_path / "o"), "--train_samples_per_class", "16", "--max_eval_samples", "96",
-                                 "--max_seq_length", "32", "--max_steps", "16", "--per_device_train_batch_size", "16",
-                                 "--learning_rate", "2e-4", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]).fit
+    result = finetune_text.main(
+        [
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--train_samples_per_class",
+            "16",
+            "--max_eval_samples",
+            "96",
+            "--max_seq_length",
+            "32",
+            "--max_steps",
+            "16",
+            "--per_device_train_batch_size",
+            "16",
+            "--learning_rate",
+            "2e-4",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ]
+    ).fit
     scores = result.eval_results
     assert result.model.config.name_or_path == minilm_path  # the packaged MiniLM is the default start
     assert scores["eval_accuracy"] > scores["eval_majority_accuracy"] + 0.3, scores  # measured 0.73 vs 0.11
@@ -216,15 +355,37 @@ def test_embedded_text_task_full_fine_tuning_beats_the_majority_class(minilm_pat
     assert "macro-F1" in printed and f"trainable parameters: {result.parameters['full']:,}" in printed
 
 
+@pytest.mark.slow
 def test_embedded_digits_full_fine_tuning_beats_the_majority_class(tmp_path):
     from transformers import ViTConfig, ViTImageProcessor
 
     small = tmp_path / "vit"  # the default data; a ViT smaller than the default preset, trained from scratch
-    ViTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128, image_size=16, patch_size=4).save_pretrained(small)
+    ViTConfig(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128, image_size=16, patch_size=4
+    ).save_pretrained(small)
     ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(small)
-    result = finetune_image.main(["--model_name_or_path", str(small), "--from_scratch", "true", "--output_dir", str(tmp_path / "o"),
-                                  "--max_steps", "120", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-                                  "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]).fit
+    result = finetune_image.main(
+        [
+            "--model_name_or_path",
+            str(small),
+            "--from_scratch",
+            "true",
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_steps",
+            "120",
+            "--per_device_train_batch_size",
+            "32",
+            "--learning_rate",
+            "3e-3",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ]
+    ).fit
     scores = result.eval_results
     assert scores["eval_majority_accuracy"] < 0.15
     assert scores["eval_accuracy"] > scores["eval_majority_accuracy"] + 0.25, scores  # measured 0.52 vs 0.10

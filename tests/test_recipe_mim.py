@@ -17,8 +17,20 @@ from conftest import load_recipe
 ENCODER = "num_hidden_layers=2,hidden_size=64,num_attention_heads=2,intermediate_size=128"
 DECODER = ",decoder_num_hidden_layers=1,decoder_hidden_size=64,decoder_num_attention_heads=2,decoder_intermediate_size=128"
 TINY_MIM = [
-    "--max_train_samples", "640", "--probe_samples", "640", "--per_device_train_batch_size", "64",
-    "--learning_rate", "2e-3", "--logging_steps", "10", "--save_steps", "100", "--bf16", "false",
+    "--max_train_samples",
+    "640",
+    "--probe_samples",
+    "640",
+    "--per_device_train_batch_size",
+    "64",
+    "--learning_rate",
+    "2e-3",
+    "--logging_steps",
+    "10",
+    "--save_steps",
+    "100",
+    "--bf16",
+    "false",
 ]
 
 
@@ -32,14 +44,26 @@ def pretrained(request, recipe, tmp_path_factory):
     """One short pretraining per method: (method, output dir, metrics, printed summary)."""
     out = tmp_path_factory.mktemp(request.param) / "out"
     overrides = ENCODER + (DECODER if request.param == "mae" else "")
-    argv = ["--method", request.param, "--output_dir", str(out), "--config_overrides", overrides,
-            "--max_steps", "200", "--eval_steps", "100", *TINY_MIM]
+    argv = [
+        "--method",
+        request.param,
+        "--output_dir",
+        str(out),
+        "--config_overrides",
+        overrides,
+        "--max_steps",
+        "200",
+        "--eval_steps",
+        "100",
+        *TINY_MIM,
+    ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         metrics = recipe.main(argv).metrics
     return request.param, out, metrics, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_summary_reports_it(pretrained):
     method, out, metrics, printed = pretrained
     record = json.loads((out / "hfssl.json").read_text())
@@ -59,6 +83,7 @@ def record_log(out):
 
 
 @pytest.mark.parametrize("pretrained", ["mae"], indirect=True)
+@pytest.mark.slow
 def test_knn_beats_the_random_init_encoder(pretrained):
     """MAE only: at this size SimMIM's features first get worse for kNN, and need the demo's 600 steps to recover."""
     _, _, metrics, _ = pretrained
@@ -66,6 +91,7 @@ def test_knn_beats_the_random_init_encoder(pretrained):
     assert 0 < metrics["eval_linear_probe_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_output_loads_as_a_beit_classifier_and_automodel(pretrained):
     method, out, _, _ = pretrained
     classifier, info = AutoModelForImageClassification.from_pretrained(out, num_labels=10, output_loading_info=True)
@@ -95,9 +121,28 @@ def test_image_folder_run_counts_skipped_files(recipe, tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "out"
-    metrics = recipe.main(["--train_dir", str(folder), "--skip_corrupt_images", "true", "--output_dir", str(out),
-                           "--config_overrides", ENCODER + DECODER, "--max_steps", "4", "--eval_steps", "4",
-                           "--per_device_train_batch_size", "8", "--save_steps", "100", "--bf16", "false"]).metrics
+    metrics = recipe.main(
+        [
+            "--train_dir",
+            str(folder),
+            "--skip_corrupt_images",
+            "true",
+            "--output_dir",
+            str(out),
+            "--config_overrides",
+            ENCODER + DECODER,
+            "--max_steps",
+            "4",
+            "--eval_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_steps",
+            "100",
+            "--bf16",
+            "false",
+        ]
+    ).metrics
     record = json.loads((out / "hfssl.json").read_text())
     assert record["skipped_images"] == 1 and record["num_channels"] == 3
     assert "1 unreadable images skipped" in capsys.readouterr().out
@@ -105,6 +150,7 @@ def test_image_folder_run_counts_skipped_files(recipe, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["mae", "simmim"])
+@pytest.mark.slow
 def test_trust_remote_code_reaches_every_load_of_the_starting_checkpoint(recipe, tmp_path, monkeypatch, method):
     from transformers import AutoConfig
 
@@ -113,21 +159,55 @@ def test_trust_remote_code_reaches_every_load_of_the_starting_checkpoint(recipe,
 
     # The starting checkpoint: an encoder as mim.py exports it (BEiT), so each method loads its config and its weights.
     config = masked_image_config(VisionModelArguments(num_channels=1), PatchMaskingArguments(method="mae"))
-    config.update(dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
-                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64))
+    config.update(
+        dict(
+            num_hidden_layers=1,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            decoder_hidden_size=32,
+            decoder_num_hidden_layers=1,
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=64,
+        )
+    )
     start = tmp_path / "start"
     pooled_encoder(build_masked_image_model(config)).save_pretrained(start)
     loads = []
     for auto in (AutoConfig, AutoModel):
+
         def spy(*args, _load=auto.from_pretrained, _name=auto.__name__, **kwargs):
             loads.append((_name, kwargs.get("trust_remote_code")))
             return _load(*args, **kwargs)
 
         monkeypatch.setattr(auto, "from_pretrained", spy)
     out = tmp_path / "out"
-    recipe.main(["--method", method, "--model_name_or_path", str(start), "--trust_remote_code", "true", "--output_dir", str(out),
-                 "--max_steps", "2", "--eval_steps", "2", "--max_train_samples", "64", "--probe_samples", "64",
-                 "--per_device_train_batch_size", "32", "--save_steps", "100", "--bf16", "false"])
+    recipe.main(
+        [
+            "--method",
+            method,
+            "--model_name_or_path",
+            str(start),
+            "--trust_remote_code",
+            "true",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "2",
+            "--max_train_samples",
+            "64",
+            "--probe_samples",
+            "64",
+            "--per_device_train_batch_size",
+            "32",
+            "--save_steps",
+            "100",
+            "--bf16",
+            "false",
+        ]
+    )
     assert ("AutoModel", True) in loads and ("AutoConfig", True) in loads
     assert all(trusted for _, trusted in loads), loads  # every load of the checkpoint, as the card says
     assert json.loads((out / "hfssl.json").read_text())["options"]["model"]["trust_remote_code"] is True

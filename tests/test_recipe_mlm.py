@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_loss_falls_on_real_text(trained):
     out, metrics = trained
     record = json.loads((out / "hfssl.json").read_text())
@@ -34,6 +35,7 @@ def test_loss_falls_on_real_text(trained):
     assert record["metrics"]["eval_perplexity"] == pytest.approx(metrics["eval_perplexity"])
 
 
+@pytest.mark.slow
 def test_output_loads_with_from_pretrained_and_pipeline(trained):
     out, _ = trained
     model = AutoModelForMaskedLM.from_pretrained(out)
@@ -61,11 +63,22 @@ def test_existing_model_is_never_overwritten(trained):
     assert (out / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, wordpiece):
     full, part = tmp_path / "full", tmp_path / "part"
     wordpiece.save_pretrained(tmp_path / "tok")  # trained tokenizers differ run to run; fix one for both runs
-    args = TINY_MLM + ["--max_steps", "20", "--save_steps", "10", "--eval_steps", "10", "--seed", "3",
-                       "--tokenizer_name", str(tmp_path / "tok")]
+    args = TINY_MLM + [
+        "--max_steps",
+        "20",
+        "--save_steps",
+        "10",
+        "--eval_steps",
+        "10",
+        "--seed",
+        "3",
+        "--tokenizer_name",
+        str(tmp_path / "tok"),
+    ]
     mlm.main(args + ["--output_dir", str(full)])
     # an interrupted run: keep only checkpoint-10 of a second identical run
     mlm.main(args + ["--output_dir", str(part)])
@@ -81,14 +94,36 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, wordpiece):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # bit-identical on CPU
 
 
+@pytest.mark.slow
 def test_continued_pretraining_from_packaged_minilm(tmp_path, minilm_path, caplog):
     out = tmp_path / "dapt"
     before = AutoModelForMaskedLM.from_pretrained(minilm_path)
-    metrics = mlm.main([
-        "--model_name_or_path", minilm_path, "--max_corpus_documents", "400", "--max_seq_length", "64",
-        "--per_device_train_batch_size", "8", "--max_steps", "6", "--eval_steps", "6", "--save_steps", "6",
-        "--output_dir", str(out), "--learning_rate", "2e-4", "--max_eval_samples", "40", "--logging_steps", "1",
-    ]).metrics
+    metrics = mlm.main(
+        [
+            "--model_name_or_path",
+            minilm_path,
+            "--max_corpus_documents",
+            "400",
+            "--max_seq_length",
+            "64",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_steps",
+            "6",
+            "--eval_steps",
+            "6",
+            "--save_steps",
+            "6",
+            "--output_dir",
+            str(out),
+            "--learning_rate",
+            "2e-4",
+            "--max_eval_samples",
+            "40",
+            "--logging_steps",
+            "1",
+        ]
+    ).metrics
     assert "no (complete) masked-LM head" in caplog.text
     after = AutoModelForMaskedLM.from_pretrained(out)
     assert after.config.hidden_size == 384 and after.config.num_hidden_layers == 6
@@ -138,12 +173,30 @@ def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, wordpiece,
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_two_process_launch_writes_a_loadable_model(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "mlm.py"),
-           *TINY_MLM, "--max_steps", "10", "--output_dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "recipes" / "mlm.py"),
+        *TINY_MLM,
+        "--max_steps",
+        "10",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((out / "hfssl.json").read_text())["options"]["training"]["max_steps"] == 10

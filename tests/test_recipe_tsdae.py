@@ -15,20 +15,48 @@ from conftest import load_recipe
 from hfssl.pretext.sentence_denoising import DenoisingCollator, delete_words
 
 tsdae = load_recipe("tsdae")
-TINY = ["--max_corpus_documents", "1500", "--max_seq_length", "48", "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "32", "--max_eval_samples", "64", "--learning_rate", "1e-3", "--logging_steps", "5",
-        "--eval_steps", "20"]
+TINY = [
+    "--max_corpus_documents",
+    "1500",
+    "--max_seq_length",
+    "48",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "32",
+    "--max_eval_samples",
+    "64",
+    "--learning_rate",
+    "1e-3",
+    "--logging_steps",
+    "5",
+    "--eval_steps",
+    "20",
+]
 
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, wordpiece):
     """A small BERT encoder checkpoint with a WordPiece tokenizer trained on the embedded corpus."""
     path = tmp_path_factory.mktemp("encoder") / "tiny-bert"
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=wordpiece.backend_tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece.backend_tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     BertModel(config, add_pooling_layer=False).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -37,8 +65,21 @@ def tiny_encoder(tmp_path_factory, wordpiece):
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory, tiny_encoder):
     out = tmp_path_factory.mktemp("tsdae") / "out"
-    metrics = tsdae.main(TINY + ["--model_name_or_path", tiny_encoder, "--output_dir", str(out), "--max_steps", "60",
-                                 "--save_strategy", "steps", "--save_steps", "60"]).metrics
+    metrics = tsdae.main(
+        TINY
+        + [
+            "--model_name_or_path",
+            tiny_encoder,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "60",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "60",
+        ]
+    ).metrics
     return out, metrics
 
 
@@ -71,6 +112,7 @@ def test_collator_pairs_damaged_input_with_the_original(tiny_encoder):
     assert source <= target and len(source) < len(target)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_encoder_is_saved_without_the_decoder(adapted, tiny_encoder):
     out, metrics = adapted
     history = json.loads((out / "checkpoint-60" / "trainer_state.json").read_text())["log_history"]
@@ -87,6 +129,7 @@ def test_loss_falls_and_encoder_is_saved_without_the_decoder(adapted, tiny_encod
     assert not (out / "denoiser.safetensors").exists() and (out / "checkpoint-60" / "denoiser.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_record_card_and_transfer(adapted, tiny_encoder, tmp_path):
     out, metrics = adapted
     record = json.loads((out / "hfssl.json").read_text())
@@ -96,16 +139,43 @@ def test_record_card_and_transfer(adapted, tiny_encoder, tmp_path):
     card = (out / "README.md").read_text()
     assert "TSDAE" in card and "60%" in card and "reconstruction loss" in card and "pipeline_tag: feature-extraction" in card
     # the adapted encoder is what hfssl's fine-tuning recipe starts from, lineage included
-    fit = load_recipe("finetune_text").main(["--model_name_or_path", str(out), "--max_steps", "4", "--output_dir",
-                                             str(tmp_path / "ft"), "--per_device_train_batch_size", "8"]).fit
+    fit = (
+        load_recipe("finetune_text")
+        .main(
+            [
+                "--model_name_or_path",
+                str(out),
+                "--max_steps",
+                "4",
+                "--output_dir",
+                str(tmp_path / "ft"),
+                "--per_device_train_batch_size",
+                "8",
+            ]
+        )
+        .fit
+    )
     assert 0 <= fit.eval_results["eval_accuracy"] <= 1
     parent = json.loads((tmp_path / "ft" / "hfssl.json").read_text())["lineage"]["parent"]
     assert parent["pretext"] == "tsdae"
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_encoder):
-    args = TINY + ["--model_name_or_path", tiny_encoder, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "6",
-                   "--eval_steps", "6", "--seed", "5"]
+    args = TINY + [
+        "--model_name_or_path",
+        tiny_encoder,
+        "--max_steps",
+        "12",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "6",
+        "--eval_steps",
+        "6",
+        "--seed",
+        "5",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     tsdae.main(args + ["--output_dir", str(full)])
     tsdae.main(args + ["--output_dir", str(part)])
@@ -138,7 +208,9 @@ def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, tiny_encod
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(tmp_path / "distilbert")
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        tmp_path / "distilbert"
+    )
     (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "   "}\n{"text": null}\n' * 20)
     out = tmp_path / "out"
     flags = [f.format(tmp=tmp_path, encoder=tiny_encoder) for f in flags]
@@ -147,16 +219,32 @@ def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, tiny_encod
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_pipeline_adapts_then_fine_tunes(tmp_path, tiny_encoder, capsys):
     import yaml
 
     pipeline = load_recipe("pipeline")
     config = tmp_path / "p.yaml"
-    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "stages": [
-        {"name": "adapt", "recipe": "tsdae", "options": {"model_name_or_path": tiny_encoder, "max_steps": 4,
-                                                          "max_corpus_documents": 300, "max_eval_samples": 16}},
-        {"name": "classify", "recipe": "finetune_text", "from": "adapt", "options": {"max_steps": 4}},
-    ]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "stages": [
+                    {
+                        "name": "adapt",
+                        "recipe": "tsdae",
+                        "options": {
+                            "model_name_or_path": tiny_encoder,
+                            "max_steps": 4,
+                            "max_corpus_documents": 300,
+                            "max_eval_samples": 16,
+                        },
+                    },
+                    {"name": "classify", "recipe": "finetune_text", "from": "adapt", "options": {"max_steps": 4}},
+                ],
+            }
+        )
+    )
     results = pipeline.main([str(config)]).stages
     assert "adapt: tsdae, reconstruction loss" in capsys.readouterr().out
     assert 0 <= results["classify"].metrics["eval_accuracy"] <= 1
@@ -172,8 +260,12 @@ def test_saving_writes_the_given_state_dict_not_the_live_weights(tmp_path, tiny_
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
     model = SentenceDenoiser(tiny_encoder, max_seq_length=32)
-    trainer = SentenceDenoisingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none"),
-                                       data_collator=DenoisingCollator(tokenizer, "text"), processing_class=tokenizer)
+    trainer = SentenceDenoisingTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none"),
+        data_collator=DenoisingCollator(tokenizer, "text"),
+        processing_class=tokenizer,
+    )
     gathered = {k: v.detach().clone() + 1.0 for k, v in model.state_dict().items()}
     trainer._save(str(tmp_path / "out"), state_dict=gathered)
     saved = load_file(tmp_path / "out" / "model.safetensors")

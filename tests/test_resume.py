@@ -28,7 +28,9 @@ def _launch(args: list[str], log: Path) -> subprocess.Popen:
     """recipes/mlm.py in a fresh interpreter, as a user starts it; stdout and stderr go to `log`."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "mlm.py"), *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "recipes" / "mlm.py"), *args], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def _finish(proc: subprocess.Popen, log: Path) -> str:
@@ -44,10 +46,23 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, wordpiece):
     wordpiece.save_pretrained(tmp_path / "tok")  # trained tokenizers differ run to run; fix one for every run
-    args = TINY_MLM + ["--max_steps", str(STEPS), "--save_steps", str(EVERY), "--eval_steps", str(STEPS), "--seed", "3",
-                       "--tokenizer_name", str(tmp_path / "tok"), "--disable_tqdm", "true"]
+    args = TINY_MLM + [
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        str(EVERY),
+        "--eval_steps",
+        str(STEPS),
+        "--seed",
+        "3",
+        "--tokenizer_name",
+        str(tmp_path / "tok"),
+        "--disable_tqdm",
+        "true",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     uninterrupted = _launch(args + ["--output_dir", str(full)], tmp_path / "full.log")
 
@@ -65,14 +80,19 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, wordpiece):
 
     # Rerun without --resume_from_checkpoint: refused with a clear message, and nothing is touched.
     before = _snapshot(part)
-    with pytest.raises(ValueError, match=rf"--output_dir {part} holds an unfinished run \(checkpoints but no hfssl\.json\)\. "
-                                         r"Pass --resume_from_checkpoint true to continue it"):
+    with pytest.raises(
+        ValueError,
+        match=rf"--output_dir {part} holds an unfinished run \(checkpoints but no hfssl\.json\)\. "
+        r"Pass --resume_from_checkpoint true to continue it",
+    ):
         load_recipe("mlm").main(args + ["--output_dir", str(part)])
     assert _snapshot(part) == before
 
     # Resume: it continues from the last complete checkpoint, and runs only the remaining steps.
-    resumed = _finish(_launch(args + ["--output_dir", str(part), "--resume_from_checkpoint", "true"], tmp_path / "resumed.log"),
-                      tmp_path / "resumed.log")
+    resumed = _finish(
+        _launch(args + ["--output_dir", str(part), "--resume_from_checkpoint", "true"], tmp_path / "resumed.log"),
+        tmp_path / "resumed.log",
+    )
     last = max(done)
     assert f"Resuming from {part / f'checkpoint-{last}'}" in resumed
     assert resumed.count("{'loss'") == (STEPS - last) // EVERY  # one log line per 5 steps: only the remaining steps ran

@@ -32,6 +32,7 @@ def _faults(mode: str) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.slow
 def test_keep_freed_memory_stops_page_faults_on_reused_tensors():
     default, kept = _faults("default"), _faults("keep")
     # glibc's default unmaps each 64 MB block on free: every reuse faults its 16k pages back in.

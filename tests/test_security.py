@@ -32,8 +32,11 @@ from conftest import ROOT, TINY_MLM, load_recipe
 from hub_server import LoopbackHub
 
 SENTINEL = "hf_SENTINELsecurityCheck0123456789abcdef"
-TINY_VIT = ["--config_overrides", "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,"
-            "decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64"]
+TINY_VIT = [
+    "--config_overrides",
+    "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,"
+    "decoder_num_hidden_layers=1,decoder_hidden_size=32,decoder_num_attention_heads=2,decoder_intermediate_size=64",
+]
 QUIET = ["--disable_tqdm", "true", "--hub_token", SENTINEL]
 MLM_ARGS = TINY_MLM + QUIET + ["--max_steps", "4", "--eval_steps", "4", "--save_steps", "2", "--max_corpus_documents", "300"]
 PICKLES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -59,23 +62,88 @@ def runs(tmp_path_factory) -> dict:
     errors = []
     printed_out, printed_err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed_out), contextlib.redirect_stderr(printed_err), \
-                LoopbackHub(root / "hub", token=SENTINEL) as hub:
+        with (
+            contextlib.redirect_stdout(printed_out),
+            contextlib.redirect_stderr(printed_err),
+            LoopbackHub(root / "hub", token=SENTINEL) as hub,
+        ):
             patch.setenv("HF_ENDPOINT", hub.endpoint)
-            load_recipe("mlm").main(MLM_ARGS + ["--output_dir", str(outs["mlm"]), "--push_to_hub", "true", "--hub_model_id", "me/secure"])
+            load_recipe("mlm").main(
+                MLM_ARGS + ["--output_dir", str(outs["mlm"]), "--push_to_hub", "true", "--hub_model_id", "me/secure"]
+            )
             pushed = hub.files("me/secure")
-            load_recipe("mim").main(TINY_VIT + QUIET + ["--output_dir", str(outs["mim"]), "--max_steps", "2", "--max_train_samples", "96",
-                                                        "--per_device_train_batch_size", "16", "--save_steps", "2", "--probe_samples", "64",
-                                                        "--bf16", "false"])
-            load_recipe("finetune_text").main(QUIET + [
-                "--model_name_or_path", str(outs["mlm"]), "--output_dir", str(outs["finetune_text"]), "--trust_remote_code", "true",
-                "--train_samples_per_class", "4", "--max_eval_samples", "16", "--max_seq_length", "32", "--max_steps", "2",
-                "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no"])
-            load_recipe("finetune_image").main(QUIET + [
-                "--model_name_or_path", str(outs["mim"]), "--output_dir", str(outs["finetune_image"]), "--strategy", "lora",
-                "--train_samples_per_class", "4", "--max_eval_samples", "20", "--max_steps", "2", "--save_strategy", "steps",
-                "--save_steps", "2", "--eval_strategy", "no"])
-            for bad in (["--hub_tokn", SENTINEL], ["--max_steps", SENTINEL]):  # a misspelt flag; the token as another option's value
+            load_recipe("mim").main(
+                TINY_VIT
+                + QUIET
+                + [
+                    "--output_dir",
+                    str(outs["mim"]),
+                    "--max_steps",
+                    "2",
+                    "--max_train_samples",
+                    "96",
+                    "--per_device_train_batch_size",
+                    "16",
+                    "--save_steps",
+                    "2",
+                    "--probe_samples",
+                    "64",
+                    "--bf16",
+                    "false",
+                ]
+            )
+            load_recipe("finetune_text").main(
+                QUIET
+                + [
+                    "--model_name_or_path",
+                    str(outs["mlm"]),
+                    "--output_dir",
+                    str(outs["finetune_text"]),
+                    "--trust_remote_code",
+                    "true",
+                    "--train_samples_per_class",
+                    "4",
+                    "--max_eval_samples",
+                    "16",
+                    "--max_seq_length",
+                    "32",
+                    "--max_steps",
+                    "2",
+                    "--save_strategy",
+                    "steps",
+                    "--save_steps",
+                    "2",
+                    "--eval_strategy",
+                    "no",
+                ]
+            )
+            load_recipe("finetune_image").main(
+                QUIET
+                + [
+                    "--model_name_or_path",
+                    str(outs["mim"]),
+                    "--output_dir",
+                    str(outs["finetune_image"]),
+                    "--strategy",
+                    "lora",
+                    "--train_samples_per_class",
+                    "4",
+                    "--max_eval_samples",
+                    "20",
+                    "--max_steps",
+                    "2",
+                    "--save_strategy",
+                    "steps",
+                    "--save_steps",
+                    "2",
+                    "--eval_strategy",
+                    "no",
+                ]
+            )
+            for bad in (
+                ["--hub_tokn", SENTINEL],
+                ["--max_steps", SENTINEL],
+            ):  # a misspelt flag; the token as another option's value
                 try:
                     load_recipe("mlm").main(MLM_ARGS + bad + ["--output_dir", str(root / "refused")])
                 except ValueError as err:
@@ -85,8 +153,15 @@ def runs(tmp_path_factory) -> dict:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         patch.undo()
-    return dict(outs=outs, logs=logs.getvalue(), out=printed_out.getvalue(), err=printed_err.getvalue(), errors=errors,
-                pushed=pushed, authorizations=hub.authorizations)
+    return dict(
+        outs=outs,
+        logs=logs.getvalue(),
+        out=printed_out.getvalue(),
+        err=printed_err.getvalue(),
+        errors=errors,
+        pushed=pushed,
+        authorizations=hub.authorizations,
+    )
 
 
 def _readable(path: Path) -> list[bytes]:
@@ -98,6 +173,7 @@ def _readable(path: Path) -> list[bytes]:
     return data
 
 
+@pytest.mark.slow
 def test_the_sentinel_token_never_leaks(runs):
     assert any(SENTINEL in a for a in runs["authorizations"]), "the push did not use the token, so this test proves nothing"
     assert runs["pushed"]  # mlm.py pushed its finished output with it
@@ -116,9 +192,14 @@ def test_the_sentinel_token_never_leaks(runs):
         assert SENTINEL.encode() not in content, name
 
 
+@pytest.mark.slow
 def test_weights_are_safetensors_and_the_only_pickles_are_trainer_state(runs):
     for recipe, out in runs["outs"].items():
-        final = [p for p in out.rglob("*") if p.is_file() and not any(part.startswith("checkpoint-") for part in p.relative_to(out).parts)]
+        final = [
+            p
+            for p in out.rglob("*")
+            if p.is_file() and not any(part.startswith("checkpoint-") for part in p.relative_to(out).parts)
+        ]
         assert not [p for p in final if p.suffix in PICKLES], recipe  # no pickle at all in what from_pretrained and a push read
         assert [p for p in final if p.suffix == ".safetensors"], recipe
         checkpoints = sorted(out.glob("checkpoint-*"))
@@ -139,12 +220,21 @@ def test_hfssl_loads_torch_files_only_with_weights_only():
     calls = []
     for path in (ROOT / "hfssl").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "load") and "torch" in ast.unparse(node.func):
+            if (
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) in ("torch.load", "load")
+                and "torch" in ast.unparse(node.func)
+            ):
                 calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}))
     assert calls  # hfssl does load one kind of torch file: the masking RNG state of a checkpoint
     assert all(kw.get("weights_only") == "True" for _, kw in calls), calls
-    imported = {alias.name for path in (ROOT / "hfssl").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    imported = {
+        alias.name
+        for path in (ROOT / "hfssl").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
     assert not imported & {"pickle", "dill", "cloudpickle", "joblib"}, imported
 
 
@@ -158,7 +248,9 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.parametrize("trap, reader", [("masking_rng_0.pt", "train"), ("rng_state.pth", "_load_rng_state")])  # hfssl's, the Trainer's
+@pytest.mark.parametrize(
+    "trap, reader", [("masking_rng_0.pt", "train"), ("rng_state.pth", "_load_rng_state")]
+)  # hfssl's, the Trainer's
 def test_resuming_never_unpickles_code(runs, tmp_path, trap, reader):
     out = tmp_path / "out"
     shutil.copytree(runs["outs"]["mlm"] / "checkpoint-2", out / "checkpoint-2")
@@ -167,6 +259,8 @@ def test_resuming_never_unpickles_code(runs, tmp_path, trap, reader):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed") as info:
         load_recipe("mlm").main(MLM_ARGS + ["--output_dir", str(out), "--resume_from_checkpoint", "true"])
     called = [entry.name for entry in info.traceback]
-    assert reader in called and (reader != "train" or "_inner_training_loop" not in called), called  # refused by the intended reader
+    assert reader in called and (reader != "train" or "_inner_training_loop" not in called), (
+        called
+    )  # refused by the intended reader
     assert not marker.exists()
     assert not (out / "hfssl.json").exists()

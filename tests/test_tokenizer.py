@@ -35,9 +35,18 @@ def _train_options(**changes):
     """The model options resolve_tokenizer reads when mlm.py runs with --train_tokenizer true."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{"tokenizer_name": None, "train_tokenizer": True, "model_name_or_path": None,
-                              "trust_remote_code": False, "tokenizer_type": "wordpiece", "vocab_size": 600,
-                              "tokenizer_training_samples": 10_000, **changes})
+    return SimpleNamespace(
+        **{
+            "tokenizer_name": None,
+            "train_tokenizer": True,
+            "model_name_or_path": None,
+            "trust_remote_code": False,
+            "tokenizer_type": "wordpiece",
+            "vocab_size": 600,
+            "tokenizer_training_samples": 10_000,
+            **changes,
+        }
+    )
 
 
 def test_a_rerun_reuses_the_tokenizer_trained_on_the_same_corpus(tmp_path, monkeypatch, corpus, caplog):
@@ -60,20 +69,26 @@ def test_a_rerun_reuses_the_tokenizer_trained_on_the_same_corpus(tmp_path, monke
     assert again.get_vocab() == first.get_vocab() and len(again) == 600
     assert again.backend_tokenizer.to_str() == first.backend_tokenizer.to_str()
     assert (again.mask_token, again.model_max_length) == ("[MASK]", 512)
-    assert [p.name for p in (tmp_path / "hfssl-tokenizers").iterdir()] == [tokenizer_cache_key(
-        corpus[:1500], "wordpiece", 600, 10_000)]  # one entry, no staging directory left behind
+    assert [p.name for p in (tmp_path / "hfssl-tokenizers").iterdir()] == [
+        tokenizer_cache_key(corpus[:1500], "wordpiece", 600, 10_000)
+    ]  # one entry, no staging directory left behind
 
     resolve_tokenizer(_train_options(vocab_size=700), datasets.Dataset.from_dict({"text": corpus[:1500]}), "text")
     resolve_tokenizer(_train_options(), datasets.Dataset.from_dict({"text": corpus[1:1501]}), "text")
     assert len(trainings) == 3  # other options or another corpus: another tokenizer
 
 
-@pytest.mark.parametrize("change", [
-    {"kind": "bpe"}, {"vocab_size": 601}, {"training_samples": 99},
-    {"texts": ["Return the sum.", "Open a file"]},  # another corpus
-    {"texts": ["Open a file.", "Return the sum."]},  # the same texts in another order
-    {"texts": ["Return the sum.Open a file."]},  # the same characters, split otherwise
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "bpe"},
+        {"vocab_size": 601},
+        {"training_samples": 99},
+        {"texts": ["Return the sum.", "Open a file"]},  # another corpus
+        {"texts": ["Open a file.", "Return the sum."]},  # the same texts in another order
+        {"texts": ["Return the sum.Open a file."]},  # the same characters, split otherwise
+    ],
+)
 def test_the_tokenizer_cache_key_follows_the_corpus_and_every_option(change):
     base = {"texts": ["Return the sum.", "Open a file."], "kind": "wordpiece", "vocab_size": 600, "training_samples": 100}
     assert tokenizer_cache_key(**base) == tokenizer_cache_key(**{**base, "texts": iter(["Return the sum.", "", "Open a file."])})

@@ -13,8 +13,11 @@ from hfssl.transfer.strategies import find_layout
 
 def tiny_bert(layers: int = 3) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=100, num_hidden_layers=layers, hidden_size=32, num_attention_heads=2,
-                                                    intermediate_size=64, num_labels=3))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100, num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=3
+        )
+    )
 
 
 def test_layer_decay_learning_rates_follow_depth():
@@ -65,10 +68,23 @@ def test_l2sp_matches_its_formula_and_leaves_the_head_alone():
 
 def _trainer(tmp_path, model, **kw) -> TransferTrainer:
     g = torch.Generator().manual_seed(0)
-    data = Dataset.from_dict({"input_ids": torch.randint(5, 100, (32, 10), generator=g).tolist(),
-                              "labels": torch.randint(0, 3, (32,), generator=g).tolist()})
-    args = TrainingArguments(str(tmp_path), max_steps=8, per_device_train_batch_size=8, learning_rate=5e-3, report_to="none",
-                             save_strategy="no", use_cpu=True, disable_tqdm=True, **kw.pop("training", {}))
+    data = Dataset.from_dict(
+        {
+            "input_ids": torch.randint(5, 100, (32, 10), generator=g).tolist(),
+            "labels": torch.randint(0, 3, (32,), generator=g).tolist(),
+        }
+    )
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=8,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        **kw.pop("training", {}),
+    )
     return TransferTrainer(model=model, args=args, train_dataset=data, layout=find_layout(model, set()), **kw)
 
 
@@ -80,7 +96,9 @@ def test_loss_has_class_weights_and_label_smoothing(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=inputs["input_ids"]).logits
         loss = trainer.compute_loss(model, inputs)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, inputs["labels"], weight=weights, label_smoothing=0.1).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(logits, inputs["labels"], weight=weights, label_smoothing=0.1).item(), rel=1e-5
+    )
     assert loss.item() != pytest.approx(F.cross_entropy(logits, inputs["labels"]).item(), rel=1e-3)
 
 
@@ -92,8 +110,9 @@ def test_l2sp_keeps_fine_tuned_weights_near_the_start(tmp_path):
         layout = find_layout(model, set())
         l2sp = L2SP(model, layout, alpha, set()) if alpha else None
         _trainer(tmp_path / str(alpha), model, l2sp=l2sp).train()
-        distances[alpha] = sum(((p.detach() - start[n]) ** 2).sum().item() for n, p in model.named_parameters()
-                               if not n.startswith("classifier"))
+        distances[alpha] = sum(
+            ((p.detach() - start[n]) ** 2).sum().item() for n, p in model.named_parameters() if not n.startswith("classifier")
+        )
     assert distances[100.0] < 0.5 * distances[0.0], distances
 
 

@@ -10,8 +10,16 @@ import json
 import pytest
 import torch
 from transformers import (
-    AutoModelForImageClassification, AutoModelForSequenceClassification, BeitForImageClassification, BertConfig,
-    DistilBertConfig, ModernBertConfig, ResNetConfig, RobertaConfig, ViTConfig, ViTForImageClassification,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    BeitForImageClassification,
+    BertConfig,
+    DistilBertConfig,
+    ModernBertConfig,
+    ResNetConfig,
+    RobertaConfig,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
 from hfssl.args import ImageClassifierArguments, TextClassifierArguments
@@ -55,9 +63,15 @@ def test_modernbert_mean_pooling_is_the_head_on_the_masked_mean_and_survives_a_p
     assert text_pooling(cls, "cls") == "cls" and cls.classifier_pooling == "cls"
 
 
-@pytest.mark.parametrize("config", [BertConfig(**SMALL), RobertaConfig(**SMALL, pad_token_id=1),
-                                    DistilBertConfig(vocab_size=100, dim=32, n_heads=2, hidden_dim=64, n_layers=1)],
-                         ids=["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        BertConfig(**SMALL),
+        RobertaConfig(**SMALL, pad_token_id=1),
+        DistilBertConfig(vocab_size=100, dim=32, n_heads=2, hidden_dim=64, n_layers=1),
+    ],
+    ids=["bert", "roberta", "distilbert"],
+)
 def test_architectures_without_native_mean_pooling_default_to_cls(config):
     assert text_pooling(config, None) == "cls" and text_pooling(config, "cls") == "cls"
     assert text_pooling(config, "mean") == "mean" and not native_mean_pooling(config)
@@ -95,8 +109,16 @@ def test_mean_pooling_on_a_bert_family_encoder_is_custom_code_that_plain_loading
         assert torch.equal(reloaded(input_ids=ids, attention_mask=mask).logits, logits)
 
 
-VIT = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=32, num_labels=3)
+VIT = ViTConfig(
+    image_size=8,
+    patch_size=4,
+    num_channels=3,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    num_labels=3,
+)
 
 
 def _vit_and_beit(mean: bool) -> tuple[ViTForImageClassification, BeitForImageClassification]:
@@ -108,7 +130,9 @@ def _vit_and_beit(mean: bool) -> tuple[ViTForImageClassification, BeitForImageCl
         for layer in vit.vit.layers:  # a large key bias: dropping it must still change nothing
             layer.attention.k_proj.bias.normal_(0, 3.0)
     beit = BeitForImageClassification(beit_config(vit.config, mean_pooling=mean)).eval()
-    weights = vit_to_beit(vit.vit.state_dict(), mean, "beit.") | {k: v for k, v in vit.state_dict().items() if k.startswith("classifier.")}
+    weights = vit_to_beit(vit.vit.state_dict(), mean, "beit.") | {
+        k: v for k, v in vit.state_dict().items() if k.startswith("classifier.")
+    }
     beit.load_state_dict(weights, strict=True)
     return vit, beit
 
@@ -152,9 +176,19 @@ def test_a_hub_beit_with_relative_positions_keeps_its_own_head_and_pooling(tmp_p
 
     from hfssl.transfer.models import image_classifier_config, load_classifier
 
-    BeitConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-               use_relative_position_bias=True, use_mean_pooling=True).save_pretrained(tmp_path)
-    args = SimpleNamespace(model_name_or_path=str(tmp_path), from_scratch=True, trust_remote_code=False, cache_dir=None, model_preset=None)
+    BeitConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        use_relative_position_bias=True,
+        use_mean_pooling=True,
+    ).save_pretrained(tmp_path)
+    args = SimpleNamespace(
+        model_name_or_path=str(tmp_path), from_scratch=True, trust_remote_code=False, cache_dir=None, model_preset=None
+    )
     config, pooling = image_classifier_config(args, ["a", "b"], None)
     assert pooling == "mean" and config.use_relative_position_bias  # not remapped as a ViT
     model, _ = load_classifier("image", str(tmp_path), ["a", "b"], from_scratch=True, config=config)

@@ -19,14 +19,24 @@ from hfssl.transfer.strategies import STRATEGIES, count_parameters, find_layout,
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=100, num_hidden_layers=3, hidden_size=32, num_attention_heads=2,
-                                                    intermediate_size=64, num_labels=3))
+    return BertForSequenceClassification(
+        BertConfig(vocab_size=100, num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    )
 
 
 def tiny_vit() -> ViTForImageClassification:
     torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                               image_size=16, patch_size=4, num_labels=3))
+    return ViTForImageClassification(
+        ViTConfig(
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=4,
+            num_labels=3,
+        )
+    )
 
 
 def tiny_resnet() -> ResNetForImageClassification:
@@ -109,10 +119,17 @@ def test_linear_probe_trains_a_pooler_the_checkpoint_lacked():
     assert all(n.startswith(("classifier", "bert.pooler")) for n in moved)
 
 
-@pytest.mark.parametrize("make, frozen, trained", [
-    (tiny_bert, ("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1."), ("bert.encoder.layer.2.", "classifier")),
-    (tiny_vit, ("vit.embeddings.", "vit.layers.0.", "vit.layers.1."), ("vit.layers.2.", "vit.layernorm", "classifier")),
-])
+@pytest.mark.parametrize(
+    "make, frozen, trained",
+    [
+        (
+            tiny_bert,
+            ("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1."),
+            ("bert.encoder.layer.2.", "classifier"),
+        ),
+        (tiny_vit, ("vit.embeddings.", "vit.layers.0.", "vit.layers.1."), ("vit.layers.2.", "vit.layernorm", "classifier")),
+    ],
+)
 def test_freeze_keeps_the_bottom_layers_and_embeddings(make, frozen, trained):
     model, _ = apply("freeze", make(), freeze_layers=2)
     moved = changed(model, train_steps(model))
@@ -128,8 +145,10 @@ def test_freeze_deeper_than_the_model_fails_naming_the_depth():
         apply("freeze", tiny_bert(), freeze_layers=4)
 
 
-@pytest.mark.parametrize("make, targets, rank", [(tiny_bert, ["query", "value"], 8), (tiny_vit, ["q_proj", "v_proj"], 8),
-                                                 (tiny_resnet, ["convolution"], 1)])  # the toy CNN has 8-channel convs
+@pytest.mark.parametrize(
+    "make, targets, rank",
+    [(tiny_bert, ["query", "value"], 8), (tiny_vit, ["q_proj", "v_proj"], 8), (tiny_resnet, ["convolution"], 1)],
+)  # the toy CNN has 8-channel convs
 def test_lora_trains_adapters_and_head_only_and_far_fewer_parameters(make, targets, rank):
     full_trainable = count_parameters(make())[0]
     model, layout = apply("lora", make(), lora_r=rank)

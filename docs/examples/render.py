@@ -21,18 +21,56 @@ HERE = Path(__file__).resolve().parent
 RUNS = Path("outputs/examples")  # relative, as a user would name it: the cards and lineage show these paths
 KEEP = ("README.md", "hfssl.json", "all_results.json", "eval_results.json")
 COMMON = ["--overwrite_output_dir", "true", "--disable_tqdm", "true"]
-TEXT = ["--train_samples_per_class", "48", "--max_eval_samples", "200", "--max_seq_length", "48", "--max_steps", "40",
-        "--per_device_train_batch_size", "32", "--eval_strategy", "no"]
+TEXT = [
+    "--train_samples_per_class",
+    "48",
+    "--max_eval_samples",
+    "200",
+    "--max_seq_length",
+    "48",
+    "--max_steps",
+    "40",
+    "--per_device_train_batch_size",
+    "32",
+    "--eval_strategy",
+    "no",
+]
 
 # kind -> (recipe, arguments); later runs start from earlier outputs, so their lineage has two stages.
 RUNS_BY_KIND = {
     "mlm": ("mlm", ["--max_steps", "120", "--eval_steps", "120", "--save_strategy", "no", "--max_corpus_documents", "3000"]),
-    "mae": ("mim", ["--max_steps", "150", "--eval_steps", "150", "--save_strategy", "no", "--max_train_samples", "1200",
-                    "--probe_samples", "1200"]),
+    "mae": (
+        "mim",
+        [
+            "--max_steps",
+            "150",
+            "--eval_steps",
+            "150",
+            "--save_strategy",
+            "no",
+            "--max_train_samples",
+            "1200",
+            "--probe_samples",
+            "1200",
+        ],
+    ),
     "text-full": ("finetune_text", TEXT + ["--model_name_or_path", str(RUNS / "mlm"), "--learning_rate", "1e-3"]),
     "text-lora": ("finetune_text", TEXT + ["--strategy", "lora", "--learning_rate", "2e-3"]),  # on the packaged MiniLM
-    "tsdae": ("tsdae", ["--model_name_or_path", "packaged-minilm", "--max_steps", "40", "--eval_steps", "40",
-                        "--max_corpus_documents", "2000", "--max_eval_samples", "100"]),
+    "tsdae": (
+        "tsdae",
+        [
+            "--model_name_or_path",
+            "packaged-minilm",
+            "--max_steps",
+            "40",
+            "--eval_steps",
+            "40",
+            "--max_corpus_documents",
+            "2000",
+            "--max_eval_samples",
+            "100",
+        ],
+    ),
     "image-full": ("finetune_image", ["--model_name_or_path", str(RUNS / "mae"), "--max_steps", "200", "--eval_strategy", "no"]),
 }
 

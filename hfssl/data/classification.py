@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,18 +51,24 @@ class LabeledText:
 def check_labels(train: np.ndarray, evaluation: np.ndarray, label_names: Sequence[str], where: str) -> None:
     """Fail before training on labels a classifier cannot learn or be scored on."""
     if (evaluation < 0).any():
-        raise ValueError(f"The evaluation data ({where}) has {int((evaluation < 0).sum())} unlabeled rows (label -1), "
-                         "as Hub test splits often do. Give labeled evaluation data with --validation_file.")
+        raise ValueError(
+            f"The evaluation data ({where}) has {int((evaluation < 0).sum())} unlabeled rows (label -1), "
+            "as Hub test splits often do. Give labeled evaluation data with --validation_file."
+        )
     seen = set(np.unique(train).tolist())
     if len(seen) < 2:
         only = label_names[next(iter(seen))] if seen else "none"
-        raise ValueError(f"The training data ({where}) has a single class ({only!r}): a classifier needs at least two. "
-                         "Check --label_column, or the sampling options (--max_train_samples, --train_samples_per_class).")
+        raise ValueError(
+            f"The training data ({where}) has a single class ({only!r}): a classifier needs at least two. "
+            "Check --label_column, or the sampling options (--max_train_samples, --train_samples_per_class)."
+        )
     unseen = sorted(set(np.unique(evaluation).tolist()) - seen)
     if unseen:
-        raise ValueError(f"The evaluation data ({where}) has labels never seen in training: "
-                         f"{', '.join(repr(label_names[i]) for i in unseen)}. Add training examples of them, or drop them "
-                         "from the evaluation data.")
+        raise ValueError(
+            f"The evaluation data ({where}) has labels never seen in training: "
+            f"{', '.join(repr(label_names[i]) for i in unseen)}. Add training examples of them, or drop them "
+            "from the evaluation data."
+        )
 
 
 def stratified_split(labels: np.ndarray, percentage: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +89,12 @@ def per_class_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         if len(members) < per_class:
-            logger.warning("Class %s has only %d training examples (--train_samples_per_class %d): keeping all.",
-                           label, len(members), per_class)
+            logger.warning(
+                "Class %s has only %d training examples (--train_samples_per_class %d): keeping all.",
+                label,
+                len(members),
+                per_class,
+            )
         picked.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
     return np.sort(np.concatenate(picked))
 
@@ -115,12 +126,16 @@ def _check_label_values(values: list[Any], column: str) -> None:
     """Class labels are names or integer ids, all of one kind: not lists, fractions or a mix of text and numbers."""
     odd = next((v for v in values if not isinstance(v, (str, int, float))), None)
     if odd is not None:
-        raise ValueError(f"--label_column {column!r} holds {type(odd).__name__} values such as {odd!r}; a class label "
-                         "is one name or integer id per row (multi-label data is not supported).")
+        raise ValueError(
+            f"--label_column {column!r} holds {type(odd).__name__} values such as {odd!r}; a class label "
+            "is one name or integer id per row (multi-label data is not supported)."
+        )
     fractions = sorted({v for v in values if isinstance(v, float) and not v.is_integer()})
     if fractions:
-        raise ValueError(f"--label_column {column!r} holds numbers with fractions ({', '.join(map(str, fractions[:3]))}, ...): "
-                         "regression targets, not classes. Classification needs class names or integer ids.")
+        raise ValueError(
+            f"--label_column {column!r} holds numbers with fractions ({', '.join(map(str, fractions[:3]))}, ...): "
+            "regression targets, not classes. Classification needs class names or integer ids."
+        )
     if len({isinstance(v, str) for v in values}) > 1:
         raise ValueError(f"--label_column {column!r} mixes text and numbers; write every label the same way.")
 
@@ -134,8 +149,10 @@ def _with_label_ids(ds: Dataset, column: str, mapping: dict[Any, int] | None) ->
         by_text = {str(k): v for k, v in mapping.items()}
         unknown = sorted({str(v) for v in values if str(v) not in by_text})
         if unknown:
-            raise ValueError(f"The evaluation data has labels never seen in training: {', '.join(map(repr, unknown))}. "
-                             "Add training examples of them, or drop them from the evaluation data.")
+            raise ValueError(
+                f"The evaluation data has labels never seen in training: {', '.join(map(repr, unknown))}. "
+                "Add training examples of them, or drop them from the evaluation data."
+            )
         ids = [by_text[str(v)] for v in values]
     if "labels" in ds.column_names:
         ds = ds.remove_columns("labels")
@@ -163,7 +180,9 @@ def _raw_text_splits(args: TextClassificationDataArguments) -> tuple[DatasetDict
             if val_builder != builder:
                 raise ValueError(f"--validation_file must have the same type as --train_file ({builder}), got {val_builder}.")
         if builder == "text":
-            raise ValueError("--train_file: labeled text needs a .csv, .json, .jsonl or .parquet file with a text and a label column.")
+            raise ValueError(
+                "--train_file: labeled text needs a .csv, .json, .jsonl or .parquet file with a text and a label column."
+            )
         try:
             raw = datasets.load_dataset(builder, data_files=data_files)
         except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as err:
@@ -189,14 +208,18 @@ def load_text_classification(args: TextClassificationDataArguments, seed: int = 
     raw, description = _raw_text_splits(args)
     train = raw["train"]
     if args.label_column not in train.column_names:
-        raise ValueError(f"--label_column {args.label_column!r} is not in the data; its columns are: {', '.join(train.column_names)}.")
+        raise ValueError(
+            f"--label_column {args.label_column!r} is not in the data; its columns are: {', '.join(train.column_names)}."
+        )
     text_column = resolve_text_column(train, args.text_column)
     names, mapping = _label_space(train, args.label_column)
     train = _with_label_ids(train, args.label_column, mapping)
     if "validation" in raw:
         if args.label_column not in raw["validation"].column_names:
-            raise ValueError(f"--label_column {args.label_column!r} is not in the evaluation data; its columns are: "
-                             f"{', '.join(raw['validation'].column_names)}.")
+            raise ValueError(
+                f"--label_column {args.label_column!r} is not in the evaluation data; its columns are: "
+                f"{', '.join(raw['validation'].column_names)}."
+            )
         validation = _with_label_ids(raw["validation"], args.label_column, mapping)
     else:
         if args.validation_split_percentage == 0:
@@ -213,8 +236,9 @@ def load_text_classification(args: TextClassificationDataArguments, seed: int = 
     return LabeledText(DatasetDict(train=train, validation=validation), text_column, names, description)
 
 
-def tokenize_classification(data: LabeledText, tokenizer: Any, max_seq_length: int, num_proc: int | None = None,
-                            eval_max_length: int | None = None) -> DatasetDict:
+def tokenize_classification(
+    data: LabeledText, tokenizer: Any, max_seq_length: int, num_proc: int | None = None, eval_max_length: int | None = None
+) -> DatasetDict:
     """input_ids / attention_mask (unpadded: the collator pads each batch) and labels, for every split.
 
     Training texts are cut at `max_seq_length` (cost grows with length); held-out texts only at `eval_max_length`,
@@ -226,11 +250,19 @@ def tokenize_classification(data: LabeledText, tokenizer: Any, max_seq_length: i
         texts = [t if isinstance(t, str) else "" for t in batch[data.text_column]]
         return dict(tokenizer(texts, truncation=True, max_length=max_length), labels=batch["labels"])
 
-    return DatasetDict({
-        split: ds.map(tokenize, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"Tokenizing {split}",
-                      fn_kwargs={"max_length": max_seq_length if split == "train" else eval_max_length or max_seq_length})
-        for split, ds in data.splits.items()
-    })
+    return DatasetDict(
+        {
+            split: ds.map(
+                tokenize,
+                batched=True,
+                remove_columns=ds.column_names,
+                num_proc=num_proc,
+                desc=f"Tokenizing {split}",
+                fn_kwargs={"max_length": max_seq_length if split == "train" else eval_max_length or max_seq_length},
+            )
+            for split, ds in data.splits.items()
+        }
+    )
 
 
 def _folder_source(root: str, option: str) -> tuple[ImageSource, list[str]]:
@@ -258,14 +290,16 @@ def load_image_classification(args: ImageClassificationDataArguments, seed: int 
         validation, folder_names = _folder_source(args.validation_dir, "validation_dir")
         unseen = sorted(set(folder_names) - set(class_names))
         if unseen:
-            raise ValueError(f"--validation_dir has classes never seen in training: {', '.join(map(repr, unseen))}. "
-                             "Add training images of them, or drop those folders.")
+            raise ValueError(
+                f"--validation_dir has classes never seen in training: {', '.join(map(repr, unseen))}. "
+                "Add training images of them, or drop those folders."
+            )
         validation.labels = np.array([class_names.index(folder_names[i]) for i in validation.labels], dtype=np.int64)
         rng = np.random.default_rng(seed)  # a random subset, as without --validation_dir: folders are sorted by class
         if args.max_train_samples is not None and args.max_train_samples < len(train):
-            train = train.subset(np.sort(rng.permutation(len(train))[:args.max_train_samples]))
+            train = train.subset(np.sort(rng.permutation(len(train))[: args.max_train_samples]))
         if args.max_eval_samples is not None and args.max_eval_samples < len(validation):
-            validation = validation.subset(np.sort(rng.permutation(len(validation))[:args.max_eval_samples]))
+            validation = validation.subset(np.sort(rng.permutation(len(validation))[: args.max_eval_samples]))
         splits = ImageSplits(train, validation, class_names, describe_image_source(args))
     else:
         splits = load_image_sources(args, seed)

@@ -17,9 +17,10 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,7 +119,8 @@ def _scan_folder(root: str) -> tuple[list[Path], np.ndarray | None, list[str] | 
         raise ValueError(f"--train_dir {root} is not a directory. Give a folder of images (one subfolder per class, or none).")
     base = Path(root)
     files = sorted(
-        p for p in base.rglob("*")
+        p
+        for p in base.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not any(s.startswith(".") for s in p.relative_to(base).parts)
     )
     if not files:
@@ -162,9 +164,13 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
     first = raw["train"]
     image_col = _column(first, args.image_column, "image_column", ("image", "img"), lambda f: isinstance(f, datasets.Image))
     if image_col is None or not isinstance(first.features[image_col], datasets.Image):
-        raise ValueError(f"Cannot tell which column of {source} holds the images ({', '.join(first.column_names)}); "
-                         "pass --image_column naming an image column.")
-    label_col = _column(first, args.label_column, "label_column", ("label", "labels"), lambda f: isinstance(f, datasets.ClassLabel))
+        raise ValueError(
+            f"Cannot tell which column of {source} holds the images ({', '.join(first.column_names)}); "
+            "pass --image_column naming an image column."
+        )
+    label_col = _column(
+        first, args.label_column, "label_column", ("label", "labels"), lambda f: isinstance(f, datasets.ClassLabel)
+    )
     feature = first.features[label_col] if label_col else None
     class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     if label_col and class_names is None:
@@ -187,7 +193,9 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
         labels = None
         if label_col:
             values = ds[label_col]
-            labels = np.asarray(values if isinstance(feature, datasets.ClassLabel) else [class_names.index(str(v)) for v in values])
+            labels = np.asarray(
+                values if isinstance(feature, datasets.ClassLabel) else [class_names.index(str(v)) for v in values]
+            )
         sources[key] = ImageSource(open_row, name_row, np.arange(len(ds)), labels)
     return sources, class_names
 
@@ -201,12 +209,17 @@ def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
         sources = {"train": ImageSource(lambda i: Image.open(files[i]), lambda i: str(files[i]), np.arange(len(files)), labels)}
     else:
         images, labels, class_names = digits_images()
-        sources = {"train": ImageSource(lambda i: Image.fromarray(images[i]), lambda i: f"{DEFAULT_IMAGE_NAME} #{i}",
-                                        np.arange(len(images)), labels)}
+        sources = {
+            "train": ImageSource(
+                lambda i: Image.fromarray(images[i]), lambda i: f"{DEFAULT_IMAGE_NAME} #{i}", np.arange(len(images)), labels
+            )
+        }
     if "validation" not in sources:
         train = sources["train"]
         if args.validation_split_percentage == 0:
-            raise ValueError("No held-out images: give data with a validation or test split, or a --validation_split_percentage above 0.")
+            raise ValueError(
+                "No held-out images: give data with a validation or test split, or a --validation_split_percentage above 0."
+            )
         if len(train) < 2:
             raise ValueError(f"Only {len(train)} image found: at least 2 are needed to hold one out. Add images.")
         from sklearn.model_selection import train_test_split
@@ -235,8 +248,10 @@ def _report(source: ImageSource, pos: int, err: BaseException, skip_corrupt: boo
     """Stop with an error naming the file and the option that skips it, or log the skip."""
     name = source.name(source.indices[pos])
     if not skip_corrupt:
-        raise ValueError(f"Cannot read image {name}: {err}. Remove or replace the file, or pass "
-                         "--skip_corrupt_images true to skip unreadable images (they are counted in the summary).") from None
+        raise ValueError(
+            f"Cannot read image {name}: {err}. Remove or replace the file, or pass "
+            "--skip_corrupt_images true to skip unreadable images (they are counted in the summary)."
+        ) from None
     logger.warning("Skipping unreadable image %s: %s", name, err)
 
 
@@ -266,7 +281,9 @@ def image_processor(model_name_or_path: str | None, config: Any, cache_dir: str 
     )
 
 
-def decode_images(source: ImageSource, processor: Any, num_channels: int, skip_corrupt: bool, chunk: int = 256) -> ImageTensorDataset:
+def decode_images(
+    source: ImageSource, processor: Any, num_channels: int, skip_corrupt: bool, chunk: int = 256
+) -> ImageTensorDataset:
     """Decode, convert to `num_channels` and resize every image once, through `processor` (no rescale/normalise)."""
     mode = "L" if num_channels == 1 else "RGB"
     arrays, kept, skipped = [], [], []
@@ -293,7 +310,8 @@ def decode_images(source: ImageSource, processor: Any, num_channels: int, skip_c
 
 
 def _as_8bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float images scaled to 8 bits; Pillow's `convert` would clip them (16-bit to white, [0, 1] floats to black).
+    """16-bit, 32-bit and float images scaled to 8 bits; Pillow's `convert` would clip them
+    (16-bit to white, [0, 1] floats to black).
 
     16-bit images are divided by 257; 32-bit and float ones are kept when in [0, 255], floats in [0, 1] are
     multiplied by 255, anything else is stretched from its own min..max. NaN or infinite pixels are an error.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ast
 import re
 import sysconfig
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

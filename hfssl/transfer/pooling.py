@@ -58,6 +58,8 @@ def image_pooling(config: Any, pooling: str | None, from_scratch: bool = False) 
     if config.model_type in VIT_FAMILY:
         return pooling or ("cls" if from_scratch else "mean")
     if pooling is not None:
-        raise ValueError(f"--pooling applies to ViT classifiers; a {config.model_type!r} classifier pools its features "
-                         "itself (convolutional models average their feature map). Drop --pooling.")
+        raise ValueError(
+            f"--pooling applies to ViT classifiers; a {config.model_type!r} classifier pools its features "
+            "itself (convolutional models average their feature map). Drop --pooling."
+        )
     return None

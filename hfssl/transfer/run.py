@@ -15,10 +15,10 @@ import logging
 import math
 import shutil
 import tempfile
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +50,13 @@ class TransferTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(
-        self, *args: Any, layout: Layout, class_weights: torch.Tensor | None = None, l2sp: L2SP | None = None,
-        layer_decay: float | None = None, **kwargs: Any,
+        self,
+        *args: Any,
+        layout: Layout,
+        class_weights: torch.Tensor | None = None,
+        l2sp: L2SP | None = None,
+        layer_decay: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.layout, self.class_weights, self.l2sp, self.layer_decay = layout, class_weights, l2sp, layer_decay
@@ -72,8 +77,14 @@ class TransferTrainer(Trainer):
         if self.layer_decay is None or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        groups = layer_decay_groups(opt_model, self.layout, self.args.learning_rate, self.layer_decay,
-                                    self.args.weight_decay, set(self.get_decay_parameter_names(opt_model)))
+        groups = layer_decay_groups(
+            opt_model,
+            self.layout,
+            self.args.learning_rate,
+            self.layer_decay,
+            self.args.weight_decay,
+            set(self.get_decay_parameter_names(opt_model)),
+        )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
@@ -164,17 +175,25 @@ def fit(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None =
         trainable.append(count_parameters(model)[0])
         logger.info("Stage %s: %s of %s parameters trainable", stage.__name__, f"{trainable[-1]:,}", f"{full_count:,}")
         trainer = TransferTrainer(
-            model=model, args=stage_args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
-            data_collator=setup.collator, processing_class=setup.processing_class,
-            compute_metrics=classification_metrics(setup.label_names), layout=layout,
-            class_weights=weights, l2sp=L2SP(model, layout, transfer.l2sp_alpha, fresh) if transfer.l2sp_alpha else None,
+            model=model,
+            args=stage_args,
+            train_dataset=setup.train_dataset,
+            eval_dataset=setup.eval_dataset,
+            data_collator=setup.collator,
+            processing_class=setup.processing_class,
+            compute_metrics=classification_metrics(setup.label_names),
+            layout=layout,
+            class_weights=weights,
+            l2sp=L2SP(model, layout, transfer.l2sp_alpha, fresh) if transfer.l2sp_alpha else None,
             layer_decay=transfer.layer_decay,
         )
         result = trainer.train(resume_from_checkpoint=resume)
         tag = {"stage": stage.__name__} if len(stages) > 1 else {}
         log_history += [{**entry, "step": entry.get("step", 0) + offset, **tag} for entry in trainer.state.log_history]
         offset += trainer.state.global_step  # the next stage counts on from this one's last step, logged or not
-        train_metrics = {k: train_metrics.get(k, 0) + v if k in ("train_runtime", "total_flos") else v for k, v in result.metrics.items()}
+        train_metrics = {
+            k: train_metrics.get(k, 0) + v if k in ("train_runtime", "total_flos") else v for k, v in result.metrics.items()
+        }
         train_metrics["train_steps"] = offset  # every stage's (the dict above keeps only the last stage's other keys)
     train_metrics["train_samples"] = len(setup.train_dataset)
     parameters = {"trainable": trainable[-1], "full": full_count}
@@ -231,17 +250,40 @@ def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str
     return first
 
 
-def transfer_record(recipe: str, fit_: Fit, description: str, model_path: str | None, from_scratch: bool,
-                    options: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+def transfer_record(
+    recipe: str,
+    fit_: Fit,
+    description: str,
+    model_path: str | None,
+    from_scratch: bool,
+    options: dict[str, Any],
+    label_names: list[str],
+) -> dict[str, Any]:
     """The hfssl.json of a transfer run: lineage (with the pretraining stages before it), options, scores."""
     starts_from = None if from_scratch else model_path
-    lineage = dict(recipe=recipe, strategy=options["transfer"]["strategy"], data=description, base_model=starts_from,
-                   architecture_of=model_path if from_scratch else None, parent=parent_lineage(starts_from))
-    metrics = {**fit_.train_metrics, **{k: v for k, v in fit_.eval_results.items() if not isinstance(v, (dict, list))},
-               **{f"{k}_parameters": v for k, v in fit_.parameters.items()}}
-    return run_record(recipe, lineage, options, metrics, labels=label_names, per_class=fit_.eval_results["eval_per_class"],
-                      seed_results=fit_.seed_results or None,
-                      lora_base_model="." if options["transfer"]["strategy"] == "lora" else None)
+    lineage = dict(
+        recipe=recipe,
+        strategy=options["transfer"]["strategy"],
+        data=description,
+        base_model=starts_from,
+        architecture_of=model_path if from_scratch else None,
+        parent=parent_lineage(starts_from),
+    )
+    metrics = {
+        **fit_.train_metrics,
+        **{k: v for k, v in fit_.eval_results.items() if not isinstance(v, (dict, list))},
+        **{f"{k}_parameters": v for k, v in fit_.parameters.items()},
+    }
+    return run_record(
+        recipe,
+        lineage,
+        options,
+        metrics,
+        labels=label_names,
+        per_class=fit_.eval_results["eval_per_class"],
+        seed_results=fit_.seed_results or None,
+        lora_base_model="." if options["transfer"]["strategy"] == "lora" else None,
+    )
 
 
 def _write_lora_base(model: nn.Module, processing_class: Any, staging: Path, merge: bool) -> None:
@@ -266,12 +308,18 @@ def transfer_files(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[
         model.peft_config["default"].base_model_name_or_path = str(Path(fit_.trainer.args.output_dir).resolve())
 
     def write(staging: Path) -> None:
-        write_json(staging / "eval_results.json",
-                   {**fit_.eval_results, **{k: v for k, v in fit_.seed_results.items() if k.endswith(("_mean", "_std"))}})
+        write_json(
+            staging / "eval_results.json",
+            {**fit_.eval_results, **{k: v for k, v in fit_.seed_results.items() if k.endswith(("_mean", "_std"))}},
+        )
         if fit_.seed_results:
             write_json(staging / "seed_results.json", fit_.seed_results)
-        save_confusion_matrix(fit_.eval_results["eval_confusion_matrix"], setup.label_names, staging / "confusion_matrix.png",
-                              f"{record['recipe']} ({transfer.strategy}): accuracy {fit_.eval_results['eval_accuracy']:.3f}")
+        save_confusion_matrix(
+            fit_.eval_results["eval_confusion_matrix"],
+            setup.label_names,
+            staging / "confusion_matrix.png",
+            f"{record['recipe']} ({transfer.strategy}): accuracy {fit_.eval_results['eval_accuracy']:.3f}",
+        )
         if transfer.strategy == "lora":
             _write_lora_base(model, setup.processing_class, staging, transfer.merge_lora)
 
@@ -281,13 +329,19 @@ def transfer_files(fit_: Fit, setup: TransferSetup, transfer: Any, record: dict[
 def summary_text(recipe: str, fit_: Fit, output_dir: str) -> str:
     """The final human summary: scores against the majority baseline, and what was trained."""
     r, p = fit_.eval_results, fit_.parameters
-    lines = [f"hfssl {recipe}: accuracy {r['eval_accuracy']:.3f}, macro-F1 {r['eval_f1_macro']:.3f} on {r['eval_samples']} "
-             f"held-out examples (majority-class baseline {r['eval_majority_accuracy']:.3f})"]
+    lines = [
+        f"hfssl {recipe}: accuracy {r['eval_accuracy']:.3f}, macro-F1 {r['eval_f1_macro']:.3f} on {r['eval_samples']} "
+        f"held-out examples (majority-class baseline {r['eval_majority_accuracy']:.3f})"
+    ]
     if fit_.seed_results:
         s = fit_.seed_results
-        lines.append(f"  over seeds {','.join(map(str, s['seeds']))}: accuracy {s['eval_accuracy_mean']:.3f} +- "
-                     f"{s['eval_accuracy_std']:.3f}, macro-F1 {s['eval_f1_macro_mean']:.3f} +- {s['eval_f1_macro_std']:.3f}")
-    lines.append(f"  trainable parameters: {p['trainable']:,} of {p['full']:,} ({p['trainable'] / p['full']:.2%}); "
-                 f"full fine-tuning trains {p['full']:,}")
+        lines.append(
+            f"  over seeds {','.join(map(str, s['seeds']))}: accuracy {s['eval_accuracy_mean']:.3f} +- "
+            f"{s['eval_accuracy_std']:.3f}, macro-F1 {s['eval_f1_macro_mean']:.3f} +- {s['eval_f1_macro_std']:.3f}"
+        )
+    lines.append(
+        f"  trainable parameters: {p['trainable']:,} of {p['full']:,} ({p['trainable'] / p['full']:.2%}); "
+        f"full fine-tuning trains {p['full']:,}"
+    )
     lines.append(f"  trained in {fit_.train_metrics.get('train_runtime', 0):.0f} s on {hardware_name()}\nSaved to {output_dir}")
     return "\n".join(lines)

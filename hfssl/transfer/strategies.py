@@ -18,8 +18,9 @@ Neither transformers nor peft says which modules of a model are its repeated blo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -132,15 +133,21 @@ def lora_target_modules(model: PreTrainedModel, layout: Layout, requested: str |
         targets = [t.strip() for t in requested.split(",") if t.strip()]
     else:
         known = [PEFT_TARGETS[model_type]] if isinstance(PEFT_TARGETS.get(model_type), list) else []
-        targets = next((list(names) for names in (*known, *_ATTENTION_PROJECTIONS) if set(names) <= set(candidates)),
-                       _CNN_TARGETS.get(model_type))
+        targets = next(
+            (list(names) for names in (*known, *_ATTENTION_PROJECTIONS) if set(names) <= set(candidates)),
+            _CNN_TARGETS.get(model_type),
+        )
     if not targets:
-        raise ValueError(f"--strategy lora: hfssl does not know which modules of a {model_type!r} model to adapt. "
-                         f"Pass --lora_target_modules with some of its module names: {', '.join(candidates)}.")
+        raise ValueError(
+            f"--strategy lora: hfssl does not know which modules of a {model_type!r} model to adapt. "
+            f"Pass --lora_target_modules with some of its module names: {', '.join(candidates)}."
+        )
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in wrappable)]
     if unmatched:
-        raise ValueError(f"--strategy lora: no linear/conv/embedding module of the {model_type!r} backbone is named "
-                         f"{', '.join(unmatched)}. Candidate --lora_target_modules names: {', '.join(candidates)}.")
+        raise ValueError(
+            f"--strategy lora: no linear/conv/embedding module of the {model_type!r} backbone is named "
+            f"{', '.join(unmatched)}. Candidate --lora_target_modules names: {', '.join(candidates)}."
+        )
     return targets
 
 
@@ -148,7 +155,10 @@ def lora(model: PreTrainedModel, args: Any, layout: Layout) -> nn.Module:
     """Low-rank adapters on the attention projections (peft), plus the head as a fully trained module."""
     from peft import LoraConfig, get_peft_model
 
-    is_text = type(model).__name__ in (*MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values(), "MeanPooledForSequenceClassification")
+    is_text = type(model).__name__ in (
+        *MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values(),
+        "MeanPooledForSequenceClassification",
+    )
     config = LoraConfig(
         r=args.lora_r,
         lora_alpha=args.lora_alpha,
