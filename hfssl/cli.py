@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        from hfssl.registry import RECIPES
+
+        print(__doc__ + "\nRecipes:\n" + "\n".join(f"    {r.name:<16} {r.summary}" for r in RECIPES.values()))
         return
     command, rest = argv[0], argv[1:]
     prog = f"hfssl {command}"

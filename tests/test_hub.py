@@ -222,6 +222,9 @@ def test_recipe_push_to_hub_publishes_the_finished_output_once(hub, tmp_path, ca
     check_card(card, set(remote), json.loads(remote["hfssl.json"]))
     printed, err = capfd.readouterr()
     assert_no_token_in(caplog.text, printed, err, dirs=(out,))
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("Pushed ")] == [
+        f"Pushed {out} to {hub.endpoint}/me/from-recipe"
+    ]  # said once
 
 
 def test_a_second_push_mirrors_the_directory_and_branches_stay_apart(mlm_output, hub, tmp_path):
@@ -329,3 +332,14 @@ def test_a_pushed_output_is_named_by_its_repo_in_the_lineage_of_models_trained_f
     assert "repo_id" not in parent_lineage(str(out))  # not pushed: a local start, named by its path
     push_output(out, "me/parent", endpoint=hub.endpoint, token=SENTINEL)
     assert parent_lineage(str(out))["repo_id"] == "me/parent"  # a card of a model trained from it names me/parent
+
+
+@pytest.mark.parametrize("push", [True, False])
+def test_the_token_leaves_the_run_arguments_whether_or_not_it_pushes(tmp_path, push):
+    from hfssl.args import RunArguments
+    from hfssl.hub import take_push_request
+
+    run_args = RunArguments(output_dir=str(tmp_path / "o"), push_to_hub=push, hub_token=SENTINEL, report_to="none")
+    request = take_push_request(run_args)
+    assert run_args.hub_token is None and SENTINEL not in repr(run_args.to_dict())
+    assert (request.token == SENTINEL and run_args.push_to_hub is False) if push else request is None
