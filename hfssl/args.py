@@ -166,8 +166,22 @@ class PretrainingRunArguments(RunArguments):
         },
     )
 
+    time_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train for this much wall-clock time, e.g. 90s, 10m or 1.5h (evaluations included): the speed of the "
+            "first steps sets the number of steps, and the learning-rate warmup and decay span them. --max_steps stays an "
+            "upper bound; the chosen step count is logged and recorded, so --max_steps N repeats the run. 'none' trains "
+            "for --max_steps."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.time_budget is not None:
+            from hfssl.budget import parse_duration
+
+            parse_duration(self.time_budget)  # a malformed budget fails here, before any data is read
         if self.bf16_weights:
             from hfssl.precision import master_weights_apply
 

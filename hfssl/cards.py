@@ -255,6 +255,9 @@ def _masked_lm_card(out: _Output) -> ModelCard:
         max_seq_length=record["max_seq_length"],
         speed=_speed(metrics, "tokens"),
         metrics=_scores(out),
+        unigram_loss=_fmt(metrics["unigram_loss"]) if "unigram_loss" in metrics else None,
+        left_plateau=metrics.get("left_unigram_plateau"),
+        mlm_loss=_fmt(metrics.get("eval_mlm_loss")),
     )
 
 

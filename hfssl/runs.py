@@ -20,6 +20,7 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from hfssl.api import Result
+from hfssl.budget import TimeBudget, parse_duration
 from hfssl.cards import output_card
 from hfssl.hub import PushRequest, publish, take_push_request
 from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
@@ -51,6 +52,13 @@ class TimedTrainer(Trainer):
     eval_seconds = 0.0  # wall time spent in evaluate()
     train_seconds = 0.0  # wall time of the last train(), evaluation excluded
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        budget = getattr(self.args, "time_budget", None)
+        self.budget = TimeBudget(parse_duration(budget), self) if budget else None  # --time_budget sizes the run
+        if self.budget is not None:
+            self.add_callback(self.budget)
+
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
         try:
@@ -59,6 +67,8 @@ class TimedTrainer(Trainer):
             self.eval_seconds += time.perf_counter() - start
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.budget is not None:
+            self.budget.restore(kwargs.get("resume_from_checkpoint", args[0] if args else None))
         start, evaluating = time.perf_counter(), self.eval_seconds
         try:
             return super().train(*args, **kwargs)

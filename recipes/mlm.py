@@ -8,6 +8,7 @@ With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the em
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from transformers import set_seed
@@ -23,10 +24,22 @@ from hfssl.args import (
 )
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
-from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker, fill_mask_examples, head_parameters, masked_lm_metrics
+from hfssl.pretext.masked_tokens import (
+    MaskedLMTrainer,
+    PlateauWatch,
+    build_masker,
+    fill_mask_examples,
+    head_parameters,
+    masked_lm_metrics,
+    plateau_report,
+    plateau_sentence,
+    unigram_loss,
+)
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
+
+logger = logging.getLogger("hfssl.recipes.mlm")
 
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -89,6 +102,10 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
             data_args.overwrite_cache,
         )
 
+    # The loss of a model that knows only token frequencies: where pretraining starts, and must leave.
+    unigram = unigram_loss(blocks["train"], len(tokenizer), tokenizer.all_special_ids)
+    if unigram is not None:
+        logger.info("Unigram plateau of this corpus: MLM loss %.3f (a model that knows only token frequencies)", unigram)
     trainer = MaskedLMTrainer(
         model=model,
         args=run_args,
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         compute_metrics=masked_lm_metrics,
         sparse=model_args.sparse_head,
         head_learning_rate=model_args.head_learning_rate,
+        callbacks=[PlateauWatch(unigram)] if unigram is not None else None,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**train_result.metrics, **trainer.evaluate()}
@@ -108,6 +126,10 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         train_tokens_per_second=tokens / max(trainer.train_seconds, 1e-9),
         train_steps=trainer.state.global_step,
     )
+    metrics.update(plateau_report(metrics.get("eval_mlm_loss"), unigram))
+    plateau = plateau_sentence(metrics)
+    if plateau and not metrics["left_unigram_plateau"]:
+        logger.warning("Pretraining %s.", plateau)
 
     record = run_record(
         "mlm",
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
             f"hfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
             f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
             f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}",
+            *([f"  Pretraining {plateau}."] if plateau else []),
             f"Saved to {run_args.output_dir}",
         ]
         for text, predictions in fill_mask_examples(run_args.output_dir, raw["validation"], text_column):

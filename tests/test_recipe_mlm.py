@@ -55,6 +55,32 @@ def test_output_loads_with_from_pretrained_and_pipeline(trained):
     assert record["options"]["masking"]["mlm_probability"] == 0.15
 
 
+def test_unigram_plateau_is_measured_and_reported(trained, capsys):
+    out, metrics = trained
+    # The tiny model's 100 steps: the unigram entropy of the embedded corpus (a few nats with a 1,500 vocabulary)
+    assert 4.0 < metrics["unigram_loss"] < 7.3
+    assert metrics["left_unigram_plateau"] == (metrics["eval_mlm_loss"] < 0.9 * metrics["unigram_loss"])
+    record = json.loads((out / "hfssl.json").read_text())
+    assert record["metrics"]["unigram_loss"] == pytest.approx(metrics["unigram_loss"])
+    card = (out / "README.md").read_text()
+    assert "unigram plateau" in card and ("did not leave" in card) != metrics["left_unigram_plateau"]
+
+
+def test_unigram_loss_is_the_entropy_of_the_maskable_tokens():
+    from datasets import Dataset
+
+    from hfssl.pretext.masked_tokens import plateau_report, unigram_loss
+
+    # tokens 5 and 6 three times each, 7 twice; 0 and 1 are special ([CLS], [SEP]) and never masked
+    blocks = Dataset.from_dict({"input_ids": [[0, 5, 6, 7, 1], [0, 5, 6, 5, 6, 7, 1]]})
+    p = torch.tensor([3 / 8, 3 / 8, 2 / 8], dtype=torch.float64)
+    assert unigram_loss(blocks, 10, [0, 1]) == pytest.approx(float(-(p * p.log()).sum()), rel=1e-6)
+    assert unigram_loss(blocks.to_iterable_dataset(), 10, [0, 1]) == pytest.approx(unigram_loss(blocks, 10, [0, 1]))
+    assert unigram_loss(Dataset.from_dict({"input_ids": [[0, 1]]}), 10, [0, 1]) is None
+    assert plateau_report(5.9, 6.1) == {"unigram_loss": 6.1, "left_unigram_plateau": False}
+    assert plateau_report(4.2, 6.1)["left_unigram_plateau"] is True
+
+
 def test_existing_model_is_never_overwritten(trained):
     out, _ = trained
     before = (out / "model.safetensors").read_bytes()

@@ -11,30 +11,38 @@ hidden states of the masked positions only, so the saved model is the stock one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel
+from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, TrainerCallback
 
 from hfssl.args import MaskingArguments
 from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import TimedTrainer
 
 __all__ = [
+    "PLATEAU_FIX",
+    "PlateauWatch",
     "MaskedLMTrainer",
     "PadForMasking",
     "build_masker",
     "fill_mask_examples",
     "masked_lm_metrics",
     "masked_token_nll",
+    "plateau_report",
+    "plateau_sentence",
+    "unigram_loss",
     "mlm_head_module",
     "sparse_head",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The first module of each architecture's MLM head; everything after it is position-wise.
 _HEAD_MODULES = {
@@ -377,3 +385,74 @@ def fill_mask_examples(model_dir: str, texts: Any, text_column: str, n: int = 3)
         if len(examples) == n:
             break
     return examples
+
+
+def unigram_loss(blocks: Any, vocab_size: int, special_ids: Sequence[int], max_tokens: int = 2_000_000) -> float | None:
+    """The masked-token loss of a model that knows only token frequencies: the corpus's unigram entropy, in nats.
+
+    A masked position holds a maskable (non-special) token drawn as the corpus draws it, so predicting the
+    frequencies alone scores exactly this cross-entropy. Pretraining that ends near it has learned word counts,
+    not words: the "unigram plateau" every small MLM sits on before it learns to use context. Counted over the
+    first `max_tokens` tokens of `blocks` (a Dataset or IterableDataset with `input_ids`); None without tokens.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    special = np.asarray(sorted(special_ids), dtype=np.int64)
+    for batch in blocks.iter(batch_size=1024):
+        ids = np.concatenate([np.asarray(row, dtype=np.int64) for row in batch["input_ids"]] or [np.zeros(0, np.int64)])
+        counts += np.bincount(ids[~np.isin(ids, special)], minlength=vocab_size)[:vocab_size]
+        if counts.sum() >= max_tokens:
+            break
+    if counts.sum() == 0:
+        return None
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+# Pretraining "left the plateau" when its held-out loss is this fraction below the unigram loss. A model that has
+# learned nothing but frequencies ends within a few percent of it; one that uses context falls well below.
+PLATEAU_MARGIN = 0.1
+
+
+def plateau_report(eval_loss: float | None, unigram: float | None) -> dict[str, Any]:
+    """Where pretraining stands against the unigram plateau: the facts for hfssl.json, the summary and the card."""
+    if eval_loss is None or unigram is None:
+        return {}
+    left = eval_loss < unigram * (1 - PLATEAU_MARGIN)
+    return {"unigram_loss": unigram, "left_unigram_plateau": bool(left)}
+
+
+PLATEAU_FIX = (
+    "train longer (more --max_steps or a longer --time_budget), raise --learning_rate (2e-3 suits the tiny and mini "
+    "presets), or pretrain a smaller model (--model_preset tiny)"
+)
+
+
+class PlateauWatch(TrainerCallback):
+    """Logs, at every evaluation, the held-out MLM loss beside the unigram plateau, so a run stuck on it shows early."""
+
+    def __init__(self, unigram: float) -> None:
+        self.unigram = unigram
+        self._logged_step = -1
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        loss = (metrics or {}).get("eval_mlm_loss")
+        if loss is not None and state.is_world_process_zero and state.global_step != self._logged_step:
+            self._logged_step = state.global_step
+            where = "below it" if loss < self.unigram * (1 - PLATEAU_MARGIN) else "still on it"
+            logger.info("step %d: eval MLM loss %.3f; unigram plateau %.3f (%s)", state.global_step, loss, self.unigram, where)
+
+
+def plateau_sentence(metrics: dict[str, Any]) -> str | None:
+    """One sentence on the unigram plateau, or None when it was not measured."""
+    if "left_unigram_plateau" not in metrics:
+        return None
+    loss, unigram = metrics.get("eval_mlm_loss"), metrics["unigram_loss"]
+    if metrics["left_unigram_plateau"]:
+        return (
+            f"left the unigram plateau: eval MLM loss {loss:.2f} against {unigram:.2f} for a model that knows only "
+            "token frequencies"
+        )
+    return (
+        f"did NOT leave the unigram plateau: eval MLM loss {loss:.2f} against {unigram:.2f} for a model that knows only "
+        f"token frequencies, so its features carry little beyond word counts. To fix it: {PLATEAU_FIX}"
+    )

@@ -1,0 +1,136 @@
+"""A pretraining budget in wall-clock time: `--time_budget 10m` sizes the run's steps from its measured speed.
+
+Cramming (Geiping & Goldstein 2023) fixes the compute and derives the rest. Here the budget fixes the number of
+optimizer steps once, early: after a few steps to warm up, the speed of the next few is measured, and the steps
+that fit in the time left (evaluations included) become the run's length. The learning-rate schedule, its warmup
+and decay, is then rebuilt for that length, so warmup and decay follow the budget, and from there on the run is
+an ordinary step-based run: deterministic, resumable, and identical across processes (the main process's figure
+is broadcast). The chosen step count is recorded (hfssl.json's `train_steps`), so `--max_steps N` reproduces the
+run without a budget. `--max_steps` stays an upper bound: the run stops at whichever comes first.
+
+Hand-written: the Trainer has a step or epoch budget, not a time budget whose schedule spans it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+from transformers.optimization import get_scheduler
+
+__all__ = ["BUDGET_FILE", "TimeBudget", "parse_duration"]
+
+logger = logging.getLogger(__name__)
+
+BUDGET_FILE = "hfssl_budget.json"  # in each checkpoint: the step count the budget chose, for an exact resume
+WARMUP_STEPS = 3  # not timed: the first steps allocate memory and compile kernels
+TIMED_STEPS = 10
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `10m`, `1.5h` or a bare number of seconds, in seconds; ValueError naming --time_budget otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"--time_budget must be a positive duration such as 90s, 10m or 1.5h, got {text!r}.")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class TimeBudget(TrainerCallback):
+    """Sizes a run to `seconds` of training (evaluation included) from the speed of its first steps.
+
+    `trainer` is the Trainer the callback belongs to: its learning-rate schedule is rebuilt for the chosen length.
+    """
+
+    def __init__(self, seconds: float, trainer: Any) -> None:
+        self.seconds = seconds
+        self.trainer = trainer
+        self.total: int | None = None  # the run's length once chosen (or restored from a checkpoint)
+        self._started = self._warm = 0.0
+
+    def restore(self, checkpoint: str | None) -> None:
+        """Resume with the length chosen before the interruption, so the schedule continues exactly."""
+        path = Path(checkpoint or "") / BUDGET_FILE
+        if checkpoint and path.is_file():
+            self.total = int(json.loads(path.read_text())["total_steps"])
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+        if self.total is not None:  # resumed: the length is known
+            self._apply(args, state)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step
+        if self.total is not None:
+            return
+        if step == WARMUP_STEPS:
+            self._warm = time.perf_counter()
+        elif step == WARMUP_STEPS + TIMED_STEPS or step >= state.max_steps:
+            now = time.perf_counter()
+            seconds_per_step = (now - self._warm) / TIMED_STEPS if step > WARMUP_STEPS else (now - self._started) / max(step, 1)
+            left = self.seconds - (now - self._started)
+            evaluations = 1 + (0 if args.eval_strategy == "no" else 4)  # the budget's evaluations, roughly a step each
+            fits = step + max(0, math.floor(left / seconds_per_step) - evaluations)
+            self.total = _broadcast(max(step, min(state.max_steps, fits)))
+            logger.info(
+                "--time_budget %s: %.2f s per step, so %d steps (the learning-rate schedule spans them; --max_steps %d "
+                "repeats this run without a budget)",
+                _format(self.seconds),
+                seconds_per_step,
+                self.total,
+                self.total,
+            )
+            self._apply(args, state)
+            if step >= self.total:
+                control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.total is not None and checkpoint.is_dir() and state.is_world_process_zero:
+            (checkpoint / BUDGET_FILE).write_text(json.dumps({"total_steps": self.total}) + "\n")
+
+    def _apply(self, args: Any, state: Any) -> None:
+        """The run is `self.total` steps long from here on: stop, evaluation, saving and the schedule follow."""
+        state.max_steps = self.total
+        if args.eval_strategy == "steps":
+            state.eval_steps = max(1, math.ceil(self.total / 4))  # four evaluations over the run
+        if args.save_strategy == "steps":
+            state.save_steps = max(1, math.ceil(self.total / 4))
+        trainer = self.trainer
+        if trainer.lr_scheduler is None or trainer.optimizer is None:
+            return
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper holds the real one
+        schedule = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(self.total),
+            num_training_steps=self.total,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+        )
+        with warnings.catch_warnings():  # fast-forwarding a fresh schedule: no optimizer step between its steps
+            warnings.simplefilter("ignore")
+            for _ in range(state.global_step):
+                schedule.step()
+        trainer.lr_scheduler = schedule
+
+
+def _broadcast(value: int) -> int:
+    """The main process's value on every process, so all of them train the same number of steps."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return value
+
+
+def _format(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"

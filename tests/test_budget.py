@@ -1,0 +1,61 @@
+"""--time_budget: the run's length comes from its measured speed, and the schedule spans it."""
+
+import json
+import math
+
+import pytest
+
+import hfssl.budget
+from conftest import TINY_MLM, load_recipe
+from hfssl.budget import TIMED_STEPS, WARMUP_STEPS, parse_duration
+from hfssl.errors import OptionError
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("45", 45), (" 2M ", 120)])
+def test_durations_parse(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "5w", "ten minutes", "10 days", ""])
+def test_a_malformed_budget_is_refused_before_any_work(text, tmp_path):
+    with pytest.raises(OptionError, match="--time_budget must be a positive duration such as 90s, 10m or 1.5h"):
+        load_recipe("mlm").main(["--time_budget", text, "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+class FakeClock:
+    """perf_counter for the budget: every reading is one second after the previous one."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.slow
+def test_the_budget_sets_the_steps_and_the_schedule_spans_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(hfssl.budget, "time", FakeClock())
+    out = tmp_path / "o"
+    budget = 5.0
+    result = load_recipe("mlm").main(
+        TINY_MLM
+        + ["--time_budget", "5s", "--max_steps", "1000", "--warmup_steps", "0.5", "--logging_steps", "1"]
+        + ["--output_dir", str(out)]
+    )
+    # Readings: train begin 1 s, after warm-up 2 s, after the timed steps 3 s: 0.1 s per step, 3 s left of 5 s,
+    # minus five evaluations' worth of steps.
+    step = WARMUP_STEPS + TIMED_STEPS
+    expected = step + math.floor((budget - 2.0) / (1.0 / TIMED_STEPS)) - 5
+    assert result.metrics["train_steps"] == expected
+    record = json.loads((out / "hfssl.json").read_text())
+    assert record["metrics"]["train_steps"] == expected and record["options"]["training"]["time_budget"] == "5s"
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    rates = [e["learning_rate"] for e in history if "learning_rate" in e]  # entry k: the rate step k + 1 ran at
+    warmup = math.ceil(0.5 * expected)
+    assert len(rates) == expected
+    assert rates[-1] == pytest.approx(max(rates) / (expected - warmup), rel=1e-3)  # one step from 0 at the budget's end
+    # warmup: half of the chosen length (not of --max_steps), the ramp continuing past the measured steps
+    assert rates.index(max(rates)) == warmup
+    assert rates[step] == pytest.approx(max(rates) * step / warmup, rel=1e-3)
