@@ -49,11 +49,13 @@ class TimeBudget(TrainerCallback):
     `trainer` is the Trainer the callback belongs to: its learning-rate schedule is rebuilt for the chosen length.
     """
 
-    def __init__(self, seconds: float, trainer: Any) -> None:
+    def __init__(self, seconds: float, trainer: Any, pace: tuple[str, ...] = ("eval_steps", "save_steps")) -> None:
         self.seconds = seconds
         self.trainer = trainer
+        self.pace = pace  # the intervals spread over the chosen length (four per run): those the user did not set
         self.total: int | None = None  # the run's length once chosen (or restored from a checkpoint)
         self._started = self._warm = 0.0
+        self._first_step = 0
 
     def restore(self, checkpoint: str | None) -> None:
         """Resume with the length chosen before the interruption, so the schedule continues exactly."""
@@ -63,18 +65,20 @@ class TimeBudget(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._started = time.perf_counter()
-        if self.total is not None:  # resumed: the length is known
+        self._first_step = state.global_step  # above 0 when resuming
+        if self.total is not None:  # resumed after the length was chosen: it holds
             self._apply(args, state)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        step = state.global_step
+        step, done = state.global_step, state.global_step - self._first_step
         if self.total is not None:
             return
-        if step == WARMUP_STEPS:
+        if done == WARMUP_STEPS:
             self._warm = time.perf_counter()
-        elif step == WARMUP_STEPS + TIMED_STEPS or step >= state.max_steps:
+        elif done == WARMUP_STEPS + TIMED_STEPS or step >= state.max_steps:
             now = time.perf_counter()
-            seconds_per_step = (now - self._warm) / TIMED_STEPS if step > WARMUP_STEPS else (now - self._started) / max(step, 1)
+            timed = done > WARMUP_STEPS
+            seconds_per_step = (now - self._warm) / (done - WARMUP_STEPS) if timed else (now - self._started) / max(done, 1)
             left = self.seconds - (now - self._started)
             evaluations = 1 + (0 if args.eval_strategy == "no" else 4)  # the budget's evaluations, roughly a step each
             fits = step + max(0, math.floor(left / seconds_per_step) - evaluations)
@@ -99,10 +103,13 @@ class TimeBudget(TrainerCallback):
     def _apply(self, args: Any, state: Any) -> None:
         """The run is `self.total` steps long from here on: stop, evaluation, saving and the schedule follow."""
         state.max_steps = self.total
-        if args.eval_strategy == "steps":
-            state.eval_steps = max(1, math.ceil(self.total / 4))  # four evaluations over the run
-        if args.save_strategy == "steps":
-            state.save_steps = max(1, math.ceil(self.total / 4))
+        for callback in self.trainer.callback_handler.callbacks:  # the progress bar counts to the chosen length
+            bar = getattr(callback, "training_bar", None)
+            if bar is not None:
+                bar.total = self.total
+                bar.refresh()
+        for interval in self.pace:  # four evaluations and checkpoints over the run
+            setattr(state, interval, max(1, math.ceil(self.total / 4)))
         trainer = self.trainer
         if trainer.lr_scheduler is None or trainer.optimizer is None:
             return

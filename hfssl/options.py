@@ -29,6 +29,8 @@ __all__ = [
     "check_positive",
     "choices_of",
     "config_file",
+    "fill_unset",
+    "given",
     "load_yaml",
     "one_of",
     "option_values",
@@ -108,6 +110,7 @@ def parse_args(
     parser = _parser(types)
     known = {f.name for t in types for f in dataclasses.fields(t) if f.init}
     merged: dict[str, Any] = dict(defaults or {})
+    given: set[str] = set()
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         config_path = config_file(argv.pop(0))
         from_yaml = load_yaml(config_path)
@@ -118,6 +121,7 @@ def parse_args(
                 "See `--help` for valid names."
             )
         merged.update(_typed_numbers(parser, from_yaml, config_path))
+        given.update(from_yaml)
     # `--key none` sets an optional option to None (argparse would try float("none")).
     # (read the annotations: HfArgumentParser rewrites `field.type` to the bare type)
     optional = {name for t in types for name, hint in typing.get_type_hints(t).items() if type(None) in typing.get_args(hint)}
@@ -128,6 +132,7 @@ def parse_args(
         key = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
         if key in optional and i + 1 < len(argv) and argv[i + 1].lower() in ("none", "null"):
             merged[key] = None
+            given.add(key)
             i += 2
             continue
         kept.append(argv[i])
@@ -140,6 +145,7 @@ def parse_args(
     for action in parser._actions:
         if typed.intersection(action.option_strings) and action.dest != "help":
             merged[action.dest] = getattr(namespace, action.dest)
+            given.add(action.dest)
     if options:
         unknown = sorted(set(options) - known)
         if unknown:
@@ -148,6 +154,7 @@ def parse_args(
                 "`hfssl options <recipe>` lists the valid names."
             )
         merged.update(options)
+        given.update(options)
     try:
         parsed = parser.parse_dict(merged)  # the dataclasses' own checks (__post_init__) run here
     except OptionError:
@@ -156,7 +163,32 @@ def parse_args(
         raise OptionError(str(err)) from err
     if dataset is not None:
         _attach_dataset(parsed, dataset)
+    for options_object in parsed:  # what the user set, as opposed to defaults: see `given`
+        fields = {f.name for f in dataclasses.fields(options_object)}
+        options_object.__dict__["_given"] = frozenset(given & fields)
     return parsed
+
+
+def fill_unset(values: dict[str, Any], *objects: Any) -> dict[str, Any]:
+    """Set each of `values` on the options object that has it, unless the user set it; return what was set."""
+    applied = {}
+    for name, value in values.items():
+        owner = next((o for o in objects if name in {f.name for f in dataclasses.fields(o)}), None)
+        if owner is None:
+            raise KeyError(f"no options object has {name!r}")
+        if name not in given(owner):
+            setattr(owner, name, value)
+            applied[name] = value
+    return applied
+
+
+def given(options: Any) -> frozenset[str]:
+    """The names of the options the user set (YAML, command line or Python) in a parsed options object.
+
+    A recipe whose best default depends on the model (a small encoder from scratch or a pretrained checkpoint)
+    fills in only the options that are not in this set.
+    """
+    return options.__dict__.get("_given", frozenset())
 
 
 def _attach_dataset(parsed: Sequence[Any], dataset: Any) -> None:

@@ -23,8 +23,9 @@ from hfssl.api import Result
 from hfssl.budget import TimeBudget, parse_duration
 from hfssl.cards import output_card
 from hfssl.hub import PushRequest, publish, take_push_request
+from hfssl.options import given
 from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
-from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging
+from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging, use_all_cores
 
 __all__ = ["TimedTrainer", "finish_run", "pretext_lineage", "run_record", "start_run"]
 
@@ -35,6 +36,9 @@ def start_run(run_args: Any) -> tuple[str | None, PushRequest | None]:
     """What every recipe does first: logging, the checkpoint to resume, output-dir checks, the push request."""
     setup_logging(run_args)
     log_precision(run_args)
+    threads = use_all_cores()
+    if threads:
+        logger.info("%d CPU threads per process (accelerate launch set 1; --num_cpu_threads_per_process N chooses)", threads)
     if getattr(run_args, "keep_freed_memory", False) and keep_freed_memory():
         logger.info("malloc keeps freed memory for reuse (--keep_freed_memory true)")
     resume = resolve_resume(run_args)
@@ -55,7 +59,8 @@ class TimedTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         budget = getattr(self.args, "time_budget", None)
-        self.budget = TimeBudget(parse_duration(budget), self) if budget else None  # --time_budget sizes the run
+        pace = tuple(name for name in ("eval_steps", "save_steps") if name not in given(self.args))
+        self.budget = TimeBudget(parse_duration(budget), self, pace) if budget else None  # --time_budget sizes the run
         if self.budget is not None:
             self.add_callback(self.budget)
 

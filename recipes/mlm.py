@@ -3,7 +3,8 @@
     accelerate launch recipes/mlm.py [config.yaml] [--key value ...]
 
 With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the embedded corpus
-(docstrings of the Python standard library), a couple of minutes on a laptop CPU.
+(docstrings of the Python standard library) for the default budget, 10 minutes (--time_budget 10m: a
+coffee break on a laptop CPU); `make demo` gives it 2 minutes, enough to leave the unigram plateau.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from hfssl.args import (
 )
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
+from hfssl.options import fill_unset, given
 from hfssl.pretext.masked_tokens import (
+    MODEL_DEFAULTS,
     MaskedLMTrainer,
     PlateauWatch,
     build_masker,
@@ -44,20 +47,21 @@ logger = logging.getLogger("hfssl.recipes.mlm")
 OPTION_TYPES = (TextDataArguments, TextModelArguments, MaskingArguments, PretrainingRunArguments)
 DEFAULTS = dict(
     output_dir=default_output_dir("mlm"),
-    max_seq_length=128,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=64,
-    learning_rate=1e-3,  # small encoders leave the unigram plateau sooner with a high LR and warmup
+    # Learning rate, masking and batch size follow the model: a small encoder from scratch or a trained checkpoint
+    # (hfssl.pretext.masked_tokens.MODEL_DEFAULTS, applied where not set; the log says which).
+    time_budget="10m",  # a coffee break on a laptop CPU: about 3,000 steps of the tiny preset on 2 cores
+    max_steps=3000,  # without a budget (--time_budget none): the validated length for the tiny preset
+    max_seq_length=64,  # short blocks: more steps per second, and few-label tasks classify sentences
+    per_device_eval_batch_size=128,
     warmup_steps=0.06,
     weight_decay=0.01,
-    max_steps=300,  # under two minutes on a 2-core CPU
     optim="adamw_torch_fused",  # one fused kernel for the whole update (CPU and CUDA)
     # bf16 autocast where the hardware has bf16 units (AVX-512 BF16/AMX CPUs, recent GPUs), unless accelerate was told otherwise
     **precision_defaults(bf16_supported()),
     eval_strategy="steps",
-    eval_steps=100,
-    logging_steps=20,
-    save_steps=100,
+    eval_steps=500,
+    logging_steps=50,
+    save_steps=500,
     save_total_limit=2,
     report_to="none",
     include_num_input_tokens_seen="non_padding",
@@ -67,7 +71,17 @@ DEFAULTS = dict(
 def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
     """Run from the command line (`argv`) or from Python (`hfssl.run("mlm", dataset=..., **options)`)."""
     data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
+    start = "checkpoint" if model_args.model_name_or_path else "scratch"
+    chosen = fill_unset(MODEL_DEFAULTS[start], run_args, masking)
+    if run_args.time_budget and "max_steps" not in given(run_args):
+        run_args.max_steps = 10**9  # the budget sets the length; --max_steps, when given, caps it
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
+    if chosen:
+        logger.info(
+            "Defaults for %s: %s (set any of them to override)",
+            "continued pretraining of a checkpoint" if start == "checkpoint" else "an encoder trained from scratch",
+            ", ".join(f"--{k} {v}" for k, v in chosen.items()),
+        )
 
     # Everything that can be wrong with the options fails here, before tokenizing or training.
     config = mlm_config(

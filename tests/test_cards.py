@@ -39,7 +39,9 @@ def test_every_card_is_complete_and_reports_the_final_metrics(kind):
         assert section in text, section
     assert f"| hardware | {record['hardware']} |" in text and f"| steps | {record['metrics']['train_steps']:,} |" in text
     if kind == "mlm":
-        assert f"| tokens seen | {record['metrics']['train_tokens']:,} |" in text and "15% of tokens selected" in text
+        assert (
+            f"| tokens seen | {record['metrics']['train_tokens']:,} |" in text and "30% of tokens selected" in text
+        )  # the from-scratch default
     if kind == "mae":
         assert (
             "mask ratio 0.75" in text

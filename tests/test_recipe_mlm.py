@@ -52,7 +52,8 @@ def test_output_loads_with_from_pretrained_and_pipeline(trained):
     assert not list(out.glob("*.bin")) and not (out / ".hfssl-staging").exists()
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"] == {"pretext": "masked-lm", "data": "python-stdlib-docstrings", "base_model": None, "parent": None}
-    assert record["options"]["masking"]["mlm_probability"] == 0.15
+    # the defaults for a model from scratch, chosen because no --model_name_or_path was given
+    assert record["options"]["masking"]["mlm_probability"] == 0.3 and record["options"]["training"]["learning_rate"] == 2e-3
 
 
 def test_unigram_plateau_is_measured_and_reported(trained, capsys):
@@ -164,6 +165,9 @@ def test_continued_pretraining_from_packaged_minilm(tmp_path, minilm_path, caplo
     assert metrics["eval_mlm_loss"] < 8.0
     record = json.loads((out / "hfssl.json").read_text())
     assert record["lineage"]["base_model"] == minilm_path
+    # a checkpoint's defaults, where the user set nothing: BERT's 15% masking (the learning rate here was given)
+    assert record["options"]["masking"]["mlm_probability"] == 0.15 and record["options"]["training"]["learning_rate"] == 2e-4
+    assert "Defaults for continued pretraining of a checkpoint: --mlm_probability 0.15" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Run-level helpers (hfssl/runtime.py, hfssl/runs.py): the malloc setting that keeps freed memory."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -62,3 +63,36 @@ def test_bf16_runs_on_the_cpu_only_when_there_is_no_accelerator(tmp_path, monkey
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     accelerated = RunArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
     assert accelerated.use_cpu is False
+
+
+@pytest.mark.parametrize(
+    "argv, user_threads, expected",
+    [
+        (["accelerate", "launch", "recipes/mlm.py"], False, "all"),  # accelerate's 1 thread: every core instead
+        (["accelerate", "launch", "--num_cpu_threads_per_process", "1", "recipes/mlm.py"], False, None),  # chosen
+        (["accelerate", "launch", "recipes/mlm.py"], True, None),  # OMP_NUM_THREADS set by the user
+        (None, False, None),  # not under accelerate launch
+    ],
+)
+def test_accelerate_launch_s_one_thread_becomes_every_core(monkeypatch, argv, user_threads, expected):
+    import psutil
+    import torch
+
+    import hfssl.runtime
+
+    monkeypatch.setattr(hfssl.runtime, "accelerator_available", lambda: False)
+    monkeypatch.setattr(hfssl.runtime, "_launcher", lambda: (12345, argv) if argv else None)
+    monkeypatch.setattr(hfssl.runtime, "_launcher_sets_threads", lambda pid: user_threads)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cores = min(psutil.cpu_count(logical=False) or 1, len(os.sched_getaffinity(0)))
+        set_to = hfssl.runtime.use_all_cores()
+        if expected == "all" and cores > 1:
+            assert set_to == cores == torch.get_num_threads() and os.environ["OMP_NUM_THREADS"] == str(cores)
+        else:
+            assert set_to is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -27,6 +27,7 @@ from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import TimedTrainer
 
 __all__ = [
+    "MODEL_DEFAULTS",
     "PLATEAU_FIX",
     "PlateauWatch",
     "MaskedLMTrainer",
@@ -406,6 +407,17 @@ def unigram_loss(blocks: Any, vocab_size: int, special_ids: Sequence[int], max_t
         return None
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+# Defaults that depend on where pretraining starts, chosen on validation splits (docs/benchmarks.md): a small encoder
+# from scratch leaves the unigram plateau soonest with a high rate and more masking (WordNet glosses, tiny preset:
+# lr 2e-3, 30% masking, 128 x 64-token blocks; eval MLM loss 4.15 after 3,000 steps on an unseen 34k-document corpus,
+# where lr 1e-3 and 15% stayed on the plateau); continued pretraining of a trained checkpoint keeps BERT's 15% and
+# a small rate that does not undo it (all-MiniLM-L6-v2 DAPT: lr 2e-5 of 2e-5 / 1e-4 tried, 64 x 64-token blocks).
+MODEL_DEFAULTS = {
+    "scratch": dict(learning_rate=2e-3, mlm_probability=0.3, per_device_train_batch_size=128),
+    "checkpoint": dict(learning_rate=2e-5, mlm_probability=0.15, per_device_train_batch_size=64),
+}
 
 
 # Pretraining "left the plateau" when its held-out loss is this fraction below the unigram loss. A model that has
