@@ -830,6 +830,16 @@ class TransferArguments:
             "for imbalanced labels.",
         },
     )
+    baseline: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "on", "off"),
+            "help": "Also fit the classic baseline on the same split, TF-IDF (1-2 grams) + logistic regression for text, "
+            "pixels + logistic regression for images, and say whether the fine-tuned model beats it (summary, "
+            "eval_results.json, hfssl.json, card). auto: when the data is few-label (every class under 300 training "
+            "examples).",
+        },
+    )
     seeds: str | None = field(
         default=None,
         metadata={

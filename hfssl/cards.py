@@ -368,7 +368,8 @@ def _classifier_card(out: _Output) -> ModelCard:
     config = _config(out.folder)
     custom_code = bool(config.get("auto_map"))  # hfssl's mean-pooling text classifier, whose code ships in the repo
     baseline = ("eval_majority_accuracy", "majority-class baseline accuracy")
-    scores = _scores(out, baseline)
+    classic = [("eval_baseline_accuracy", f"classic baseline accuracy ({record['baseline']})")] if record.get("baseline") else []
+    scores = _scores(out, baseline, *classic)
     seeds = record.get("seed_results")
     if seeds:
         over = ",".join(map(str, seeds["seeds"]))
@@ -409,6 +410,7 @@ def _classifier_card(out: _Output) -> ModelCard:
         eval_samples=metrics.get("eval_samples", "?"),
         per_class=list(record["per_class"].items()),
         several_seeds=bool(seeds),
+        verdict=record.get("verdict"),
     )
 
 

@@ -29,6 +29,7 @@ from hfssl.args import (
 )
 from hfssl.data.classification import LabeledImageCollator, LabeledImages, load_image_classification
 from hfssl.data.images import ImageBatchCollator, decode_images
+from hfssl.metrics.baselines import image_baseline
 from hfssl.runs import finish_run, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         label_names=splits.class_names,
         train_labels=train.labels.numpy(),
         eval_labels=held_out.labels.numpy(),
+        baseline=lambda: image_baseline(train.pixels, train.labels.numpy(), held_out.pixels, held_out.labels.numpy()),
     )
     result = run_transfer(setup, transfer, run_args, resume)
 

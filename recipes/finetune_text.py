@@ -28,6 +28,7 @@ from hfssl.args import (
     parse_args,
 )
 from hfssl.data.classification import load_text_classification, tokenize_classification
+from hfssl.metrics.baselines import text_baseline
 from hfssl.models import load_config, usable_positions
 from hfssl.runs import finish_run, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
             eval_max_length=usable_positions(config, tokenizer),
         )
 
+    columns = (data.text_column, "labels")  # the classic baseline reads the raw text
     setup = TransferSetup(
         build=lambda: load_classifier(
             "text",
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         label_names=data.label_names,
         train_labels=encoded["train"].with_format("numpy")["labels"],
         eval_labels=encoded["validation"].with_format("numpy")["labels"],
+        baseline=lambda: text_baseline(*(data.splits[split][c] for split in ("train", "validation") for c in columns)),
     )
     result = run_transfer(setup, transfer, run_args, resume)
 

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, Trainer, set_seed
 from transformers.trainer_utils import SaveStrategy
 
 from hfssl.data.classification import balanced_class_weights
+from hfssl.metrics.baselines import fits_baseline, verdict
 from hfssl.metrics.report import classification_metrics, load_metric, majority_accuracy, save_confusion_matrix, scalar_scores
 from hfssl.outputs import parent_lineage, write_json
 from hfssl.runs import run_record
@@ -124,6 +125,8 @@ class TransferSetup:
     label_names: list[str]
     train_labels: np.ndarray
     eval_labels: np.ndarray
+    # the classic baseline on the same split (hfssl.metrics.baselines): () -> {"name", "accuracy", "f1_macro"}
+    baseline: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Fit:
     log_history: list[dict[str, Any]]  # the Trainer's log of every stage, steps counted across stages
     predictions: np.ndarray  # the predicted class of each held-out example, behind eval_results
     seed_results: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None  # the classic baseline's name, when one was fitted (eval_baseline_* in eval_results)
 
     @property
     def model(self) -> nn.Module:
@@ -241,6 +245,11 @@ def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str
             runs.append(fit(setup, transfer, args).eval_results)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    if setup.baseline is not None and fits_baseline(transfer.baseline, setup.train_labels):
+        classic = setup.baseline()
+        first.baseline = classic["name"]
+        first.eval_results.update(eval_baseline_accuracy=classic["accuracy"], eval_baseline_f1_macro=classic["f1_macro"])
+        logger.info("Classic baseline on the same split, %s: accuracy %.3f", classic["name"], classic["accuracy"])
     if len(seeds) > 1:
         keys = ("eval_accuracy", "eval_f1_macro", "eval_precision_macro", "eval_recall_macro")
         first.seed_results = {"seeds": seeds, "per_seed": [{"seed": s, **{k: r[k] for k in keys}} for s, r in zip(seeds, runs)]}
@@ -283,6 +292,8 @@ def transfer_record(
         per_class=fit_.eval_results["eval_per_class"],
         seed_results=fit_.seed_results or None,
         lora_base_model="." if options["transfer"]["strategy"] == "lora" else None,
+        baseline=fit_.baseline,
+        verdict=verdict({**fit_.eval_results, **(fit_.seed_results or {})}, fit_.baseline),
     )
 
 
@@ -343,5 +354,8 @@ def summary_text(recipe: str, fit_: Fit, output_dir: str) -> str:
         f"  trainable parameters: {p['trainable']:,} of {p['full']:,} ({p['trainable'] / p['full']:.2%}); "
         f"full fine-tuning trains {p['full']:,}"
     )
+    judged = verdict({**r, **{k: v for k, v in fit_.seed_results.items() if k.startswith("eval_accuracy_")}}, fit_.baseline)
+    if judged:
+        lines.append(f"  {judged}")
     lines.append(f"  trained in {fit_.train_metrics.get('train_runtime', 0):.0f} s on {hardware_name()}\nSaved to {output_dir}")
     return "\n".join(lines)
