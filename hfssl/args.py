@@ -840,6 +840,14 @@ class TransferArguments:
             "examples).",
         },
     )
+    controls: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated control arms trained and scored on the same split: scratch (the same architecture "
+            "from random weights, full fine-tuning, over the same --seeds). Its accuracy goes beside the model's, and "
+            "the verdict says whether pretraining paid off against it."
+        },
+    )
     seeds: str | None = field(
         default=None,
         metadata={
@@ -849,6 +857,7 @@ class TransferArguments:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        self.control_list()
         if (self.strategy == "freeze") != (self.freeze_layers is not None):
             raise ValueError("--strategy freeze needs --freeze_layers N (and --freeze_layers only applies to it).")
         if self.freeze_layers is not None and self.freeze_layers < 0:
@@ -868,6 +877,14 @@ class TransferArguments:
                 f"--l2sp_alpha has nothing to pull with --strategy {self.strategy}: no pretrained weight is trained."
             )
         self.seed_list()
+
+    def control_list(self) -> list[str]:
+        """--controls as names (checked: scratch is the one control arm)."""
+        names = [c.strip() for c in (self.controls or "").split(",") if c.strip()]
+        unknown = sorted(set(names) - {"scratch"})
+        if unknown:
+            raise ValueError(f"--controls must list control arms among: scratch; got {', '.join(unknown)}.")
+        return names
 
     def seed_list(self) -> list[int] | None:
         """--seeds as integers, or None when the run is not repeated."""

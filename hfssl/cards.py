@@ -369,6 +369,7 @@ def _classifier_card(out: _Output) -> ModelCard:
     custom_code = bool(config.get("auto_map"))  # hfssl's mean-pooling text classifier, whose code ships in the repo
     baseline = ("eval_majority_accuracy", "majority-class baseline accuracy")
     classic = [("eval_baseline_accuracy", f"classic baseline accuracy ({record['baseline']})")] if record.get("baseline") else []
+    classic.append(("eval_scratch_accuracy", "from-scratch control accuracy (same architecture, random weights)"))
     scores = _scores(out, baseline, *classic)
     seeds = record.get("seed_results")
     if seeds:

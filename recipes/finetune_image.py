@@ -72,16 +72,21 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     # Classifiers read RGB, as pipeline() feeds them (grayscale encoders are adapted when loaded).
     train, held_out = (decode_images(s, processor, 3, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
 
-    setup = TransferSetup(
-        build=lambda: load_classifier(
+    def classifier(scratch: bool):  # noqa: ANN202
+        return load_classifier(
             "image",
             model_args.model_name_or_path,
             splits.class_names,
-            model_args.from_scratch,
+            scratch,
             config=config,
             trust_remote_code=model_args.trust_remote_code,
             cache_dir=model_args.cache_dir,
-        ),
+        )
+
+    random_start = model_args.from_scratch or not model_args.model_name_or_path  # already the control arm
+    setup = TransferSetup(
+        build=lambda: classifier(model_args.from_scratch),
+        build_scratch=None if random_start else (lambda: classifier(True)),  # --controls scratch
         train_dataset=LabeledImages(train),
         eval_dataset=LabeledImages(held_out),
         collator=LabeledImageCollator(

@@ -84,17 +84,21 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
             eval_max_length=usable_positions(config, tokenizer),
         )
 
-    columns = (data.text_column, "labels")  # the classic baseline reads the raw text
-    setup = TransferSetup(
-        build=lambda: load_classifier(
+    def classifier(scratch: bool):  # noqa: ANN202
+        return load_classifier(
             "text",
             model_path,
             data.label_names,
-            model_args.from_scratch,
+            scratch,
             pooling=pooling,
             trust_remote_code=model_args.trust_remote_code,
             cache_dir=model_args.cache_dir,
-        ),
+        )
+
+    columns = (data.text_column, "labels")  # the classic baseline reads the raw text
+    setup = TransferSetup(
+        build=lambda: classifier(model_args.from_scratch),
+        build_scratch=None if model_args.from_scratch else (lambda: classifier(True)),  # --controls scratch
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         collator=DataCollatorWithPadding(tokenizer),

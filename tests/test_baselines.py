@@ -49,6 +49,12 @@ def test_the_verdict_compares_the_model_with_the_baseline(results, says):
     assert verdict({"eval_accuracy": 0.7}, None) is None
 
 
+def test_the_verdict_says_whether_pretraining_paid_off_against_the_scratch_control():
+    assert "Pretraining paid off" in verdict({"eval_accuracy": 0.55, "eval_scratch_accuracy": 0.30}, None)
+    spread = {"eval_accuracy": 0.5, "eval_accuracy_mean": 0.50, "eval_accuracy_std": 0.04, "eval_scratch_accuracy": 0.48}
+    assert "did NOT pay off" in verdict(spread, None)  # within the seeds' spread
+
+
 @pytest.mark.slow
 def test_a_few_label_run_reports_the_baseline_and_the_verdict(tmp_path):
     finetune = load_recipe("finetune_text")
@@ -58,5 +64,16 @@ def test_a_few_label_run_reports_the_baseline_and_the_verdict(tmp_path):
     record = json.loads((tmp_path / "on" / "hfssl.json").read_text())
     assert 0 < results["eval_baseline_accuracy"] <= 1 and record["baseline"].startswith("TF-IDF")
     assert record["verdict"] in (tmp_path / "on" / "README.md").read_text()
-    finetune.main(argv + ["--baseline", "off", "--output_dir", str(tmp_path / "off")])
-    assert "eval_baseline_accuracy" not in json.loads((tmp_path / "off" / "eval_results.json").read_text())
+    finetune.main(argv + ["--baseline", "off", "--controls", "scratch", "--output_dir", str(tmp_path / "off")])
+    results = json.loads((tmp_path / "off" / "eval_results.json").read_text())
+    assert "eval_baseline_accuracy" not in results and 0 <= results["eval_scratch_accuracy"] <= 1
+    record = json.loads((tmp_path / "off" / "hfssl.json").read_text())
+    assert "the same architecture from random weights reaches" in record["verdict"]
+    assert "from-scratch control accuracy" in (tmp_path / "off" / "README.md").read_text()
+
+
+def test_an_unknown_control_arm_is_refused():
+    from hfssl.args import TransferArguments
+
+    with pytest.raises(ValueError, match="--controls must list control arms among: scratch; got random"):
+        TransferArguments(controls="scratch,random")

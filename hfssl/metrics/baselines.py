@@ -64,21 +64,38 @@ def image_baseline(train_pixels: Any, train_labels: np.ndarray, eval_pixels: Any
 
 
 def verdict(results: dict[str, Any], name: str | None) -> str | None:
-    """One sentence: does the fine-tuned model beat the classic baseline on this split? None without a baseline.
+    """Whether the fine-tuned model beats the classic baseline (`name`) and, when it was trained, the from-scratch
+    control, in a sentence each; None when neither was measured.
 
-    With several seeds, the model's mean must beat the baseline by more than the seeds' standard deviation.
+    With several seeds, the model's mean must beat the other by more than the seeds' standard deviation.
     """
-    if "eval_baseline_accuracy" not in results or name is None:
-        return None
-    base = results["eval_baseline_accuracy"]
     model = results.get("eval_accuracy_mean", results["eval_accuracy"])
     spread = results.get("eval_accuracy_std", 0.0)
     shown = f"{model:.3f}" + (f" +- {spread:.3f}" if "eval_accuracy_std" in results else "")
-    if model - base > spread:
-        return f"The fine-tuned model beats the classic baseline, {name}, on this split: accuracy {shown} against {base:.3f}."
-    if base - model > spread:
-        return (
-            f"The fine-tuned model does NOT beat the classic baseline, {name}: accuracy {shown} against {base:.3f}; "
-            "with these labels and this starting model, the classic model is the better one here."
-        )
-    return f"The fine-tuned model and the classic baseline, {name}, are level on this split: accuracy {shown} against {base:.3f}."
+    sentences = []
+    if "eval_baseline_accuracy" in results and name is not None:
+        base = results["eval_baseline_accuracy"]
+        if model - base > spread:
+            sentences.append(
+                f"The fine-tuned model beats the classic baseline, {name}, on this split: accuracy {shown} against {base:.3f}."
+            )
+        elif base - model > spread:
+            sentences.append(
+                f"The fine-tuned model does NOT beat the classic baseline, {name}: accuracy {shown} against {base:.3f}; "
+                "with these labels and this starting model, the classic model is the better one here."
+            )
+        else:
+            sentences.append(
+                f"The fine-tuned model and the classic baseline, {name}, are level on this split: "
+                f"accuracy {shown} against {base:.3f}."
+            )
+    if "eval_scratch_accuracy" in results:
+        scratch = results["eval_scratch_accuracy"]
+        margin = max(spread, results.get("eval_scratch_accuracy_std", 0.0))
+        if model - scratch > margin:
+            sentences.append(f"Pretraining paid off: the same architecture from random weights reaches {scratch:.3f}.")
+        else:
+            sentences.append(
+                f"Pretraining did NOT pay off on this data: the same architecture from random weights reaches {scratch:.3f}."
+            )
+    return " ".join(sentences) or None

@@ -16,7 +16,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ class TransferSetup:
     eval_labels: np.ndarray
     # the classic baseline on the same split (hfssl.metrics.baselines): () -> {"name", "accuracy", "f1_macro"}
     baseline: Callable[[], dict[str, Any]] | None = None
+    build_scratch: Callable[[], tuple[PreTrainedModel, set[str]]] | None = None  # --controls scratch: random weights
 
 
 @dataclass
@@ -230,26 +231,28 @@ def _score(trainer: TransferTrainer, setup: TransferSetup) -> tuple[dict[str, An
 
 
 def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str | None = None) -> Fit:
-    """`fit` once, or once per --seeds (the first seed's model is kept; the others are trained in a scratch dir)."""
+    """`fit` once, or once per --seeds (the first seed's model is kept; the others are trained in a scratch dir);
+    then the classic baseline and, with --controls scratch, the from-scratch control on the same split."""
     seeds = transfer.seed_list() or [run_args.seed]
     first_args = copy.copy(run_args)
     first_args.seed = seeds[0]
     first = fit(setup, transfer, first_args, resume)
-    runs = [first.eval_results]
-    for seed in seeds[1:]:
-        logger.info("Repeating the run with seed %d (%d of %d)", seed, len(runs) + 1, len(seeds))
-        scratch = tempfile.mkdtemp(prefix=f"hfssl-seed{seed}-")
-        args = copy.copy(run_args)
-        args.seed, args.output_dir, args.save_strategy = seed, scratch, SaveStrategy.NO
-        try:
-            runs.append(fit(setup, transfer, args).eval_results)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    runs = [first.eval_results, *_repeat(setup, transfer, run_args, seeds[1:])]
     if setup.baseline is not None and fits_baseline(transfer.baseline, setup.train_labels):
         classic = setup.baseline()
         first.baseline = classic["name"]
         first.eval_results.update(eval_baseline_accuracy=classic["accuracy"], eval_baseline_f1_macro=classic["f1_macro"])
         logger.info("Classic baseline on the same split, %s: accuracy %.3f", classic["name"], classic["accuracy"])
+    if "scratch" in transfer.control_list() and setup.build_scratch is not None:
+        control = copy.copy(transfer)  # the control arm trains everything: a frozen random backbone would prove nothing
+        control.strategy, control.freeze_layers, control.merge_lora, control.l2sp_alpha = "full", None, False, 0.0
+        logger.info("Control: the same architecture from random weights, full fine-tuning, seeds %s", seeds)
+        scores = np.array(
+            [r["eval_accuracy"] for r in _repeat(replace(setup, build=setup.build_scratch), control, run_args, seeds)]
+        )
+        first.eval_results["eval_scratch_accuracy"] = float(scores.mean())
+        if len(scores) > 1:
+            first.eval_results["eval_scratch_accuracy_std"] = float(scores.std(ddof=1))
     if len(seeds) > 1:
         keys = ("eval_accuracy", "eval_f1_macro", "eval_precision_macro", "eval_recall_macro")
         first.seed_results = {"seeds": seeds, "per_seed": [{"seed": s, **{k: r[k] for k in keys}} for s, r in zip(seeds, runs)]}
@@ -257,6 +260,21 @@ def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str
             values = np.array([r[key] for r in runs])
             first.seed_results[f"{key}_mean"], first.seed_results[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1))
     return first
+
+
+def _repeat(setup: TransferSetup, transfer: Any, run_args: Any, seeds: list[int]) -> list[dict[str, Any]]:
+    """The held-out scores of one run per seed, each trained in a scratch directory that is removed after."""
+    results = []
+    for seed in seeds:
+        logger.info("Run with seed %d (%d of %d)", seed, len(results) + 1, len(seeds))
+        scratch = tempfile.mkdtemp(prefix=f"hfssl-seed{seed}-")
+        args = copy.copy(run_args)
+        args.seed, args.output_dir, args.save_strategy = seed, scratch, SaveStrategy.NO
+        try:
+            results.append(fit(setup, transfer, args).eval_results)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return results
 
 
 def transfer_record(
