@@ -291,25 +291,24 @@ def few_labels(labels: list, per_class: int, seed: int) -> np.ndarray:
 
 
 def classic_text(files: dict[str, Path], per_class: int, seeds: list[int]) -> list[float]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    """TF-IDF + logistic regression: the classic baseline every few-label finetune_text run also fits."""
+    from hfssl.metrics.baselines import text_baseline
 
     train = [json.loads(line) for line in files["train"].read_text().splitlines()]
     test = [json.loads(line) for line in files[SPLIT].read_text().splitlines()]
     scores = []
     for seed in seeds:
         rows = [train[i] for i in few_labels([r["label"] for r in train], per_class, seed)]
-        vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
-        x = vectorizer.fit_transform([r["text"] for r in rows])
-        model = LogisticRegression(C=10.0, max_iter=2000).fit(x, [r["label"] for r in rows])
-        scores.append(
-            float((model.predict(vectorizer.transform([r["text"] for r in test])) == [r["label"] for r in test]).mean())
-        )
+        texts, labels = [r["text"] for r in rows], np.array([r["label"] for r in rows])
+        scores.append(text_baseline(texts, labels, [r["text"] for r in test], np.array([r["label"] for r in test]))["accuracy"])
     return scores
 
 
 def classic_pixels(per_class: int, seeds: list[int], quick: bool) -> list[float]:
-    from sklearn.linear_model import LogisticRegression
+    """Pixels + logistic regression: the classic baseline every few-label finetune_image run also fits."""
+    import torch
+
+    from hfssl.metrics.baselines import image_baseline
 
     x, y = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
     tx, ty = read_idx("t10k-images-idx3-ubyte.gz"), read_idx("t10k-labels-idx1-ubyte.gz")
@@ -318,11 +317,12 @@ def classic_pixels(per_class: int, seeds: list[int], quick: bool) -> list[float]
     if SPLIT == "validation":  # the last training images, as prepare_images holds them out
         held_out = 500 if quick else 5000
         x, y, tx, ty = x[:-held_out], y[:-held_out], x[-held_out:], y[-held_out:]
+    test = torch.from_numpy(np.array(tx))[:, None]  # (N, 1, 28, 28) uint8: no shrinking below 32 px
     scores = []
     for seed in seeds:
         idx = few_labels(y, per_class, seed)
-        model = LogisticRegression(C=0.1, max_iter=1000).fit(x[idx].reshape(len(idx), -1) / 255.0, y[idx])
-        scores.append(float((model.predict(tx.reshape(len(tx), -1) / 255.0) == ty).mean()))
+        train = torch.from_numpy(np.array(x[idx]))[:, None]
+        scores.append(image_baseline(train, y[idx], test, ty)["accuracy"])
     return scores
 
 

@@ -130,13 +130,9 @@ class TimeBudget(TrainerCallback):
 
 def _broadcast(value: int) -> int:
     """The main process's value on every process, so all of them train the same number of steps."""
-    import torch.distributed as dist
+    from accelerate.utils import broadcast_object_list
 
-    if dist.is_available() and dist.is_initialized():
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return int(box[0])
-    return value
+    return int(broadcast_object_list([value], from_process=0)[0])
 
 
 def _format(seconds: float) -> str:

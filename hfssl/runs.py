@@ -23,7 +23,7 @@ from hfssl.api import Result
 from hfssl.budget import TimeBudget, parse_duration
 from hfssl.cards import output_card
 from hfssl.hub import PushRequest, publish, take_push_request
-from hfssl.options import given
+from hfssl.options import given, option_values
 from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
 from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging, use_all_cores
 
@@ -91,7 +91,7 @@ def _values(options: Any) -> Any:
     if isinstance(options, TrainingArguments):
         return options.to_dict()
     if dataclasses.is_dataclass(options) and not isinstance(options, type):
-        return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
+        return option_values(options)
     return options
 
 

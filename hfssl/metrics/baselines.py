@@ -51,7 +51,7 @@ def image_baseline(train_pixels: Any, train_labels: np.ndarray, eval_pixels: Any
     from sklearn.linear_model import LogisticRegression
 
     def features(pixels: torch.Tensor) -> np.ndarray:
-        x = pixels.float() / 255.0
+        x = pixels.double() / 255.0  # float64, as scikit-learn computes
         if max(x.shape[-2:]) > PIXEL_SIDE:
             scale = PIXEL_SIDE / max(x.shape[-2:])
             size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
