@@ -352,7 +352,9 @@ class TextModelArguments(ModelSourceArguments):
         metadata={
             "help": "Peak learning rate of the MLM head's own weights (those outside the encoder; a decoder tied to "
             "the input embeddings follows --learning_rate). For continued pretraining of a checkpoint that has no "
-            "MLM head (e.g. a sentence-transformers model), whose head starts random, e.g. 1e-3. Default: --learning_rate."
+            "MLM head (e.g. a sentence-transformers model), whose head starts random, e.g. 1e-3. Default: --learning_rate; "
+            "with --objective electra it covers the generator and the replaced-token head (1e-3 from a checkpoint, "
+            "where both start random)."
         },
     )
 
@@ -416,6 +418,16 @@ class SentenceDenoisingArguments:
 class MaskingArguments:
     """How tokens are hidden for the masked-token pretext (names as in DataCollatorForLanguageModeling)."""
 
+    objective: str = field(
+        default="mlm",
+        metadata={
+            "choices": ("mlm", "electra"),
+            "help": "mlm: the encoder predicts the masked tokens (BERT) | electra: replaced-token detection (Clark et al. "
+            "2020): a small generator (a third of the layers, sharing the embeddings) fills the masked tokens with "
+            "samples, and the encoder, saved as a stock base model, learns to tell every token original or replaced "
+            "(default 15% masking).",
+        },
+    )
     mlm_probability: float = field(default=0.15, metadata={"help": "Fraction of tokens selected for prediction."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Of the selected tokens, the fraction replaced by [MASK]."})
     random_replace_prob: float = field(
@@ -424,6 +436,7 @@ class MaskingArguments:
     whole_word_mask: bool = field(default=False, metadata={"help": "Select all pieces of a word together."})
 
     def __post_init__(self) -> None:
+        check_choices(self)
         check_fraction("mlm_probability", self.mlm_probability)
         check_fraction("mask_replace_prob", self.mask_replace_prob, low_open=False, high_open=False)
         check_fraction("random_replace_prob", self.random_replace_prob, low_open=False, high_open=False)

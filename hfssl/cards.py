@@ -25,7 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hfssl.data.samples import DEFAULT_IMAGE_NAME, DEFAULT_TEXT_LABELED_NAME, DEFAULT_TEXT_NAME
 from hfssl.outputs import RECORD_FILE
-from hfssl.registry import RECIPES
+from hfssl.registry import ELECTRA_CARD_METRICS, RECIPES
 
 __all__ = ["CARD_FILE", "DEFAULT_LICENSE", "lineage_text", "output_card", "refresh_card", "write_card"]
 
@@ -128,11 +128,17 @@ def _hub_dataset(record: dict[str, Any]) -> str | None:
     return name if name and not Path(name).exists() and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) else None
 
 
+def _electra(record: dict[str, Any]) -> bool:
+    """Whether an mlm output is ELECTRA's discriminator (`--objective electra`) rather than a masked LM."""
+    return record["lineage"].get("pretext") == "electra"
+
+
 def _card_metrics(out: _Output) -> list[tuple[str, str, str]]:
     """The recipe's card metrics from the registry, (hfssl.json key, metric id, shown name); the kNN one names its k."""
+    metrics = ELECTRA_CARD_METRICS if _electra(out.record) else RECIPES[out.record["recipe"]].card_metrics
     return [
         (key, metric, f"{label} (k={out.record['options']['probe']['knn_k']})" if key == "eval_knn_accuracy" else label)
-        for key, metric, label in RECIPES[out.record["recipe"]].card_metrics
+        for key, metric, label in metrics
     ]
 
 
@@ -231,19 +237,38 @@ def _masked_lm_card(out: _Output) -> ModelCard:
     metrics, opts = record["metrics"], record["options"]
     masking = opts["masking"]
     mask = _mask_token(out.folder)
-    return _render(
-        "pretrained",
-        _card_data(
+    if _electra(record):  # the discriminator's encoder: no fill-mask head, scored on replaced-token detection
+        data = _card_data(
+            out,
+            "feature-extraction",
+            ["electra", "replaced-token-detection", "self-supervised"],
+            "transformers",
+            _eval_results(out, "feature-extraction", "Replaced-token detection"),
+        )
+        scores = _scores(
+            out,
+            ("eval_rtd_replaced_recall", "replaced tokens detected (recall)"),
+            ("eval_replaced_fraction", "share of tokens replaced"),
+            ("eval_mlm_loss", "generator's masked-token loss"),
+        )
+    else:
+        data = _card_data(
             out,
             "fill-mask",
             ["masked-lm", "self-supervised"],
             "transformers",
             _eval_results(out, "fill-mask", "Masked-token prediction"),
-        ),
+        )
+        scores = _scores(out)
+    return _render(
+        "pretrained",
+        data,
         out,
-        pretext="masked-lm",
+        pretext=record["lineage"]["pretext"],
         mask=mask,
-        sample=RECIPES["mlm"].sample_input.format(mask=mask),
+        sample=RECIPES["mlm"].sample_input.format(mask="next item" if _electra(record) else mask),
+        generator_layers=record.get("generator_layers"),
+        discriminator_weight=_fmt(record.get("discriminator_weight")),
         selected=_pct(masking["mlm_probability"]),
         whole_word_mask=masking["whole_word_mask"],
         replaced=_pct(masking["mask_replace_prob"]),
@@ -254,7 +279,7 @@ def _masked_lm_card(out: _Output) -> ModelCard:
         seen=_fmt(metrics.get("train_tokens", 0)),
         max_seq_length=record["max_seq_length"],
         speed=_speed(metrics, "tokens"),
-        metrics=_scores(out),
+        metrics=scores,
         unigram_loss=_fmt(metrics["unigram_loss"]) if "unigram_loss" in metrics else None,
         left_plateau=metrics.get("left_unigram_plateau"),
         mlm_loss=_fmt(metrics.get("eval_mlm_loss")),

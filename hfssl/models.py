@@ -30,14 +30,18 @@ __all__ = [
     "TEXT_PRESETS",
     "VISION_PRESETS",
     "build_masked_image_model",
+    "build_electra_models",
     "build_masked_lm",
+    "check_electra_support",
     "check_model_path",
+    "generator_config",
     "load_config",
     "masked_image_config",
     "mlm_config",
     "modernbert_config",
     "set_dropout",
     "usable_positions",
+    "use_fast_attention",
     "beit_config",
     "beit_to_vit",
     "check_vit_like",
@@ -226,11 +230,7 @@ def build_masked_lm(
 ) -> PreTrainedModel:
     """A masked-LM: loaded from a checkpoint (a missing MLM head is initialised fresh) or built from `config`."""
     if model_name_or_path is None:
-        config.vocab_size = len(tokenizer)
-        config.pad_token_id = tokenizer.pad_token_id
-        if config.model_type == "modernbert":  # its defaults are the ids of ModernBERT's own 50k vocabulary
-            config.cls_token_id = config.bos_token_id = tokenizer.cls_token_id
-            config.sep_token_id = config.eos_token_id = tokenizer.sep_token_id
+        _fit_vocabulary(config, tokenizer)
         return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
 
     try:
@@ -254,12 +254,97 @@ def build_masked_lm(
             model_name_or_path,
             ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""),
         )
+    _check_vocabulary(model, tokenizer, model_name_or_path)
+    return model
+
+
+def _fit_vocabulary(config: Any, tokenizer: Any) -> None:
+    """A from-scratch config takes the tokenizer's vocabulary size and special-token ids."""
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    if config.model_type == "modernbert":  # its defaults are the ids of ModernBERT's own 50k vocabulary
+        config.cls_token_id = config.bos_token_id = tokenizer.cls_token_id
+        config.sep_token_id = config.eos_token_id = tokenizer.sep_token_id
+
+
+def _check_vocabulary(model: PreTrainedModel, tokenizer: Any, model_name_or_path: str) -> None:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but {model_name_or_path} has embeddings for "
             f"{model.get_input_embeddings().num_embeddings}: use the model's own tokenizer (drop --tokenizer_name)."
         )
-    return model
+
+
+def check_electra_support(config: Any) -> None:
+    """ELECTRA builds a discriminator (a token classifier) and a generator (a masked LM) of the config's family: both
+    must exist in transformers, else ValueError naming --objective, before any data is read."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    needed = (
+        (
+            "token-classification class (the discriminator)",
+            MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+            "AutoModelForTokenClassification",
+        ),
+        ("masked-LM class (the generator)", MODEL_FOR_MASKED_LM_MAPPING_NAMES, "AutoModelForMaskedLM"),
+    )
+    missing = [what for what, names, auto in needed if config.model_type not in names and auto not in auto_map]
+    if missing:
+        raise ValueError(
+            f"--objective electra: the {config.model_type!r} architecture has no {' and no '.join(missing)} in "
+            "transformers. Use a BERT-like encoder (ModernBERT, BERT, RoBERTa, ELECTRA, ...), or --objective mlm."
+        )
+
+
+def generator_config(config: Any) -> Any:
+    """ELECTRA's generator: the discriminator's config with a third of its layers (at least 1); the same hidden size,
+    so the two can share their embeddings exactly, and the same heads."""
+    generator = copy.deepcopy(config)
+    generator.num_hidden_layers = max(1, config.num_hidden_layers // 3)
+    if isinstance(getattr(config, "layer_types", None), list):  # ModernBERT: one attention type per layer
+        generator.layer_types = config.layer_types[: generator.num_hidden_layers]
+    return generator
+
+
+def build_electra_models(
+    config: Any,
+    tokenizer: Any,
+    model_name_or_path: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """ELECTRA's (generator, discriminator), untied: the stock `AutoModelForMaskedLM` of `generator_config(config)`,
+    always fresh, and the stock `AutoModelForTokenClassification` with one label (the replaced-token logit), loaded
+    from a checkpoint (its 1-logit head initialised fresh) or built from `config`."""
+    from transformers import AutoModelForTokenClassification
+
+    if model_name_or_path is None:
+        _fit_vocabulary(config, tokenizer)
+    scorer = copy.deepcopy(config)
+    scorer.num_labels = 1
+    if model_name_or_path is None:
+        discriminator = AutoModelForTokenClassification.from_config(
+            scorer, attn_implementation="sdpa", trust_remote_code=trust_remote_code
+        )
+    else:
+        discriminator, info = AutoModelForTokenClassification.from_pretrained(
+            model_name_or_path,
+            config=scorer,
+            trust_remote_code=trust_remote_code,
+            cache_dir=cache_dir,
+            output_loading_info=True,
+            attn_implementation="sdpa",
+        )
+        logger.info("Discriminator from %s; initialised fresh: %s", model_name_or_path, ", ".join(sorted(info["missing_keys"])))
+        _check_vocabulary(discriminator, tokenizer, model_name_or_path)
+    generator = AutoModelForMaskedLM.from_config(
+        generator_config(config), attn_implementation="sdpa", trust_remote_code=trust_remote_code
+    )
+    return generator, discriminator
 
 
 def set_dropout(model: torch.nn.Module, p: float | None) -> None:
@@ -271,15 +356,18 @@ def set_dropout(model: torch.nn.Module, p: float | None) -> None:
             module.p = p
 
 
-def use_fast_attention(model: PreTrainedModel, device: torch.device | str) -> str:
+def use_fast_attention(model: torch.nn.Module, device: torch.device | str) -> str:
     """Switch to the attention kernel that trains fastest on `device`; returns its name.
 
     On CPU, PyTorch's SDPA backward (its flash kernel for CPU) is far slower than its forward:
     measured in recipes/mlm.py on a 2-core Xeon (4-layer BERT, hidden 512, batch 32 x 128):
     60-70 ms per layer against 6 ms forward; the matmul-based "eager" attention computes the same
     thing with bf16 batched matmuls. On GPUs SDPA's fused kernels win, so they are kept there.
-    This is a runtime setting: the saved config is unaffected.
+    This is a runtime setting: the saved config is unaffected. A module that holds several models (ELECTRA's
+    generator and discriminator) switches each of them.
     """
+    if not isinstance(model, PreTrainedModel):
+        return ", ".join(use_fast_attention(m, device) for m in model.children() if isinstance(m, PreTrainedModel))
     current = getattr(model.config, "_attn_implementation", None)
     if torch.device(device).type == "cpu" and current == "sdpa":
         try:

@@ -21,7 +21,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MasterWeightOptimizer", "MasterWeightsMixin", "master_weights_apply", "with_master_weights"]
+__all__ = ["MasterWeightOptimizer", "MasterWeightsMixin", "fp32_weights", "master_weights_apply", "with_master_weights"]
 
 
 class MasterWeightOptimizer(torch.optim.Optimizer):
@@ -168,6 +168,12 @@ def _master_optimizer(trainer: Any) -> MasterWeightOptimizer | None:
     return optimizer if isinstance(optimizer, MasterWeightOptimizer) else None
 
 
+def fp32_weights(trainer: Any) -> contextlib.AbstractContextManager:
+    """Within the block the trainer's model holds its fp32 weights (the masters when it trains with bf16 weights)."""
+    optimizer = _master_optimizer(trainer)
+    return optimizer.fp32_weights() if optimizer is not None else contextlib.nullcontext()
+
+
 class MasterWeightsMixin:
     """For a Trainer subclass whose `create_optimizer` ends with `with_master_weights(...)`.
 
@@ -184,6 +190,5 @@ class MasterWeightsMixin:
                 optimizer.restore()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        optimizer = _master_optimizer(self)
-        with optimizer.fp32_weights() if optimizer is not None else contextlib.nullcontext():
+        with fp32_weights(self):
             super()._save(output_dir, state_dict)  # type: ignore[misc]

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from hfssl.errors import OptionError
 
-__all__ = ["RECIPES", "Recipe", "load_recipe", "recipe", "recipe_names"]
+__all__ = ["ELECTRA_CARD_METRICS", "RECIPES", "Recipe", "load_recipe", "recipe", "recipe_names"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ _CLASSIFICATION_METRICS = (
     ("eval_precision_macro", "precision", "macro precision"),
     ("eval_recall_macro", "recall", "macro recall"),
     ("eval_loss", "loss", "cross-entropy loss"),
+)
+
+# `mlm --objective electra` saves the discriminator, so its card reports the discriminator's scores (the generator's
+# masked-token loss is shown beside them, but it is not the saved model's).
+ELECTRA_CARD_METRICS = (
+    ("eval_rtd_accuracy", "accuracy", "replaced-token detection accuracy"),
+    ("eval_rtd_loss", "loss", "replaced-token detection loss"),
 )
 
 RECIPES: dict[str, Recipe] = {

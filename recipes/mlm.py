@@ -1,6 +1,7 @@
 """Masked-token (BERT-style) pretraining, from scratch or continued from any BERT-like checkpoint.
 
     accelerate launch recipes/mlm.py [config.yaml] [--key value ...]
+    accelerate launch recipes/mlm.py --objective electra   # replaced-token detection (ELECTRA) instead
 
 With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the embedded corpus
 (docstrings of the Python standard library) for the default budget, 10 minutes (--time_budget 10m: a
@@ -24,7 +25,15 @@ from hfssl.args import (
     parse_args,
 )
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
-from hfssl.models import build_masked_lm, mlm_config, set_dropout, usable_positions, use_fast_attention
+from hfssl.models import (
+    build_electra_models,
+    build_masked_lm,
+    check_electra_support,
+    mlm_config,
+    set_dropout,
+    usable_positions,
+    use_fast_attention,
+)
 from hfssl.options import fill_unset, given
 from hfssl.pretext.masked_tokens import (
     MODEL_DEFAULTS,
@@ -38,6 +47,7 @@ from hfssl.pretext.masked_tokens import (
     plateau_sentence,
     unigram_loss,
 )
+from hfssl.pretext.replaced_tokens import ELECTRA_DEFAULTS, ReplacedTokenDetection, ReplacedTokenTrainer, replaced_token_metrics
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
@@ -72,14 +82,16 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     """Run from the command line (`argv`) or from Python (`hfssl.run("mlm", dataset=..., **options)`)."""
     data_args, model_args, masking, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
     start = "checkpoint" if model_args.model_name_or_path else "scratch"
-    chosen = fill_unset(MODEL_DEFAULTS[start], run_args, masking)
+    electra = masking.objective == "electra"
+    chosen = fill_unset({**MODEL_DEFAULTS[start], **(ELECTRA_DEFAULTS[start] if electra else {})}, run_args, masking, model_args)
     if run_args.time_budget and "max_steps" not in given(run_args):
         run_args.max_steps = 10**9  # the budget sets the length; --max_steps, when given, caps it
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
     if chosen:
         logger.info(
-            "Defaults for %s: %s (set any of them to override)",
+            "Defaults for %s%s: %s (set any of them to override)",
             "continued pretraining of a checkpoint" if start == "checkpoint" else "an encoder trained from scratch",
+            " with ELECTRA" if electra else "",
             ", ".join(f"--{k} {v}" for k, v in chosen.items()),
         )
 
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         model_args.cache_dir,
         model_args.architecture,
     )
+    if electra:
+        check_electra_support(config)
     raw = load_text_datasets(data_args, seed=run_args.seed)
     text_column = resolve_text_column(raw["train"], data_args.text_column)
     tokenizer = resolve_tokenizer(model_args, raw["train"], text_column, resume)
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
 
     set_seed(run_args.seed)  # model initialisation, masks and dropout all follow --seed
-    model = build_masked_lm(config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+    source = (config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
+    model = ReplacedTokenDetection(*build_electra_models(*source)) if electra else build_masked_lm(*source)
     set_dropout(model, model_args.pretraining_dropout)
     use_fast_attention(model, run_args.device)  # SDPA on GPUs; matmul attention on CPU, where SDPA's backward is slow
     if model_args.head_learning_rate is not None:
@@ -120,14 +135,14 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     unigram = unigram_loss(blocks["train"], len(tokenizer), tokenizer.all_special_ids)
     if unigram is not None:
         logger.info("Unigram plateau of this corpus: MLM loss %.3f (a model that knows only token frequencies)", unigram)
-    trainer = MaskedLMTrainer(
+    trainer = (ReplacedTokenTrainer if electra else MaskedLMTrainer)(
         model=model,
         args=run_args,
         train_dataset=blocks["train"],
         eval_dataset=blocks["validation"],
         masker=build_masker(tokenizer, masking, seed=run_args.seed),
         processing_class=tokenizer,
-        compute_metrics=masked_lm_metrics,
+        compute_metrics=replaced_token_metrics if electra else masked_lm_metrics,
         sparse=model_args.sparse_head,
         head_learning_rate=model_args.head_learning_rate,
         callbacks=[PlateauWatch(unigram)] if unigram is not None else None,
@@ -141,22 +156,32 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         train_steps=trainer.state.global_step,
     )
     metrics.update(plateau_report(metrics.get("eval_mlm_loss"), unigram))
-    plateau = plateau_sentence(metrics)
+    plateau = plateau_sentence(metrics, " of the generator" if electra else "")
     if plateau and not metrics["left_unigram_plateau"]:
         logger.warning("Pretraining %s.", plateau)
 
     record = run_record(
         "mlm",
-        pretext_lineage("masked-lm", describe_source(data_args), model_args.model_name_or_path),
+        pretext_lineage("electra" if electra else "masked-lm", describe_source(data_args), model_args.model_name_or_path),
         dict(data=data_args, model=model_args, masking=masking, training=run_args),
         metrics,
         max_seq_length=max_seq_length,
+        **(model.record_facts() if electra else {}),
     )
 
     def summary() -> str:
+        seen = f"{tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s"
+        if electra:
+            lines = [
+                f"hfssl mlm (ELECTRA): {seen}; replaced-token accuracy {metrics['eval_rtd_accuracy']:.3f} "
+                f"({metrics['eval_replaced_fraction']:.1%} of tokens replaced), generator's eval MLM loss "
+                f"{metrics['eval_mlm_loss']:.3f}",
+                *([f"  Pretraining {plateau}."] if plateau else []),
+                f"Saved the discriminator to {run_args.output_dir} (AutoModel / AutoModelForSequenceClassification)",
+            ]
+            return "\n".join(lines)
         lines = [
-            f"hfssl mlm: {tokens:,} tokens seen at {metrics['train_tokens_per_second']:,.0f} tokens/s; "
-            f"eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
+            f"hfssl mlm: {seen}; eval loss {metrics['eval_mlm_loss']:.3f}, perplexity {metrics['eval_perplexity']:.1f}, "
             f"masked-token accuracy {metrics['eval_masked_accuracy']:.3f}",
             *([f"  Pretraining {plateau}."] if plateau else []),
             f"Saved to {run_args.output_dir}",

@@ -315,15 +315,19 @@ class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         logits, targets = self._masked_logits(model, dict(inputs))
+        loss = self._masked_token_loss(masked_token_nll(logits, targets), num_items_in_batch)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _masked_token_loss(self, nll: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """The mean of the (N,) masked-token losses; over the whole accumulated batch when the Trainer counted it."""
         if num_items_in_batch is None:
             self.loss_is_scaled_for_ga = False
-            loss = masked_token_nll(logits, targets).mean()
-        else:
-            self.loss_is_scaled_for_ga = True
-            loss = masked_token_nll(logits, targets).sum() / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        return (loss, {"logits": logits}) if return_outputs else loss
+            return nll.mean()
+        self.loss_is_scaled_for_ga = True
+        loss = nll.sum() / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return loss
 
     def prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
@@ -454,17 +458,18 @@ class PlateauWatch(TrainerCallback):
             logger.info("step %d: eval MLM loss %.3f; unigram plateau %.3f (%s)", state.global_step, loss, self.unigram, where)
 
 
-def plateau_sentence(metrics: dict[str, Any]) -> str | None:
-    """One sentence on the unigram plateau, or None when it was not measured."""
+def plateau_sentence(metrics: dict[str, Any], whose: str = "") -> str | None:
+    """One sentence on the unigram plateau, or None when it was not measured; `whose` names the model that predicts
+    the masked tokens when it is not the one saved (" of the generator": ELECTRA)."""
     if "left_unigram_plateau" not in metrics:
         return None
     loss, unigram = metrics.get("eval_mlm_loss"), metrics["unigram_loss"]
     if metrics["left_unigram_plateau"]:
         return (
-            f"left the unigram plateau: eval MLM loss {loss:.2f} against {unigram:.2f} for a model that knows only "
+            f"left the unigram plateau: eval MLM loss{whose} {loss:.2f} against {unigram:.2f} for a model that knows only "
             "token frequencies"
         )
     return (
-        f"did NOT leave the unigram plateau: eval MLM loss {loss:.2f} against {unigram:.2f} for a model that knows only "
-        f"token frequencies, so its features carry little beyond word counts. To fix it: {PLATEAU_FIX}"
+        f"did NOT leave the unigram plateau: eval MLM loss{whose} {loss:.2f} against {unigram:.2f} for a model that knows "
+        f"only token frequencies, so its features carry little beyond word counts. To fix it: {PLATEAU_FIX}"
     )
