@@ -56,7 +56,7 @@ from hfssl.registry import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("HFSSL_BENCH_DIR", "/tmp/hfssl-ssl-gain"))
-RESULTS = {task: ROOT / "bench" / f"results_ssl_gain_{task}.json" for task in ("text", "images")}
+RESULTS = {task: ROOT / "bench" / f"results_ssl_gain_{task}.json" for task in ("text", "images", "defaults")}
 SPLIT = "test"  # the split every arm is scored on; --split validation while choosing settings
 WORDNET = Path("/usr/share/wordnet")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -95,16 +95,15 @@ DAPT = dict(  # the recipe's defaults for a checkpoint (lr 2e-5, 15% masking, 64
     save_steps=75,
     logging_steps=25,
 )
-TEXT_FINETUNE = dict(max_seq_length=64, per_device_train_batch_size=32, max_steps=300, eval_strategy="no", logging_steps=50)
+# Fine-tuning runs with the recipe's defaults (hfssl.transfer.defaults: full fine-tuning at lr 1e-3 for hfssl's small
+# encoder, LP-FT at 3e-4 with its probe at 1e-2 for MiniLM, at least 300 / 100 steps), which were chosen here on the
+# validation split (10 labels per class, seeds 1-2). For MiniLM: full fine-tuning 0.447, LP-FT 0.525 (lr 1e-4); its lr,
+# swept for plain, MLM-DAPT and TSDAE MiniLM alike: 3e-5 0.475 / 0.462 / 0.407, 1e-4 0.525 / 0.523 / 0.498, 3e-4 0.544 /
+# 0.552 / 0.539, 5e-4 0.543 / 0.536 / -, 1e-3 0.465 / 0.453 / 0.502; 200 steps at 3e-4: 0.530 / 0.523 / 0.536. The
+# small encoder's rates by strategy: full 1e-3, LoRA 3e-3, linear probe 1e-2, LP-FT 3e-4.
 # TSDAE of MiniLM: the recipe's defaults (the paper's lr 3e-5, batch 16), 300 steps.
 TSDAE = dict(max_seq_length=64, max_steps=300, eval_steps=150, logging_steps=25)
-MINILM_STEPS = 100  # MiniLM is ~10x the small model per step; it also starts far ahead
-# MiniLM transfer: LP-FT, chosen on validation (10 labels per class, seeds 1-2): full fine-tuning 0.447, LP-FT 0.525
-# (lr 1e-4). Its lr, swept for plain, MLM-DAPT and TSDAE MiniLM alike: 3e-5 0.475 / 0.462 / 0.407, 1e-4 0.525 / 0.523 /
-# 0.498, 3e-4 0.544 / 0.552 / 0.539, 5e-4 0.543 / 0.536 / -, 1e-3 0.465 / 0.453 / 0.502; 200 steps at 3e-4: 0.530 /
-# 0.523 / 0.536. 3e-4 and 100 steps is best or tied-best for every arm.
-TEXT_LR = {"small": {"full": 1e-3, "lora": 3e-3, "linear_probe": 1e-2, "lp_ft": 3e-4}, "minilm": {"full": 1e-4, "lp_ft": 3e-4}}
-LP_LR = 1e-2  # lp_ft: the probe stage's learning rate (the linear probe's own)
+MINILM_STEPS = 100  # the steps the MiniLM rows were measured with (the default at 100 labels per class is 2 epochs, 258)
 # 5,000 steps (10.7 epochs, 11 min) instead of 1,000: on validation (60 labels per class, seeds 1-2) MAE + full 0.738 ->
 # 0.776, MAE + linear probe 0.661 -> 0.761; the pretraining probes kNN 0.687 -> 0.759, linear 0.788 -> 0.827.
 IMAGE_PRETRAIN = dict(
@@ -122,9 +121,10 @@ IMAGE_PRETRAIN = dict(
 # steps): MAE + linear probe 0.570 on [CLS] -> 0.661 on the patch mean; MAE + full 0.735 -> 0.738; scratch 0.651 on
 # [CLS] -> 0.626 on the mean. Steps grow with the labeled set: at 600 labels per class 200 -> 1,000 steps took MAE +
 # full from 0.754 to 0.825 (scratch at 1,000 steps: 0.784).
-IMAGE_FINETUNE = dict(per_device_train_batch_size=64, eval_strategy="no", logging_steps=100)
+# The recipe's defaults (batch 64; lr by strategy: full 1e-3, LoRA 3e-3, linear probe 1e-2; at least 200 steps) were
+# chosen on this validation split. The 600-labels-per-class rows were measured at 1,000 steps (the default: 10 epochs,
+# 940).
 IMAGE_STEPS = {60: 200, 600: 1000}  # fine-tuning steps by labels per class
-IMAGE_LR = {"full": 1e-3, "lora": 3e-3, "linear_probe": 1e-2}
 
 
 def ensure_package(path: Path, package: str) -> None:
@@ -179,6 +179,89 @@ def prepare_text(quick: bool) -> dict[str, Path]:
         f"{len({y for _, y in train})} categories"
     )
     return files
+
+
+# The King James Bible's 66 books in eight groups, the usual division of its canon; a verse's label is its book's group.
+BIBLE_GROUPS = {
+    "law": "Genesis Exodus Leviticus Numbers Deuteronomy",
+    "history": "Joshua Judges Ruth 1_Samuel 2_Samuel 1_Kings 2_Kings 1_Chronicles 2_Chronicles Ezra Nehemiah Esther",
+    "wisdom and poetry": "Job Psalms Proverbs Ecclesiastes Song_of_Solomon",
+    "major prophets": "Isaiah Jeremiah Lamentations Ezekiel Daniel",
+    "minor prophets": "Hosea Joel Amos Obadiah Jonah Micah Nahum Habakkuk Zephaniah Haggai Zechariah Malachi",
+    "gospels and acts": "Matthew Mark Luke John Acts",
+    "letters of Paul": "Romans 1_Corinthians 2_Corinthians Galatians Ephesians Philippians Colossians 1_Thessalonians "
+    "2_Thessalonians 1_Timothy 2_Timothy Titus Philemon",
+    "other letters and revelation": "Hebrews James 1_Peter 2_Peter 1_John 2_John 3_John Jude Revelation",
+}
+# fortune(6)'s topical files (Debian `fortunes`) with 150 or more entries; the grab-bags (cookie, fortunes,
+# miscellaneous, platitudes, ...) and one person's collections (knghtbrd, zippy) join the unlabeled corpus only.
+FORTUNE_TOPICS = (
+    "art computers definitions drugs education food humorists law linux literature love men-women people perl "
+    "politics science songs-poems sports startrek wisdom work"
+).split()
+FORTUNES = Path("/usr/share/games/fortunes")
+
+
+def bible_verses() -> list[tuple[str, str]]:
+    """(verse, book group) of every verse of the King James Bible (Debian `bible-kjv`, whose `bible` prints it)."""
+    ensure_package(Path("/usr/bin/bible"), "bible-kjv")
+    group_of = {book.replace("_", " "): group for group, books in BIBLE_GROUPS.items() for book in books.split()}
+    text = subprocess.run(["bible", "-l100000", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True).stdout
+    rows, book = [], None
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            book = line.rsplit(" ", 1)[0]  # "1 Samuel 3" -> "1 Samuel"
+        elif line.strip() and book is not None:
+            rows.append((line.strip().split(" ", 1)[1], group_of[book]))
+    return rows
+
+
+def fortune_entries() -> tuple[list[tuple[str, str]], list[str]]:
+    """(entry, topic) of fortune(6)'s topical files, and the entries of the others (unlabeled)."""
+    ensure_package(FORTUNES / "science", "fortunes")
+    labeled, unlabeled = [], []
+    for path in sorted(FORTUNES.iterdir()):
+        if path.suffix or path.is_symlink() or not path.is_file():
+            continue  # .dat indexes, .u8 links
+        entries = [" ".join(e.split()) for e in path.read_text(encoding="utf-8", errors="replace").split("\n%\n")]
+        entries = [e for e in entries if len(e) > 1]
+        if path.name in FORTUNE_TOPICS:
+            labeled += [(e, path.name) for e in entries]
+        else:
+            unlabeled += entries
+    return labeled, unlabeled
+
+
+# name -> (rows, unlabeled extra texts, test size, validation size, title); the splits are fixed (seed 0)
+CORPORA = {
+    "wordnet": lambda: (wordnet_glosses(), [], 4000, 2000, "WordNet glosses, 41 categories"),
+    "bible": lambda: (bible_verses(), [], 4000, 2000, "King James Bible verses, 8 book groups"),
+    "fortunes": lambda: (*fortune_entries(), 2000, 1000, f"fortune(6) entries, {len(FORTUNE_TOPICS)} topics"),
+}
+
+
+def prepare_corpus(name: str) -> tuple[dict[str, Path], str]:
+    """corpus / train / validation / test JSON-lines files of one corpus, and its title. The unlabeled corpus is
+    the training pool's texts (plus a corpus's unlabeled extras); validation and test texts are never in it."""
+    rows, extra, n_test, n_validation, title = CORPORA[name]()
+    folder = WORK / "corpora" / name
+    files = {part: folder / f"{part}.jsonl" for part in ("corpus", "train", "validation", "test")}
+    if all(f.exists() for f in files.values()):
+        return files, title
+    random.Random(0).shuffle(rows)
+    test, validation, train = rows[:n_test], rows[n_test : n_test + n_validation], rows[n_test + n_validation :]
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, chunk in (("train", train), ("validation", validation), ("test", test)):
+        files[part].write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in chunk), encoding="utf-8")
+    texts = [t for t, _ in train] + extra
+    random.Random(1).shuffle(texts)
+    files["corpus"].write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    words = sum(len(t.split()) for t in texts)
+    print(
+        f"{title}: {len(texts):,} unlabeled texts ({words / 1e6:.2f}M words), {len(train):,} labeled pool, "
+        f"{len(validation):,} validation, {len(test):,} test"
+    )
+    return files, title
 
 
 def read_idx(name: str) -> np.ndarray:
@@ -380,39 +463,32 @@ def text_bench(
     tsdae = dict(TSDAE, max_steps=int(TSDAE["max_steps"] * scale))
     section["budgets"]["MiniLM TSDAE"] = pretrain("tsdae", {**data, **tsdae, "model_name_or_path": minilm}, out / "minilm-tsdae")
     labeled = {"train_file": files["train"], "validation_file": files[SPLIT]}
-    steps = dict(TEXT_FINETUNE, max_steps=int(TEXT_FINETUNE["max_steps"] * (0.3 if quick else 1)))
+    steps = {"max_steps": 90} if quick else {}
     arms = {
         "from scratch (full)": ("small", "full", {"model_name_or_path": out / "pretrained", "from_scratch": "true"}),
         "hfssl MLM + full": ("small", "full", {"model_name_or_path": out / "pretrained"}),
         "hfssl MLM + LoRA": ("small", "lora", {"model_name_or_path": out / "pretrained"}),
         "hfssl MLM + linear probe": ("small", "linear_probe", {"model_name_or_path": out / "pretrained"}),
-        "hfssl MLM + LP-FT": ("small", "lp_ft", {"model_name_or_path": out / "pretrained", "lp_learning_rate": LP_LR}),
+        "hfssl MLM + LP-FT": ("small", "lp_ft", {"model_name_or_path": out / "pretrained"}),
         # MiniLM was trained as a mean-pooled sentence encoder: its arms pool by the mean (--pooling mean, hfssl's
         # custom-code classifier); the recipe's default for it, the stock [CLS] classifier, is its own arm
-        "MiniLM, [CLS] (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR}),
-        "MiniLM, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "lp_learning_rate": LP_LR, "pooling": "mean"}),
+        "MiniLM, [CLS] (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm}),
+        "MiniLM, mean (LP-FT)": ("minilm", "lp_ft", {"model_name_or_path": minilm, "pooling": "mean"}),
         "MiniLM + hfssl MLM DAPT, mean (LP-FT)": (
             "minilm",
             "lp_ft",
-            {"model_name_or_path": out / "minilm-dapt", "lp_learning_rate": LP_LR, "pooling": "mean"},
+            {"model_name_or_path": out / "minilm-dapt", "pooling": "mean"},
         ),
         "MiniLM + hfssl TSDAE, mean (LP-FT)": (
             "minilm",
             "lp_ft",
-            {"model_name_or_path": out / "minilm-tsdae", "lp_learning_rate": LP_LR, "pooling": "mean"},
+            {"model_name_or_path": out / "minilm-tsdae", "pooling": "mean"},
         ),
     }
     runs = {}
     for per_class in (10, 100):
         for arm, (size, strategy, model) in arms.items():
-            options = {
-                **labeled,
-                **steps,
-                **model,
-                "strategy": strategy,
-                "train_samples_per_class": per_class,
-                "learning_rate": TEXT_LR[size][strategy],
-            }
+            options = {**labeled, **steps, **model, "strategy": strategy, "train_samples_per_class": per_class}
             if size == "minilm":
                 options["max_steps"] = int(MINILM_STEPS * (0.3 if quick else 1))
             runs[arm, per_class] = options
@@ -447,11 +523,9 @@ def image_bench(
         for arm, (strategy, model) in arms.items():
             runs[arm, per_class] = {
                 **labeled,
-                **IMAGE_FINETUNE,
                 **model,
                 "strategy": strategy,
                 "train_samples_per_class": per_class,
-                "learning_rate": IMAGE_LR[strategy],
                 "max_steps": int(IMAGE_STEPS[per_class] * (0.2 if quick else 1)),
             }
     finetune_selected(
@@ -466,8 +540,79 @@ def image_bench(
         section.setdefault("label_percent", {})[str(per_class)] = percent
 
 
+DEFAULTS_PER_CLASS = 20
+# The pretraining objectives the defaults bench compares, each mlm.py with its defaults (the 10-minute budget).
+OBJECTIVES = {"MLM": {}}
+
+
+def fit_with_controls(options: dict, seed: int, out: Path) -> dict:
+    """One finetune_text run with its defaults; its score, and the controls it fitted on the same split."""
+    start = time.perf_counter()
+    fit = load_recipe("finetune_text").main(argv_of({**options, "seed": seed, "output_dir": out})).fit
+    shutil.rmtree(out, ignore_errors=True)
+    scores = {"model": fit.eval_results["eval_accuracy"], "seconds": time.perf_counter() - start}
+    for key, name in (("eval_scratch_accuracy", "scratch"), ("eval_baseline_accuracy", "baseline")):
+        if key in fit.eval_results:
+            scores[name] = fit.eval_results[key]
+    return scores
+
+
+def defaults_bench(
+    seeds: list[int], quick: bool, results: dict, jobs: int, only: str | None = None, previous: dict | None = None
+) -> None:
+    """Every recipe with its defaults plus only data, budget and seed, on three corpora of different domains and
+    sizes, at 20 labels per class: what a user who changes nothing gets, beside the from-scratch control and TF-IDF.
+
+    Each hfssl run asks finetune_text for its controls (--controls scratch --baseline on), so the control and the
+    baseline are fitted by the recipe itself, on the very split and seed of the model they are compared with.
+    """
+    section = results.setdefault("defaults", {"arms": {}, "budgets": {}})
+    names = [n for n in CORPORA if not quick or n == "bible"]
+    tasks, labels = [], []
+    for name in names:
+        files, title = prepare_corpus(name)
+        out = WORK / "defaults" / name
+        labeled = {"train_file": files["train"], "validation_file": files[SPLIT], "train_samples_per_class": DEFAULTS_PER_CLASS}
+        if quick:
+            labeled["max_steps"] = 20
+        for objective, options in OBJECTIVES.items():
+            pre = {"train_file": files["corpus"], **options, **({"time_budget": "20s"} if quick else {})}
+            section["budgets"].setdefault(name, {})[f"hfssl {objective}"] = pretrain("mlm", pre, out / objective.lower())
+            runs = {**labeled, "model_name_or_path": out / objective.lower(), "controls": "scratch", "baseline": "on"}
+            tasks += [(runs, seed, out / f"ft-{objective}-{seed}") for seed in seeds]
+            labels += [(name, title, f"hfssl {objective} + finetune_text")] * len(seeds)
+        tasks += [(labeled, seed, out / f"ft-minilm-{seed}") for seed in seeds]  # the recipe's default model
+        labels += [(name, title, "MiniLM + finetune_text")] * len(seeds)
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
+            fits = list(pool.map(fit_with_controls, *zip(*tasks)))
+    else:
+        fits = [fit_with_controls(*t) for t in tasks]
+    rows: dict = {}
+    for (name, title, arm), scores in zip(labels, fits):
+        corpus = rows.setdefault(name, {"title": title, "arms": {}})
+        corpus["arms"].setdefault(arm, []).append(scores["model"])
+        if "scratch" in scores:
+            corpus["arms"].setdefault("from scratch, finetune_text", []).append(scores["scratch"])
+        if "baseline" in scores:
+            corpus["arms"].setdefault("TF-IDF + logistic regression", []).append(scores["baseline"])
+    for name, corpus in rows.items():
+        entry = section["arms"].setdefault(name, {"title": corpus["title"], "arms": {}})
+        for arm, scores in corpus["arms"].items():
+            # the scratch control and TF-IDF come once per objective: keep one run per seed
+            row = entry["arms"][arm] = spread(scores[: len(seeds)])
+            print(f"  {name:9s} {arm:36s} {row['mean']:.3f} +- {row['std']:.3f}  {row['scores']}", flush=True)
+
+
+def spread(scores: list[float]) -> dict:
+    return {"scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}
+
+
 def record(section: dict, arm: str, per_class: int, scores: list[float], seconds: float | None) -> None:
-    entry = {"scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0}
+    entry = spread(scores)
     if seconds is not None:
         entry["seconds"] = seconds
     section["arms"].setdefault(arm, {})[str(per_class)] = entry
@@ -496,6 +641,31 @@ def table(section: dict, task: str) -> str:
     return (
         f"**{task}** ({SPLIT} accuracy, mean ± std over seeds {section.get('seeds')}; pretraining budget: {spent})\n\n"
         + "\n".join(lines)
+    )
+
+
+def defaults_table(section: dict) -> str:
+    """Arms by corpus at 20 labels per class, with each pretraining's wall time and steps."""
+    corpora = section["arms"]
+    arms = list(dict.fromkeys(arm for corpus in corpora.values() for arm in corpus["arms"]))
+    lines = [
+        "| arm | " + " | ".join(c["title"] for c in corpora.values()) + " |",
+        "|---" * (len(corpora) + 1) + "|",
+    ]
+    for arm in arms:
+        cells = [
+            f"{c['arms'][arm]['mean']:.3f} ± {c['arms'][arm]['std']:.3f}" if arm in c["arms"] else "" for c in corpora.values()
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    spent = "; ".join(
+        f"{name} {objective}: {b['wall_seconds'] / 60:.1f} min, {b.get('train_steps', '?')} steps, eval MLM loss "
+        f"{b.get('eval_loss', float('nan')):.2f} (plateau {b.get('unigram_loss', float('nan')):.2f})"
+        for name, budgets in section["budgets"].items()
+        for objective, b in budgets.items()
+    )
+    return (
+        f"**Recipe defaults, {DEFAULTS_PER_CLASS} labels per class** ({SPLIT} accuracy, mean ± std over seeds "
+        f"{section.get('seeds')}; pretraining: {spent})\n\n" + "\n".join(lines)
     )
 
 
@@ -546,11 +716,19 @@ def write_readme(results: dict) -> None:
         if start in text and end in text:
             text = text[: text.index(start) + len(start)] + "\n" + "\n\n".join(parts) + "\n" + text[text.index(end) :]
             page.write_text(text, encoding="utf-8")
+    if results.get("defaults", {}).get("arms"):  # the benchmarks page also holds the defaults table
+        page = ROOT / "docs" / "benchmarks.md"
+        start, end = "<!-- ssl_gain_defaults:start -->", "<!-- ssl_gain_defaults:end -->"
+        text = page.read_text(encoding="utf-8")
+        if start in text and end in text:
+            table_text = defaults_table(results["defaults"])
+            text = text[: text.index(start) + len(start)] + "\n" + table_text + "\n" + text[text.index(end) :]
+            page.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", nargs="?", default="all", choices=["text", "images", "all", "report"])
+    parser.add_argument("task", nargs="?", default="all", choices=["text", "images", "defaults", "all", "report"])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--jobs", type=int, default=1, help="fine-tuning runs side by side (one thread each); 2 on a 2-core CPU")
     parser.add_argument(
@@ -581,13 +759,14 @@ def main() -> None:
             if path.exists():
                 results.update(json.loads(path.read_text()))
     results["machine"] = hardware_name()
-    tasks = {"all": ("text", "images"), "report": ()}.get(args.task, (args.task,))
+    tasks = {"all": ("text", "images", "defaults"), "report": ()}.get(args.task, (args.task,))
     for task in tasks:
         previous = results.get(task, {}) if args.arms else {}
         if previous and previous.get("seeds") != seeds:
             sys.exit(f"--arms keeps earlier results, which are for seeds {previous.get('seeds')}: pass --seeds to match.")
         results[task] = {"budgets": {}, "arms": {}, "seeds": seeds}
-        (text_bench if task == "text" else image_bench)(seeds, args.quick, results, args.jobs, args.arms, previous)
+        bench = {"text": text_bench, "images": image_bench, "defaults": defaults_bench}[task]
+        bench(seeds, args.quick, results, args.jobs, args.arms, previous)
         if args.arms and not any(selected(arm, args.arms) for arm in results[task]["arms"]):
             print(
                 f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(results[task]['arms'])}): "
@@ -602,6 +781,8 @@ def main() -> None:
     for key in ("text", "images"):
         if key in results and results[key]["arms"]:
             print(table(results[key], key))
+    if results.get("defaults", {}).get("arms"):
+        print(defaults_table(results["defaults"]))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from hfssl.data.images import ImageBatchCollator, decode_images
 from hfssl.metrics.baselines import image_baseline
 from hfssl.runs import finish_run, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
+from hfssl.transfer.defaults import apply_transfer_defaults, starting_point
 from hfssl.transfer.models import image_classifier_config, load_classifier, load_image_processor
 from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
 
@@ -46,7 +47,7 @@ DEFAULTS = dict(
     output_dir=default_output_dir("finetune_image"),
     per_device_train_batch_size=64,
     per_device_eval_batch_size=256,
-    learning_rate=1e-3,  # a small ViT trained briefly; lower it (e.g. 1e-4) for large pretrained models
+    # learning rate follows the model and the strategy (hfssl.transfer.defaults, applied where not set, and logged)
     weight_decay=0.05,
     warmup_steps=0.1,
     lr_scheduler_type="cosine",
@@ -84,6 +85,15 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         )
 
     random_start = model_args.from_scratch or not model_args.model_name_or_path  # already the control arm
+    # learning rate and length follow the starting model and the labeled set's size, where not set
+    chosen = apply_transfer_defaults(
+        "image",
+        starting_point(model_args.model_name_or_path, random_start),
+        getattr(config, "hidden_size", None),
+        transfer,
+        run_args,
+        len(train.labels),
+    )
     setup = TransferSetup(
         build=lambda: classifier(model_args.from_scratch),
         build_scratch=None if random_start else (lambda: classifier(True)),  # --controls scratch
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         train_labels=train.labels.numpy(),
         eval_labels=held_out.labels.numpy(),
         baseline=lambda: image_baseline(train.pixels, train.labels.numpy(), held_out.pixels, held_out.labels.numpy()),
+        scratch_learning_rate=chosen.scratch_learning_rate,
     )
     result = run_transfer(setup, transfer, run_args, resume)
 

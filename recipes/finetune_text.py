@@ -33,6 +33,7 @@ from hfssl.models import load_config, usable_positions
 from hfssl.runs import finish_run, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
 from hfssl.tokenizer import load_tokenizer
+from hfssl.transfer.defaults import apply_transfer_defaults, starting_point
 from hfssl.transfer.models import load_classifier, packaged_text_model, text_model_path
 from hfssl.transfer.pooling import text_pooling
 from hfssl.transfer.run import TransferSetup, run_transfer, summary_text, transfer_files, transfer_record
@@ -49,7 +50,7 @@ DEFAULTS = dict(
     model_name_or_path=packaged_text_model(),
     per_device_train_batch_size=32,
     per_device_eval_batch_size=128,
-    learning_rate=2e-4,  # small encoders take a larger step than BERT-base's usual 2e-5
+    # learning rate and strategy follow the model (hfssl.transfer.defaults, applied where not set, and logged)
     warmup_steps=0.1,
     weight_decay=0.01,
     num_train_epochs=2,  # embedded task: 80% accuracy after one pass, 86% after two
@@ -95,6 +96,15 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
             cache_dir=model_args.cache_dir,
         )
 
+    # strategy, learning rates and length follow the starting model and the labeled set's size, where not set
+    chosen = apply_transfer_defaults(
+        "text",
+        starting_point(model_path, model_args.from_scratch),
+        getattr(config, "hidden_size", None),
+        transfer,
+        run_args,
+        len(encoded["train"]),
+    )
     columns = (data.text_column, "labels")  # the classic baseline reads the raw text
     setup = TransferSetup(
         build=lambda: classifier(model_args.from_scratch),
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         train_labels=encoded["train"].with_format("numpy")["labels"],
         eval_labels=encoded["validation"].with_format("numpy")["labels"],
         baseline=lambda: text_baseline(*(data.splits[split][c] for split in ("train", "validation") for c in columns)),
+        scratch_learning_rate=chosen.scratch_learning_rate,
     )
     result = run_transfer(setup, transfer, run_args, resume)
 

@@ -128,6 +128,7 @@ class TransferSetup:
     # the classic baseline on the same split (hfssl.metrics.baselines): () -> {"name", "accuracy", "f1_macro"}
     baseline: Callable[[], dict[str, Any]] | None = None
     build_scratch: Callable[[], tuple[PreTrainedModel, set[str]]] | None = None  # --controls scratch: random weights
+    scratch_learning_rate: float | None = None  # the control's rate (default: the model's)
 
 
 @dataclass
@@ -246,9 +247,15 @@ def run_transfer(setup: TransferSetup, transfer: Any, run_args: Any, resume: str
     if "scratch" in transfer.control_list() and setup.build_scratch is not None:
         control = copy.copy(transfer)  # the control arm trains everything: a frozen random backbone would prove nothing
         control.strategy, control.freeze_layers, control.merge_lora, control.l2sp_alpha = "full", None, False, 0.0
-        logger.info("Control: the same architecture from random weights, full fine-tuning, seeds %s", seeds)
+        control_args = copy.copy(run_args)
+        control_args.learning_rate = setup.scratch_learning_rate or run_args.learning_rate
+        logger.info(
+            "Control: the same architecture from random weights, full fine-tuning at lr %g, seeds %s",
+            control_args.learning_rate,
+            seeds,
+        )
         scores = np.array(
-            [r["eval_accuracy"] for r in _repeat(replace(setup, build=setup.build_scratch), control, run_args, seeds)]
+            [r["eval_accuracy"] for r in _repeat(replace(setup, build=setup.build_scratch), control, control_args, seeds)]
         )
         first.eval_results["eval_scratch_accuracy"] = float(scores.mean())
         if len(scores) > 1:
