@@ -542,11 +542,15 @@ def image_bench(
 
 DEFAULTS_PER_CLASS = 20
 # The pretraining objectives the defaults bench compares, each mlm.py with its defaults (the 10-minute budget).
-OBJECTIVES = {"MLM": {}}
+OBJECTIVES = {"MLM": {}, "ELECTRA": {"objective": "electra"}}
 
 
 def fit_with_controls(options: dict, seed: int, out: Path) -> dict:
-    """One finetune_text run with its defaults; its score, and the controls it fitted on the same split."""
+    """One finetune_text run with its defaults; its score, and the controls it fitted on the same split. The scores
+    are kept next to the run's folder and reused while the options are the same."""
+    kept, wanted = out.with_name(out.name + ".json"), json.dumps({k: str(v) for k, v in options.items()}, sort_keys=True)
+    if kept.exists() and json.loads(kept.read_text())["options"] == wanted:
+        return json.loads(kept.read_text())["scores"]
     start = time.perf_counter()
     fit = load_recipe("finetune_text").main(argv_of({**options, "seed": seed, "output_dir": out})).fit
     shutil.rmtree(out, ignore_errors=True)
@@ -554,6 +558,7 @@ def fit_with_controls(options: dict, seed: int, out: Path) -> dict:
     for key, name in (("eval_scratch_accuracy", "scratch"), ("eval_baseline_accuracy", "baseline")):
         if key in fit.eval_results:
             scores[name] = fit.eval_results[key]
+    kept.write_text(json.dumps({"options": wanted, "scores": scores}))
     return scores
 
 
@@ -567,22 +572,29 @@ def defaults_bench(
     baseline are fitted by the recipe itself, on the very split and seed of the model they are compared with.
     """
     section = results.setdefault("defaults", {"arms": {}, "budgets": {}})
+    for name, corpus in (previous or {}).get("arms", {}).items():  # --arms: the other arms keep their results
+        section["arms"].setdefault(name, {"title": corpus["title"], "arms": {}})["arms"].update(corpus["arms"])
+    for name, budgets in (previous or {}).get("budgets", {}).items():
+        section["budgets"].setdefault(name, {}).update(budgets)
     names = [n for n in CORPORA if not quick or n == "bible"]
     tasks, labels = [], []
     for name in names:
         files, title = prepare_corpus(name)
-        out = WORK / "defaults" / name
+        out = WORK / ("defaults-quick" if quick else "defaults") / name
         labeled = {"train_file": files["train"], "validation_file": files[SPLIT], "train_samples_per_class": DEFAULTS_PER_CLASS}
         if quick:
             labeled["max_steps"] = 20
         for objective, options in OBJECTIVES.items():
+            if not selected(f"hfssl {objective}", only):
+                continue
             pre = {"train_file": files["corpus"], **options, **({"time_budget": "20s"} if quick else {})}
             section["budgets"].setdefault(name, {})[f"hfssl {objective}"] = pretrain("mlm", pre, out / objective.lower())
             runs = {**labeled, "model_name_or_path": out / objective.lower(), "controls": "scratch", "baseline": "on"}
             tasks += [(runs, seed, out / f"ft-{objective}-{seed}") for seed in seeds]
             labels += [(name, title, f"hfssl {objective} + finetune_text")] * len(seeds)
-        tasks += [(labeled, seed, out / f"ft-minilm-{seed}") for seed in seeds]  # the recipe's default model
-        labels += [(name, title, "MiniLM + finetune_text")] * len(seeds)
+        if selected("MiniLM", only):
+            tasks += [(labeled, seed, out / f"ft-minilm-{seed}") for seed in seeds]  # the recipe's default model
+            labels += [(name, title, "MiniLM + finetune_text")] * len(seeds)
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -767,9 +779,12 @@ def main() -> None:
         results[task] = {"budgets": {}, "arms": {}, "seeds": seeds}
         bench = {"text": text_bench, "images": image_bench, "defaults": defaults_bench}[task]
         bench(seeds, args.quick, results, args.jobs, args.arms, previous)
-        if args.arms and not any(selected(arm, args.arms) for arm in results[task]["arms"]):
+        arms = results[task]["arms"]
+        if task == "defaults":  # arms by corpus
+            arms = list(dict.fromkeys(arm for corpus in arms.values() for arm in corpus["arms"]))
+        if args.arms and not any(selected(arm, args.arms) for arm in arms):
             print(
-                f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(results[task]['arms'])}): "
+                f"--arms {args.arms!r} matches none of the {task} arms ({', '.join(arms)}): "
                 f"{task} results left as they were. It is a regular expression: escape + and parentheses."
             )
             results[task] = previous

@@ -176,12 +176,25 @@ class PretrainingRunArguments(RunArguments):
         },
     )
 
+    token_budget: str | None = field(
+        default=None,
+        metadata={
+            "help": "mlm.py: train on this many tokens, e.g. 20M or 1.5e8 (padding included): the steps are the tokens "
+            "over the tokens of one optimizer step (batch x block length x accumulation x processes), and the "
+            "learning-rate schedule spans them. Replaces the default --time_budget; giving both is an error."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.time_budget is not None:
             from hfssl.budget import parse_duration
 
             parse_duration(self.time_budget)  # a malformed budget fails here, before any data is read
+        if self.token_budget is not None:
+            from hfssl.budget import parse_count
+
+            parse_count(self.token_budget)
         if self.bf16_weights:
             from hfssl.precision import master_weights_apply
 

@@ -135,5 +135,23 @@ def _broadcast(value: int) -> int:
     return int(broadcast_object_list([value], from_process=0)[0])
 
 
+def parse_count(text: str) -> int:
+    """`20M`, `1.5e8`, `300k` or `2B` tokens, as a number; ValueError naming --token_budget otherwise."""
+    units = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+    raw = str(text).strip().lower()
+    try:
+        value = float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1:
+        raise ValueError(f"--token_budget must be a positive token count such as 20M, 300k or 1.5e8, got {text!r}.")
+    return int(value)
+
+
+def steps_for_tokens(tokens: int, tokens_per_step: int) -> int:
+    """The optimizer steps that train on `tokens` tokens (at least one)."""
+    return max(1, math.ceil(tokens / tokens_per_step))
+
+
 def _format(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"

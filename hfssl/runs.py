@@ -76,9 +76,26 @@ class TimedTrainer(Trainer):
             self.budget.restore(kwargs.get("resume_from_checkpoint", args[0] if args else None))
         start, evaluating = time.perf_counter(), self.eval_seconds
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
         finally:
             self.train_seconds = time.perf_counter() - start - (self.eval_seconds - evaluating)
+        if self.budget is not None:
+            self._count_samples_trained(result.metrics)
+        return result
+
+    def _count_samples_trained(self, metrics: dict[str, float]) -> None:
+        """The Trainer counts samples per second from the step count it started with, which a time budget sets to
+        a cap far above the steps it chose: count them from the steps trained instead (metrics and log alike)."""
+        runtime = metrics.get("train_runtime")
+        if not runtime:
+            return
+        per_step = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(self.args.world_size, 1)
+        rate = round(self.state.global_step * per_step / runtime, 3)
+        metrics["train_samples_per_second"] = rate
+        for entry in reversed(self.state.log_history):
+            if "train_samples_per_second" in entry:
+                entry["train_samples_per_second"] = rate
+                break
 
 
 def pretext_lineage(pretext: str, data: str, base_model: str | None) -> dict[str, Any]:

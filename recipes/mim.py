@@ -24,6 +24,7 @@ from hfssl.args import (
     parse_args,
 )
 from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
+from hfssl.errors import OptionError
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, use_fast_attention
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
@@ -56,6 +57,8 @@ DEFAULTS = dict(
 def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) -> Result:
     """Run from the command line (`argv`) or from Python (`hfssl.run("mim", dataset=..., **options)`)."""
     data_args, model_args, masking, probe_args, run_args = parse_args(OPTION_TYPES, argv, DEFAULTS, options, dataset)
+    if run_args.token_budget:
+        raise OptionError("--token_budget counts text tokens (mlm.py); mim.py sizes a run with --time_budget or --max_steps.")
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
 
     # Everything that can be wrong with the options or the images fails here, before training.

@@ -24,7 +24,9 @@ from hfssl.args import (
     default_output_dir,
     parse_args,
 )
+from hfssl.budget import parse_count, steps_for_tokens
 from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
+from hfssl.errors import OptionError
 from hfssl.models import (
     build_electra_models,
     build_masked_lm,
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     start = "checkpoint" if model_args.model_name_or_path else "scratch"
     electra = masking.objective == "electra"
     chosen = fill_unset({**MODEL_DEFAULTS[start], **(ELECTRA_DEFAULTS[start] if electra else {})}, run_args, masking, model_args)
+    if run_args.token_budget:
+        if "time_budget" in given(run_args) and run_args.time_budget:
+            raise OptionError("--token_budget and --time_budget both size the run: give one of them.")
+        run_args.time_budget = None  # the token count sets the length (after the block length is known, below)
     if run_args.time_budget and "max_steps" not in given(run_args):
         run_args.max_steps = 10**9  # the budget sets the length; --max_steps, when given, caps it
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
@@ -111,6 +117,11 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     tokenizer = resolve_tokenizer(model_args, raw["train"], text_column, resume)
     check_mask_token(tokenizer, model_args.tokenizer_name or model_args.model_name_or_path or "--train_tokenizer")
     max_seq_length = usable_positions(config, tokenizer, data_args.max_seq_length)
+    if run_args.token_budget:
+        per_step = max_seq_length * run_args.train_batch_size * run_args.gradient_accumulation_steps * max(run_args.world_size, 1)
+        steps = steps_for_tokens(parse_count(run_args.token_budget), per_step)
+        run_args.max_steps = min(steps, run_args.max_steps) if "max_steps" in given(run_args) else steps
+        logger.info("--token_budget %s: %d steps of %s tokens", run_args.token_budget, run_args.max_steps, f"{per_step:,}")
 
     set_seed(run_args.seed)  # model initialisation, masks and dropout all follow --seed
     source = (config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)

@@ -7,7 +7,7 @@ import pytest
 
 import hfssl.budget
 from conftest import TINY_MLM, load_recipe
-from hfssl.budget import TIMED_STEPS, WARMUP_STEPS, parse_duration
+from hfssl.budget import TIMED_STEPS, WARMUP_STEPS, parse_count, parse_duration
 from hfssl.errors import OptionError
 
 
@@ -51,6 +51,9 @@ def test_the_budget_sets_the_steps_and_the_schedule_spans_them(tmp_path, monkeyp
     assert result.metrics["train_steps"] == expected
     record = json.loads((out / "hfssl.json").read_text())
     assert record["metrics"]["train_steps"] == expected and record["options"]["training"]["time_budget"] == "5s"
+    # samples per second count the steps trained, not the cap the run started with
+    per_second = expected * 16 / record["metrics"]["train_runtime"]
+    assert record["metrics"]["train_samples_per_second"] == pytest.approx(per_second, rel=1e-3)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     rates = [e["learning_rate"] for e in history if "learning_rate" in e]  # entry k: the rate step k + 1 ran at
     warmup = math.ceil(0.5 * expected)
@@ -59,3 +62,33 @@ def test_the_budget_sets_the_steps_and_the_schedule_spans_them(tmp_path, monkeyp
     # warmup: half of the chosen length (not of --max_steps), the ramp continuing past the measured steps
     assert rates.index(max(rates)) == warmup
     assert rates[step] == pytest.approx(max(rates) * step / warmup, rel=1e-3)
+
+
+@pytest.mark.parametrize("text, tokens", [("20M", 20_000_000), ("1.5e8", 150_000_000), ("300k", 300_000), ("2B", 2 * 10**9)])
+def test_token_counts_parse(text, tokens):
+    assert parse_count(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["0", "ten", "5x", ""])
+def test_a_malformed_token_budget_is_refused(text, tmp_path):
+    with pytest.raises(OptionError, match="--token_budget must be a positive token count"):
+        load_recipe("mlm").main(["--token_budget", text, "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_budgets_are_refused_and_mim_has_no_token_budget(tmp_path):
+    with pytest.raises(OptionError, match="--token_budget and --time_budget both size the run"):
+        load_recipe("mlm").main(["--token_budget", "1M", "--time_budget", "5m", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(OptionError, match="--token_budget counts text tokens"):
+        load_recipe("mim").main(["--token_budget", "1M", "--output_dir", str(tmp_path / "p")])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_the_token_budget_sets_the_steps(tmp_path):
+    out = tmp_path / "o"
+    # 16 blocks of 64 tokens per step: 20,000 tokens are 19.5 steps, so 20
+    result = load_recipe("mlm").main(TINY_MLM + ["--token_budget", "20k", "--output_dir", str(out)])
+    assert result.metrics["train_steps"] == 20
+    record = json.loads((out / "hfssl.json").read_text())
+    assert record["options"]["training"]["time_budget"] is None and record["options"]["training"]["token_budget"] == "20k"
