@@ -254,6 +254,7 @@ def build_masked_lm(
             model_name_or_path,
             ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""),
         )
+    model.hfssl_fresh_weights = fresh  # the recipe gives a fresh head its own learning rate
     _check_vocabulary(model, tokenizer, model_name_or_path)
     return model
 

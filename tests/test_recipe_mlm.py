@@ -168,6 +168,9 @@ def test_continued_pretraining_from_packaged_minilm(tmp_path, minilm_path, caplo
     # a checkpoint's defaults, where the user set nothing: BERT's 15% masking (the learning rate here was given)
     assert record["options"]["masking"]["mlm_probability"] == 0.15 and record["options"]["training"]["learning_rate"] == 2e-4
     assert "Defaults for continued pretraining of a checkpoint: --mlm_probability 0.15" in caplog.text
+    # MiniLM has no MLM head: the fresh one trains at its own rate, the encoder at --learning_rate
+    assert record["options"]["model"]["head_learning_rate"] == 1e-3
+    assert "The masked-LM head is fresh: --head_learning_rate 0.001" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import TimedTrainer
 
 __all__ = [
+    "FRESH_HEAD_LR",
     "MODEL_DEFAULTS",
     "PLATEAU_FIX",
     "PlateauWatch",
@@ -423,6 +424,8 @@ MODEL_DEFAULTS = {
     "checkpoint": dict(learning_rate=2e-5, mlm_probability=0.15, per_device_train_batch_size=64),
 }
 
+
+FRESH_HEAD_LR = 1e-3  # continued pretraining of a checkpoint without an MLM head: the fresh head's learning rate
 
 # Pretraining "left the plateau" when its held-out loss is this fraction below the unigram loss. A model that has
 # learned nothing but frequencies ends within a few percent of it; one that uses context falls well below.
