@@ -340,6 +340,18 @@ def one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # set before the worker imports torch
 
 
+def side_by_side(function, calls: list[tuple], jobs: int) -> list:
+    """`function(*call)` for every call, `jobs` at a time in worker processes of one thread each (in order)."""
+    if jobs <= 1:
+        return [function(*call) for call in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may already hold torch's thread pools
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
+        return list(pool.map(function, *zip(*calls)))
+
+
 def finetune_all(kind: str, runs: dict[tuple[str, int], dict], seeds: list[int], out: Path, jobs: int) -> dict:
     """Run every (arm, labels per class) x seed; with jobs > 1, that many runs side by side, one thread each.
 
@@ -350,15 +362,7 @@ def finetune_all(kind: str, runs: dict[tuple[str, int], dict], seeds: list[int],
         return {}
     folders = [out / f"run{i}" for i in range(len(tasks))]
     args = [(kind, runs[key], seed, folder) for (key, seed), folder in zip(tasks, folders)]
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: the parent may already hold torch's thread pools
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
-            results = list(pool.map(fit_once, *zip(*args)))
-    else:
-        results = [fit_once(*a) for a in args]
+    results = side_by_side(fit_once, args, jobs)
     table: dict = {}
     for (key, _seed), (score, seconds) in zip(tasks, results):
         scores, total = table.get(key, ([], 0.0))
@@ -597,14 +601,7 @@ def defaults_bench(
         if selected("MiniLM", only):
             tasks += [(labeled, seed, out / f"ft-minilm-{seed}") for seed in seeds]  # the recipe's default model
             labels += [(name, title, "MiniLM + finetune_text")] * len(seeds)
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
-            fits = list(pool.map(fit_with_controls, *zip(*tasks)))
-    else:
-        fits = [fit_with_controls(*t) for t in tasks]
+    fits = side_by_side(fit_with_controls, tasks, jobs)
     rows: dict = {}
     for (name, title, arm), scores in zip(labels, fits):
         corpus = rows.setdefault(name, {"title": title, "arms": {}})

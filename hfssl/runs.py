@@ -64,6 +64,18 @@ class TimedTrainer(Trainer):
         if self.budget is not None:
             self.add_callback(self.budget)
 
+    _checkpointing = False  # during save_model: whether this save is a checkpoint (True) or the final model
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's own save, which gathers the full state dict under FSDP and DeepSpeed ZeRO-3 on every process
+        and hands it to `_save`; `_checkpointing` tells a recipe's `_save` whether to keep the whole training model
+        (a checkpoint, so that training can resume) or write the model a user loads."""
+        self._checkpointing = _internal_call
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._checkpointing = False
+
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
         try:

@@ -206,7 +206,6 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.train_images = 0
-        self._checkpointing = False
 
     def compute_loss(
         self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -236,16 +235,6 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = training_collator
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The Trainer's own save, which gathers the full state dict under FSDP and DeepSpeed ZeRO-3 on every
-        process and hands it to `_save`: a checkpoint (`_internal_call`) keeps the whole model so that training
-        can resume, the final save writes the encoder."""
-        self._checkpointing = _internal_call
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self._checkpointing = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self._checkpointing:

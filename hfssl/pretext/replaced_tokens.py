@@ -186,8 +186,6 @@ class ReplacedTokenTrainer(MaskedLMTrainer):
     hold both models (for resuming); the final save writes the discriminator's encoder.
     """
 
-    _checkpointing = False
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sampler: torch.Generator | None = None
@@ -260,15 +258,6 @@ class ReplacedTokenTrainer(MaskedLMTrainer):
         if isinstance(resume_from_checkpoint, str) and os.path.isfile(self._sampler_file(resume_from_checkpoint)):
             self._sampling_rng().set_state(torch.load(self._sampler_file(resume_from_checkpoint), weights_only=True))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The Trainer's own save (it gathers the state dict under FSDP and ZeRO-3): a checkpoint keeps both models,
-        the final save writes the discriminator's encoder."""
-        self._checkpointing = _internal_call
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self._checkpointing = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:

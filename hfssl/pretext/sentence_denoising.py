@@ -182,8 +182,6 @@ class SentenceDenoisingTrainer(TimedTrainer):
     """Saves the encoder as a transformers checkpoint; checkpoints also keep the decoder, so a resumed run
     continues exactly where it stopped. Each epoch draws new deletions; evaluation always uses the same ones."""
 
-    _checkpointing = False
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_callback(_NewNoiseEachEpoch(self.data_collator))
@@ -196,13 +194,6 @@ class SentenceDenoisingTrainer(TimedTrainer):
             return super().evaluate(*args, **kwargs)
         finally:
             collator.round = training_round
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self._checkpointing = _internal_call
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self._checkpointing = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
