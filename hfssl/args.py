@@ -317,7 +317,11 @@ class TextModelArguments(ModelSourceArguments):
     )
     model_preset: str | None = field(
         default=None,
-        metadata={"help": "Build an encoder from scratch at this size (default: tiny).", "choices": tuple(TEXT_PRESETS)},
+        metadata={
+            "help": "Build an encoder from scratch at this size (default: the largest preset the time or token budget "
+            "trains to 20 tokens per parameter, measured at start; tiny without a budget).",
+            "choices": tuple(TEXT_PRESETS),
+        },
     )
     architecture: str = field(
         default="modernbert",

@@ -25,7 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.optimization import get_scheduler
 
-__all__ = ["BUDGET_FILE", "TimeBudget", "parse_duration"]
+__all__ = ["BUDGET_FILE", "TimeBudget", "broadcast_from_main", "parse_count", "parse_duration", "steps_for_tokens"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TimeBudget(TrainerCallback):
             left = self.seconds - (now - self._started)
             evaluations = 1 + (0 if args.eval_strategy == "no" else 4)  # the budget's evaluations, roughly a step each
             fits = step + max(0, math.floor(left / seconds_per_step) - evaluations)
-            self.total = _broadcast(max(step, min(state.max_steps, fits)))
+            self.total = broadcast_from_main(max(step, min(state.max_steps, fits)))
             logger.info(
                 "--time_budget %s: %.2f s per step, so %d steps (the learning-rate schedule spans them; --max_steps %d "
                 "repeats this run without a budget)",
@@ -128,7 +128,7 @@ class TimeBudget(TrainerCallback):
         trainer.lr_scheduler = schedule
 
 
-def _broadcast(value: int) -> int:
+def broadcast_from_main(value: int) -> int:
     """The main process's value on every process, so all of them train the same number of steps."""
     from accelerate.utils import broadcast_object_list
 

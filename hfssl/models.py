@@ -32,6 +32,7 @@ __all__ = [
     "build_masked_image_model",
     "build_electra_models",
     "build_masked_lm",
+    "fit_vocabulary",
     "check_electra_support",
     "check_model_path",
     "generator_config",
@@ -230,7 +231,7 @@ def build_masked_lm(
 ) -> PreTrainedModel:
     """A masked-LM: loaded from a checkpoint (a missing MLM head is initialised fresh) or built from `config`."""
     if model_name_or_path is None:
-        _fit_vocabulary(config, tokenizer)
+        fit_vocabulary(config, tokenizer)
         return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")
 
     try:
@@ -259,7 +260,7 @@ def build_masked_lm(
     return model
 
 
-def _fit_vocabulary(config: Any, tokenizer: Any) -> None:
+def fit_vocabulary(config: Any, tokenizer: Any) -> None:
     """A from-scratch config takes the tokenizer's vocabulary size and special-token ids."""
     config.vocab_size = len(tokenizer)
     config.pad_token_id = tokenizer.pad_token_id
@@ -324,7 +325,7 @@ def build_electra_models(
     from transformers import AutoModelForTokenClassification
 
     if model_name_or_path is None:
-        _fit_vocabulary(config, tokenizer)
+        fit_vocabulary(config, tokenizer)
     scorer = copy.deepcopy(config)
     scorer.num_labels = 1
     if model_name_or_path is None:

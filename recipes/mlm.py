@@ -3,9 +3,10 @@
     accelerate launch recipes/mlm.py [config.yaml] [--key value ...]
     accelerate launch recipes/mlm.py --objective electra   # replaced-token detection (ELECTRA) instead
 
-With no arguments: a tiny ModernBERT and a WordPiece tokenizer trained on the embedded corpus
-(docstrings of the Python standard library) for the default budget, 10 minutes (--time_budget 10m: a
-coffee break on a laptop CPU); `make demo` gives it 2 minutes, enough to leave the unigram plateau.
+With no arguments: a ModernBERT and a WordPiece tokenizer trained on the embedded corpus (docstrings of the
+Python standard library) for the default budget, 10 minutes (--time_budget 10m: a coffee break on a laptop CPU).
+The model's size follows the budget (hfssl.sizing): on a laptop CPU, the tiny preset. `make demo` gives it
+2 minutes, enough to leave the unigram plateau.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from hfssl.args import (
     default_output_dir,
     parse_args,
 )
-from hfssl.budget import parse_count, steps_for_tokens
-from hfssl.data.text import describe_source, load_text_datasets, resolve_text_column, tokenize_and_pack
+from hfssl.budget import broadcast_from_main, parse_count, parse_duration, steps_for_tokens
+from hfssl.data.text import describe_source, estimate_tokens, load_text_datasets, resolve_text_column, tokenize_and_pack
 from hfssl.errors import OptionError
 from hfssl.models import (
+    TEXT_PRESETS,
     build_electra_models,
     build_masked_lm,
     check_electra_support,
+    fit_vocabulary,
     mlm_config,
     set_dropout,
     usable_positions,
@@ -53,6 +56,7 @@ from hfssl.pretext.masked_tokens import (
 from hfssl.pretext.replaced_tokens import ELECTRA_DEFAULTS, ReplacedTokenDetection, ReplacedTokenTrainer, replaced_token_metrics
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
+from hfssl.sizing import MAX_EPOCHS, TOKENS_PER_PARAMETER, choose_size, measure_tokens_per_second
 from hfssl.tokenizer import check_mask_token, resolve_tokenizer
 
 logger = logging.getLogger("hfssl.recipes.mlm")
@@ -123,6 +127,9 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         steps = steps_for_tokens(parse_count(run_args.token_budget), per_step)
         run_args.max_steps = min(steps, run_args.max_steps) if "max_steps" in given(run_args) else steps
         logger.info("--token_budget %s: %d steps of %s tokens", run_args.token_budget, run_args.max_steps, f"{per_step:,}")
+
+    if sized_from_budget(model_args, run_args, electra):
+        config = size_model(config, model_args, run_args, masking, raw["train"], tokenizer, text_column, max_seq_length)
 
     set_seed(run_args.seed)  # model initialisation, masks and dropout all follow --seed
     source = (config, tokenizer, model_args.model_name_or_path, model_args.trust_remote_code, model_args.cache_dir)
@@ -211,6 +218,56 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         return "\n".join(lines)
 
     return finish_run(trainer, record, push, summary)
+
+
+def sized_from_budget(model_args: Any, run_args: Any, electra: bool) -> bool:
+    """A from-scratch MLM encoder whose size the user left open, trained to a time or token budget."""
+    open_size = model_args.model_name_or_path is None and "model_preset" not in given(model_args)
+    return open_size and not model_args.config_overrides and not electra and bool(run_args.time_budget or run_args.token_budget)
+
+
+def size_model(
+    config: Any, model_args: Any, run_args: Any, masking: Any, train: Any, tokenizer: Any, text_column: str, seq_len: int
+) -> Any:
+    """The config of the largest preset the budget trains well (hfssl.sizing); the choice goes in the log and, as
+    --model_preset, in hfssl.json and the card."""
+    per_step = seq_len * run_args.train_batch_size * run_args.gradient_accumulation_steps * max(run_args.world_size, 1)
+    candidates = []
+    for name in TEXT_PRESETS:
+        candidate = mlm_config(None, name, None, architecture=model_args.architecture)
+        fit_vocabulary(candidate, tokenizer)
+        candidates.append((name, candidate))
+    sizing = choose_size(
+        candidates,
+        seconds=parse_duration(run_args.time_budget) if run_args.time_budget else None,
+        tokens=run_args.max_steps * per_step if run_args.max_steps < 10**9 else None,
+        corpus_tokens=estimate_tokens(train, tokenizer, text_column),
+        seq_len=seq_len,
+        vocab_size=len(tokenizer),
+        mask_rate=masking.mlm_probability,
+        measure=lambda c: (
+            max(run_args.world_size, 1)
+            * measure_tokens_per_second(
+                c,
+                batch_size=run_args.per_device_train_batch_size,
+                seq_len=seq_len,
+                mask_rate=masking.mlm_probability,
+                device=run_args.device,
+                bf16=run_args.bf16,
+            )
+        ),
+    )
+    names = list(TEXT_PRESETS)
+    model_args.model_preset = names[broadcast_from_main(names.index(sizing.preset))]  # every process builds the same
+    logger.info(
+        "Model size from the budget: --model_preset %s, the largest preset it trains to %d tokens per parameter "
+        "within %d passes over the corpus (%s; set --model_preset to override)",
+        model_args.model_preset,
+        TOKENS_PER_PARAMETER,
+        MAX_EPOCHS,
+        sizing.describe(),
+    )
+    return dict(candidates)[model_args.model_preset]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "describe_source",
+    "estimate_tokens",
     "in_memory_dataset",
     "load_hub_dataset",
     "load_text_datasets",
@@ -246,6 +247,16 @@ def resolve_text_column(ds: Dataset | IterableDataset, text_column: str | None) 
             f"Pass --text_column naming a text column (columns: {', '.join(names)})."
         )
     return column
+
+
+def estimate_tokens(ds: Dataset | IterableDataset, tokenizer: Any, text_column: str, sample: int = 1000) -> int | None:
+    """The corpus's size in tokens, from the tokens of a seeded sample of `sample` rows (None for a stream, whose
+    size is unknown): enough to size a model, without tokenizing everything twice."""
+    if not isinstance(ds, Dataset) or len(ds) == 0:
+        return None
+    rows = ds.shuffle(seed=0).select(range(min(sample, len(ds))))[text_column]
+    counts = tokenizer([t or "" for t in rows], add_special_tokens=False)["input_ids"]
+    return round(sum(map(len, counts)) / len(rows) * len(ds))
 
 
 def tokenize_and_pack(
