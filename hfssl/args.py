@@ -33,9 +33,11 @@ from hfssl.transfer.strategies import STRATEGIES
 
 __all__ = [
     "ClassifierModelArguments",
+    "DualEncoderArguments",
     "ImageClassificationDataArguments",
     "ImageClassifierArguments",
     "ImageDataArguments",
+    "ImageTextDataArguments",
     "MaskingArguments",
     "PatchMaskingArguments",
     "PipelineArguments",
@@ -637,6 +639,92 @@ class PatchMaskingArguments:
         elif self.norm_pix_loss:
             raise ValueError("--norm_pix_loss only applies to --method mae.")
         check_positive(self, "mask_patch_size")
+
+
+@dataclass
+class ImageTextDataArguments(ImageDataArguments):
+    """Which image-caption pairs to align: images as for mim.py, captions from a column or from the class names."""
+
+    train_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of images: with a metadata.jsonl / metadata.csv (file_name, text), its captions; "
+            "else one subfolder per class, captioned with --caption_template."
+        },
+    )
+    caption_column: str | None = field(
+        default=None,
+        metadata={"help": "The column holding the captions (default: 'text', 'caption', 'captions' or 'sentence' when present)."},
+    )
+    caption_template: str = field(
+        default="a photo of a {label}.",
+        metadata={
+            "help": "The caption of a labeled image without one, and the zero-shot prompt: '{label}' becomes the class "
+            "name. Pass the same as hypothesis_template (with '{}') to pipeline('zero-shot-image-classification')."
+        },
+    )
+    max_caption_length: int = field(default=32, metadata={"help": "Captions are cut to this many tokens."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if "{label}" not in self.caption_template:
+            raise ValueError(f"--caption_template must contain '{{label}}', got {self.caption_template!r}.")
+        check_positive(self, "max_caption_length")
+
+
+@dataclass
+class DualEncoderArguments:
+    """The two towers, how they are joined, and which of them learn."""
+
+    text_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The text tower: a Hub id or local path of a BERT-family encoder (an `hfssl mlm --architecture bert` "
+            "output, the packaged MiniLM, ...). Default: a BERT of --text_preset with a tokenizer trained on the captions."
+        },
+    )
+    text_preset: str = field(
+        default="tiny", metadata={"help": "From scratch: the text tower's size.", "choices": tuple(TEXT_PRESETS)}
+    )
+    image_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The image tower: a Hub id or local path of a ViT, a ViT-MAE (used whole, without masking) or an "
+            "`hfssl mim` output. Default: a ViT of --image_preset."
+        },
+    )
+    image_preset: str = field(
+        default="tiny", metadata={"help": "From scratch: the image tower's size.", "choices": tuple(VISION_PRESETS)}
+    )
+    image_size: int | None = field(default=None, metadata={"help": "From scratch: image side in pixels (default: the preset's)."})
+    patch_size: int | None = field(default=None, metadata={"help": "From scratch: patch side in pixels (default: the preset's)."})
+    vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary of the tokenizer trained on the captions (from scratch)."}
+    )
+    projection_dim: int = field(default=256, metadata={"help": "Size of the shared embedding space both towers project into."})
+    loss: str = field(
+        default="clip",
+        metadata={
+            "choices": ("clip", "siglip"),
+            "help": "clip: softmax over the batch, learned temperature clamped at 100 | siglip: pairwise sigmoid with a "
+            "learned temperature and bias (initialised at 10 and -10).",
+        },
+    )
+    lock_image: bool = field(default=False, metadata={"help": "Freeze the image tower (LiT: a locked, pretrained image tower)."})
+    lock_text: bool = field(default=False, metadata={"help": "Freeze the text tower."})
+    unlocked_image_layers: int = field(default=0, metadata={"help": "With --lock_image: leave this many top layers learning."})
+    unlocked_text_layers: int = field(default=0, metadata={"help": "With --lock_text: leave this many top layers learning."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the Hub."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "projection_dim", "vocab_size")
+        for tower in ("image", "text"):
+            if getattr(self, f"unlocked_{tower}_layers") < 0:
+                raise ValueError(f"--unlocked_{tower}_layers must be 0 or more.")
+            if getattr(self, f"unlocked_{tower}_layers") and not getattr(self, f"lock_{tower}"):
+                raise ValueError(f"--unlocked_{tower}_layers only applies with --lock_{tower} true.")
 
 
 @dataclass

@@ -369,6 +369,42 @@ def _sentence_denoising_card(out: _Output) -> ModelCard:
     )
 
 
+def _dual_encoder_card(out: _Output) -> ModelCard:
+    record = out.record
+    metrics, model = record["metrics"], record["options"]["model"]
+    loss = model["loss"]
+    chance = metrics.get("eval_zero_shot_chance")
+    return _render(
+        "pretrained",
+        _card_data(
+            out,
+            "zero-shot-image-classification",
+            [loss, "vision-text-dual-encoder", "contrastive", "zero-shot-image-classification"],
+            "transformers",
+            _eval_results(out, "zero-shot-image-classification", f"{loss.upper()} alignment; held-out pairs"),
+        ),
+        out,
+        pretext=f"{loss} alignment",
+        loss=loss,
+        towers=record["towers"],
+        locked=[t for t in ("image", "text") if model.get(f"lock_{t}")],
+        caption_template=record["zero_shot_template"],
+        hypothesis=record["zero_shot_template"].replace("{label}", "{}"),
+        class_names=record.get("class_names"),
+        projection_dim=model["projection_dim"],
+        parameters=_parameters(out.folder),
+        skipped_images=record.get("skipped_images"),
+        chance=_fmt(chance) if chance is not None else None,
+        metrics=_scores(
+            out,
+            ("start_zero_shot_accuracy", "zero-shot accuracy before training"),
+            ("eval_zero_shot_chance", "zero-shot chance"),
+            ("eval_image_to_text_recall@1_chance", "image-to-text recall@1 chance"),
+            ("eval_text_to_image_recall@1_chance", "text-to-image recall@1 chance"),
+        ),
+    )
+
+
 def _config(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -451,6 +487,8 @@ def output_card(record: dict[str, Any], folder: str | Path, repo_id: str | None 
         return _sentence_denoising_card(out)
     if out.kind == "finetune":
         return _classifier_card(out)
+    if out.kind == "clip":
+        return _dual_encoder_card(out)
     raise ValueError(f"{folder}: hfssl.json names recipe {record['recipe']!r}, which has no model card.")
 
 

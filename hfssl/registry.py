@@ -99,6 +99,21 @@ RECIPES: dict[str, Recipe] = {
             headline=("eval_accuracy", "accuracy"),
             card_metrics=_CLASSIFICATION_METRICS,
         ),
+        Recipe(
+            "clip",
+            "vision-text",
+            "vision-text alignment (CLIP or SigLIP loss) of a text and an image encoder: zero-shot classification, retrieval",
+            headline=("eval_zero_shot_accuracy", "zero-shot accuracy"),
+            card_metrics=(
+                ("eval_zero_shot_accuracy", "accuracy", "zero-shot accuracy (caption template)"),
+                ("eval_zero_shot_ensemble_accuracy", "accuracy", "zero-shot accuracy (prompt ensemble)"),
+                ("eval_image_to_text_recall@1", "recall", "image-to-text recall@1"),
+                ("eval_image_to_text_recall@5", "recall", "image-to-text recall@5"),
+                ("eval_text_to_image_recall@1", "recall", "text-to-image recall@1"),
+                ("eval_text_to_image_recall@5", "recall", "text-to-image recall@5"),
+                ("eval_loss", "loss", "contrastive loss"),
+            ),
+        ),
         Recipe("pipeline", None, "chain recipes in one YAML file (hfssl run pipeline.yaml)"),
     )
 }

@@ -83,8 +83,11 @@ class ImageSplits:
 class ImageTensorDataset(torch.utils.data.Dataset):
     """Decoded, resized images (N, C, H, W) uint8 and labels (N,) held in memory; items are views, not copies."""
 
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor | None, skipped: list[str] | None = None) -> None:
+    def __init__(
+        self, pixels: torch.Tensor, labels: torch.Tensor | None, skipped: list[str] | None = None, kept: np.ndarray | None = None
+    ) -> None:
         self.pixels, self.labels, self.skipped = pixels, labels, skipped or []
+        self.kept = kept  # the source positions decoded (all but the skipped ones), for data that rides along, e.g. captions
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -306,7 +309,7 @@ def decode_images(
     if not kept:
         raise ValueError(f"None of the {len(source)} images could be read (first: {skipped[0]}). Check the data.")
     labels = None if source.labels is None else torch.from_numpy(source.labels[kept])
-    return ImageTensorDataset(torch.from_numpy(np.concatenate(arrays)), labels, skipped)
+    return ImageTensorDataset(torch.from_numpy(np.concatenate(arrays)), labels, skipped, np.asarray(kept))
 
 
 def _as_8bit(image: Image.Image) -> Image.Image:
