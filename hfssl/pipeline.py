@@ -6,7 +6,7 @@ earlier stage's output (recipes/configs/pipeline_*.yaml are examples):
     output_dir: outputs/my-pipeline      # optional; stage outputs go to <output_dir>/<stage name>
     stages:
       - name: pretrain
-        recipe: mlm                      # mlm | tsdae | mim | finetune_text | finetune_image
+        recipe: mlm                      # mlm | tsdae | mim | finetune_text | finetune_image | clip
         config: mlm_from_scratch.yaml    # optional: a recipe preset (relative to this file); then
         options: {max_steps: 300}        # these options on top: any option of the recipe
       - name: probe
@@ -59,7 +59,7 @@ class Stage:
     name: str
     recipe: str
     options: dict[str, Any]
-    parent: str | None = None
+    parent: str | dict[str, str] | None = None  # a clip stage names its text and image towers' stages
 
 
 @dataclass
@@ -150,31 +150,47 @@ def _resolve_stage(path: str, index: int, spec: Any, earlier: list[Stage], names
     options.update(given)
     parent = spec.get("from")
     if parent is not None:
-        source = next((stage for stage in earlier if stage.name == parent), None)
-        if source is None:
-            known = ", ".join(s.name for s in earlier) or "none"
-            problem = "the stage itself" if parent == name else "a later stage" if parent in names else "no stage"
+        # clip joins two towers: `from: {text: stage, image: stage}`; every other recipe starts from one model
+        wanted = {"text": "text", "image": "image"} if RECIPES[recipe].modality == "vision-text" else None
+        if wanted is not None and (not isinstance(parent, dict) or not parent or set(parent) - set(wanted)):
             raise ValueError(
-                f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it (here: {known})."
+                f"{where}: {recipe} starts from two towers: `from: {{text: <stage>, image: <stage>}}` (either or both)."
             )
-        if "model_name_or_path" in options:
-            raise ValueError(f"{where}: give either `from: {parent}` or the option model_name_or_path, not both.")
-        source_modality, modality = RECIPES[source.recipe].modality, RECIPES[recipe].modality
-        if source_modality != modality:
-            raise ValueError(
-                f"{where}: `from: {parent}` is an output of {source.recipe} (modality: {source_modality}), "
-                f"but {recipe} works on {modality}."
-            )
-        if source.options.get("strategy") == "lora":
-            raise ValueError(
-                f"{where}: `from: {parent}` writes a LoRA adapter, not a model to start from; start from "
-                f"the stage {parent} started from, or give {parent} another strategy."
-            )
-        options["model_name_or_path"] = source.options["output_dir"]
+        if wanted is None and not isinstance(parent, str):
+            raise ValueError(f"{where}: `from` names one earlier stage, got {parent!r}.")
+        for tower, stage_name in parent.items() if wanted is not None else [(None, parent)]:
+            option = f"{tower}_model_name_or_path" if tower else "model_name_or_path"
+            source = _source_stage(where, stage_name, name, earlier, names)
+            if option in options:
+                raise ValueError(f"{where}: give either `from: {stage_name}` or the option {option}, not both.")
+            source_modality, modality = RECIPES[source.recipe].modality, wanted[tower] if tower else RECIPES[recipe].modality
+            if source_modality != modality:
+                raise ValueError(
+                    f"{where}: `from: {stage_name}` is an output of {source.recipe} (modality: {source_modality}), "
+                    f"but {recipe} {'takes its ' + tower + ' tower there' if tower else 'works on ' + str(modality)}."
+                )
+            if source.options.get("strategy") == "lora":
+                raise ValueError(
+                    f"{where}: `from: {stage_name}` writes a LoRA adapter, not a model to start from; start from "
+                    f"the stage {stage_name} started from, or give {stage_name} another strategy."
+                )
+            options[option] = source.options["output_dir"]
     options.setdefault("output_dir", str(Path(args.output_dir) / name))
     if args.overwrite_output_dir:
         options["overwrite_output_dir"] = True
     return Stage(name, recipe, options, parent)
+
+
+def _source_stage(where: str, parent: Any, name: Any, earlier: list[Stage], names: list[Any]) -> Stage:
+    """The earlier stage `from` names; ValueError naming the stages that run before this one otherwise."""
+    source = next((stage for stage in earlier if stage.name == parent), None)
+    if source is None:
+        known = ", ".join(s.name for s in earlier) or "none"
+        problem = "the stage itself" if parent == name else "a later stage" if parent in names else "no stage"
+        raise ValueError(
+            f"{where}: `from: {parent}` names {problem}; a stage starts from one that runs before it (here: {known})."
+        )
+    return source
 
 
 def _check_output_dirs(path: str, stages: list[Stage]) -> None:
@@ -267,6 +283,7 @@ def summary_text(pipeline: Pipeline, results: dict[str, Result]) -> str:
         key, label = RECIPES[stage.recipe].headline
         value = results[stage.name].metrics.get(key) if stage.name in results else None
         score = f"{label} {value:.3f}" if isinstance(value, (int, float)) else "no score"
-        start = f" (from {stage.parent})" if stage.parent else ""
+        parents = ", ".join(f"{k}: {v}" for k, v in stage.parent.items()) if isinstance(stage.parent, dict) else stage.parent
+        start = f" (from {parents})" if parents else ""
         lines.append(f"  {stage.name}: {stage.recipe}{start}, {score} -> {stage.options['output_dir']}")
     return "\n".join(lines)

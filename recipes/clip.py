@@ -24,6 +24,7 @@ from hfssl.data.images import decode_images, image_processor
 from hfssl.dual_encoder import image_tower, join_towers, text_tower
 from hfssl.errors import OptionError
 from hfssl.models import use_fast_attention
+from hfssl.outputs import parent_lineage
 from hfssl.pretext.contrastive import AlignmentScorer, ContrastiveTrainer, DualEncoderContrastive, lock_tower
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     skipped = len(train.skipped) + len(held_out.skipped)
     record = run_record(
         "clip",
-        pretext_lineage(f"{model_args.loss}-alignment", pairs.images.description, None),
+        {**pretext_lineage(f"{model_args.loss}-alignment", pairs.images.description, None), "towers": tower_lineage(model_args)},
         dict(data=data_args, model=model_args, training=run_args),
         metrics,
         towers=dict(
@@ -146,6 +147,17 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         skipped_images=skipped,
     )
     return finish_run(trainer, record, push, lambda: alignment_summary(metrics, run_args.output_dir, data_args.caption_template))
+
+
+def tower_lineage(model_args: Any) -> dict[str, Any]:
+    """Where each tower came from, with that model's own lineage when hfssl made it (an mlm or mim output)."""
+    return {
+        tower: {"model": path, "lineage": parent_lineage(path)} if path else {"model": None, "preset": preset}
+        for tower, path, preset in (
+            ("text", model_args.text_model_name_or_path, model_args.text_preset),
+            ("image", model_args.image_model_name_or_path, model_args.image_preset),
+        )
+    }
 
 
 def _column(values: Any) -> Any:

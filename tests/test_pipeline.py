@@ -82,7 +82,7 @@ PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
         (
             [{**MLM, "recipe": "mlmm"}],
             {},
-            r"stage 'a': `recipe` must be one of mlm, tsdae, finetune_text, mim, finetune_image, got 'mlmm'",
+            r"stage 'a': `recipe` must be one of mlm, tsdae, finetune_text, mim, finetune_image, clip, got 'mlmm'",
         ),
         (
             [{**MLM, "options": {"max_stpes": 3}}],
@@ -94,6 +94,12 @@ PROBE = {"name": "b", "recipe": "finetune_text", "from": "a"}
         ([MLM, {**PROBE, "from": "z"}], {}, r"stage 'b': `from: z` names no stage; .*\(here: a\)"),
         ([MLM, {**PROBE, "from": "b"}], {}, r"stage 'b': `from: b` names the stage itself"),
         ([{**MLM, "config": "nope.yaml"}], {}, r"stage 'a': `config` nope.yaml does not exist"),
+        ([MLM, {"name": "c", "recipe": "clip", "from": "a"}], {}, r"stage 'c': clip starts from two towers: `from: \{text"),
+        (
+            [MLM, {"name": "c", "recipe": "clip", "from": {"image": "a"}}],
+            {},
+            r"stage 'c': `from: a` is an output of mlm \(modality: text\), but clip takes its image tower there",
+        ),
         (
             [{**MLM, "recipe": "mim"}, PROBE],
             {},
@@ -137,6 +143,20 @@ def test_bad_pipeline_fails_before_any_stage_runs(tmp_path, capsys, stages, top,
     assert stopped.value.code == 2 and err.startswith("hfssl run: error: ") and len(err.splitlines()) == 1
     assert re.search(message, err), err
     assert sorted(p.name for p in out.iterdir()) == ["finished"]  # nothing written
+
+
+def test_a_clip_stage_takes_its_towers_from_a_text_and_an_image_stage(tmp_path):
+    from hfssl.pipeline import load_pipeline
+
+    stages = [
+        {"name": "text", "recipe": "mlm", "options": {"architecture": "bert"}},
+        {"name": "image", "recipe": "mim"},
+        {"name": "align", "recipe": "clip", "from": {"text": "text", "image": "image"}},
+    ]
+    loaded = load_pipeline([_write(tmp_path / "p.yaml", stages), "--output_dir", str(tmp_path / "run")])
+    align = loaded.stages[-1]
+    assert align.options["text_model_name_or_path"] == str(tmp_path / "run" / "text")
+    assert align.options["image_model_name_or_path"] == str(tmp_path / "run" / "image")
 
 
 def test_pipeline_needs_its_file_first(tmp_path):
