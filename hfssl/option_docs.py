@@ -50,6 +50,11 @@ def render_option_pages() -> dict[str, str]:
         f"# Option reference\n\n{generated}\n\n"
         "Every recipe reads `recipe.py [config.yaml] [--key value ...]`: the recipe's defaults < the YAML file < the\n"
         "command line; from Python, `hfssl.run(recipe, **options)` takes the same names as keywords.\n\n"
+        "`hfssl.run(recipe, dataset=None, config=None, **options)` takes a `Dataset` (split into train and validation as "
+        "a single file would be) or a `DatasetDict` (its `validation` or `test` split is the held-out set), a YAML file "
+        "or packaged preset name as `config`, and any option as a keyword. It returns a `hfssl.Result` (`output_dir`, "
+        "`metrics`, `fit` for transfer runs, `stages` for a pipeline). Wrong options raise `hfssl.errors.OptionError` "
+        "before any data is read.\n\n"
         f"| recipe | what it does |\n|---|---|\n{rows}\n"
     )
     return pages
