@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
+import torch
 from transformers import Trainer, TrainingArguments
 
 from hfssl.api import Result
@@ -25,9 +28,10 @@ from hfssl.cards import output_card
 from hfssl.hub import PushRequest, publish, take_push_request
 from hfssl.options import given, option_values
 from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
+from hfssl.precision import fp32_weights
 from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging, use_all_cores
 
-__all__ = ["TimedTrainer", "finish_run", "pretext_lineage", "run_record", "start_run"]
+__all__ = ["LossOnlyEvaluation", "TimedTrainer", "finish_run", "pretext_lineage", "run_record", "start_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +112,46 @@ class TimedTrainer(Trainer):
             if "train_samples_per_second" in entry:
                 entry["train_samples_per_second"] = rate
                 break
+
+    def save_training_module(
+        self, output_dir: str | None, state_dict: dict | None, final: Callable[[Any, str, dict[str, Any]], None]
+    ) -> None:
+        """`_save` for a trainer whose model is a module of several models (ELECTRA's pair, CLIP's dual encoder and
+        SigLIP bias): a checkpoint holds the whole module, in fp32, for an exact resume; the final save calls
+        `final(module, output_dir, state_dict)` to write the model a user loads. `state_dict` is the gathered one
+        under FSDP or DeepSpeed ZeRO-3."""
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        joint = self.accelerator.unwrap_model(self.model)
+        with fp32_weights(self):
+            state_dict = joint.state_dict() if state_dict is None else state_dict
+            if not state_dict:  # DeepSpeed ZeRO-3 without gathered weights: it writes its own checkpoint next
+                return
+            if self._checkpointing:  # shared tensors are stored once per name: safetensors refuses shared storage
+                safetensors.torch.save_file(
+                    {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
+                    os.path.join(output_dir, "model.safetensors"),  # the name a resumed run loads
+                    metadata={"format": "pt"},
+                )
+            else:
+                final(joint, output_dir, state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+
+class LossOnlyEvaluation:
+    """For a Trainer subclass whose evaluation is its held-out loss (plus scores computed elsewhere): predictions
+    and labels are not gathered."""
+
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[Any, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
 
 def pretext_lineage(pretext: str, data: str, base_model: str | None) -> dict[str, Any]:

@@ -13,7 +13,6 @@ class, and no library evaluates zero-shot classification and retrieval inside a 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +24,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hfssl.data.image_text import caption
-from hfssl.precision import MasterWeightsMixin, fp32_weights, with_master_weights
-from hfssl.runs import TimedTrainer
+from hfssl.precision import MasterWeightsMixin, with_master_weights
+from hfssl.runs import LossOnlyEvaluation, TimedTrainer
 
 __all__ = [
     "LOGIT_SCALE_MAX",
@@ -246,9 +245,10 @@ class AlignmentScorer:
         return scores
 
 
-class ContrastiveTrainer(MasterWeightsMixin, TimedTrainer):
+class ContrastiveTrainer(MasterWeightsMixin, LossOnlyEvaluation, TimedTrainer):
     """A Trainer for `DualEncoderContrastive`: checkpoints hold the whole module (SigLIP's bias included) so that a
-    run resumes exactly; the final save writes the stock `VisionTextDualEncoderModel` alone."""
+    run resumes exactly; the final save writes the stock `VisionTextDualEncoderModel` alone. Evaluation is the
+    held-out loss, and the retrieval and zero-shot scores of the scorer."""
 
     def __init__(self, *args: Any, scorer: AlignmentScorer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -267,15 +267,6 @@ class ContrastiveTrainer(MasterWeightsMixin, TimedTrainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         return with_master_weights(self, super().create_optimizer(model), model)
 
-    def prediction_step(
-        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
-    ) -> tuple[torch.Tensor, None, None]:
-        """The held-out contrastive loss, batch by batch; the retrieval and zero-shot scores come from the scorer."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
@@ -285,23 +276,9 @@ class ContrastiveTrainer(MasterWeightsMixin, TimedTrainer):
         return output
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        joint = self.accelerator.unwrap_model(self.model)
-        with fp32_weights(self):
-            state_dict = joint.state_dict() if state_dict is None else state_dict
-            if self._checkpointing:
-                import safetensors.torch
+        def final(joint: nn.Module, out: str, weights: dict[str, torch.Tensor]) -> None:
+            joint.dual.save_pretrained(
+                out, state_dict={k.removeprefix("dual."): v for k, v in weights.items() if k.startswith("dual.")}
+            )
 
-                safetensors.torch.save_file(
-                    {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
-                    os.path.join(output_dir, "model.safetensors"),
-                    metadata={"format": "pt"},
-                )
-            else:
-                weights = {k.removeprefix("dual."): v for k, v in state_dict.items() if k.startswith("dual.")}
-                joint.dual.save_pretrained(output_dir, state_dict=weights)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+        self.save_training_module(output_dir, state_dict, final)

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from hfssl.data.images import ImageBatchCollator
 from hfssl.models import pooled_encoder, rgb_input, rgb_processor
 from hfssl.precision import MasterWeightsMixin, with_master_weights
-from hfssl.runs import TimedTrainer
+from hfssl.runs import LossOnlyEvaluation, TimedTrainer
 
 __all__ = [
     "MaskedImageTrainer",
@@ -191,10 +191,11 @@ def masked_image_summary(method: str, metrics: dict[str, float], skipped: int, o
     return "".join(parts) + f"\nSaved to {output_dir}"
 
 
-class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
+class MaskedImageTrainer(MasterWeightsMixin, LossOnlyEvaluation, TimedTrainer):
     """A Trainer for MAE / SimMIM: fixed masks and no augmentation in evaluation, images/s, encoder-only final save.
 
-    The loss is the model's own (a per-batch mean, so the Trainer scales it for gradient accumulation).
+    The loss is the model's own (a per-batch mean, so the Trainer scales it for gradient accumulation); evaluation
+    gathers the held-out reconstruction loss only, not the reconstructions.
     Checkpoints keep the decoder so training can resume; the final `save_model` writes the encoder
     as a stock `BeitModel` whose pooler is the layer norm of the patch mean (see hfssl.models.pooled_encoder),
     reading RGB (a grayscale encoder's first convolution is spread over three channels, which pipelines feed),
@@ -217,15 +218,6 @@ class MaskedImageTrainer(MasterWeightsMixin, TimedTrainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         return with_master_weights(self, super().create_optimizer(model), model)
-
-    def prediction_step(
-        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
-    ) -> tuple[torch.Tensor, None, None]:
-        """Held-out reconstruction loss only: reconstructions are not gathered."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         training_collator = self.data_collator

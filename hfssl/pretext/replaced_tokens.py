@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import EvalPrediction, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from hfssl.precision import fp32_weights
 from hfssl.pretext.masked_tokens import MaskedLMTrainer, masked_lm_metrics, masked_token_nll, sparse_head
 
 __all__ = [
@@ -51,7 +49,6 @@ ELECTRA_DEFAULTS = {
     "scratch": dict(mlm_probability=0.15),
     "checkpoint": dict(mlm_probability=0.15, head_learning_rate=1e-3),
 }
-_CHECKPOINT_WEIGHTS = "model.safetensors"  # the Trainer's SAFE_WEIGHTS_NAME: a resumed run loads it by this name
 
 
 def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -260,25 +257,7 @@ class ReplacedTokenTrainer(MaskedLMTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        joint = self.accelerator.unwrap_model(self.model)
-        with fp32_weights(self):
-            state_dict = joint.state_dict() if state_dict is None else state_dict
-            if not state_dict:  # DeepSpeed ZeRO-3 without gathered weights: it writes its own checkpoint next
-                return
-            if self._checkpointing:  # shared tensors are stored once per name: safetensors refuses shared storage
-                safetensors.torch.save_file(
-                    {k: v.detach().clone().contiguous() for k, v in state_dict.items()},
-                    os.path.join(output_dir, _CHECKPOINT_WEIGHTS),
-                    metadata={"format": "pt"},
-                )
-            else:
-                joint.save_discriminator(output_dir, state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+        self.save_training_module(output_dir, state_dict, lambda joint, out, weights: joint.save_discriminator(out, weights))
 
 
 def replaced_token_metrics(pred: EvalPrediction) -> dict[str, float]:
