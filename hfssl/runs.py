@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 def start_run(run_args: Any) -> tuple[str | None, PushRequest | None]:
     """What every recipe does first: logging, the checkpoint to resume, output-dir checks, the push request."""
     setup_logging(run_args)
+    if getattr(run_args, "time_budget", None) and "max_steps" not in given(run_args):
+        run_args.max_steps = 10**9  # the budget sets the length; --max_steps, when given, caps it
     log_precision(run_args)
     threads = use_all_cores()
     if threads:

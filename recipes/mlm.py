@@ -95,8 +95,6 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         if "time_budget" in given(run_args) and run_args.time_budget:
             raise OptionError("--token_budget and --time_budget both size the run: give one of them.")
         run_args.time_budget = None  # the token count sets the length (after the block length is known, below)
-    if run_args.time_budget and "max_steps" not in given(run_args):
-        run_args.max_steps = 10**9  # the budget sets the length; --max_steps, when given, caps it
     resume, push = start_run(run_args)  # logging, output-dir checks; --push_to_hub pushes the finished directory once
     if chosen:
         logger.info(

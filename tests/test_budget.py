@@ -7,8 +7,10 @@ import pytest
 
 import hfssl.budget
 from conftest import TINY_MLM, load_recipe
+from hfssl.args import parse_args
 from hfssl.budget import TIMED_STEPS, WARMUP_STEPS, parse_count, parse_duration
 from hfssl.errors import OptionError
+from hfssl.runs import start_run
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("45", 45), (" 2M ", 120)])
@@ -92,3 +94,13 @@ def test_the_token_budget_sets_the_steps(tmp_path):
     assert result.metrics["train_steps"] == 20
     record = json.loads((out / "hfssl.json").read_text())
     assert record["options"]["training"]["time_budget"] is None and record["options"]["training"]["token_budget"] == "20k"
+
+
+@pytest.mark.parametrize("recipe", ["mim", "clip"])
+def test_a_time_budget_replaces_the_default_length_and_a_given_max_steps_caps_it(recipe, tmp_path):
+    module = load_recipe(recipe)
+    for extra, steps in (([], 10**9), (["--max_steps", "50"], 50)):
+        argv = ["--time_budget", "1m", "--output_dir", str(tmp_path / str(steps)), *extra]
+        *_, run_args = parse_args(module.OPTION_TYPES, argv, module.DEFAULTS, {}, None)
+        start_run(run_args)
+        assert run_args.max_steps == steps  # the budget's own steps, not the recipe's default length
