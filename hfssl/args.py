@@ -173,8 +173,8 @@ class PretrainingRunArguments(RunArguments):
         metadata={
             "help": "Train for this much wall-clock time, e.g. 90s, 10m or 1.5h (evaluations included): the speed of the "
             "first steps sets the number of steps, and the learning-rate warmup and decay span them. --max_steps, when "
-            "given, stays an upper bound; the chosen step count is logged and recorded, so --max_steps N repeats the run. 'none' trains "
-            "for --max_steps."
+            "given, stays an upper bound; the chosen step count is logged and recorded, so --max_steps N repeats the "
+            "run. 'none' trains for --max_steps."
         },
     )
 

@@ -19,14 +19,17 @@ tower a ViT-like BEiT (mean pooling), the architectures whose stock classes pool
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedModel, ViTConfig
 
 from hfssl.models import TEXT_PRESETS, VISION_PRESETS, beit_config, check_model_path, fit_vocabulary, vit_to_beit
+from hfssl.outputs import RECORD_FILE
 
 __all__ = ["CLIP_LOGIT_SCALE_INIT", "check_pooled", "image_tower", "join_towers", "text_tower"]
 
@@ -85,12 +88,35 @@ def text_tower(
         fresh = sorted(k for k in info["missing_keys"] if k.startswith("pooler"))
         if fresh:
             logger.info("Text tower %s: its pooler starts fresh (%s); the alignment trains it", source, ", ".join(fresh))
+        warn_if_on_plateau(model_name_or_path)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise ValueError(
                 f"The tokenizer has {len(tokenizer)} tokens but {source} embeds {model.get_input_embeddings().num_embeddings}."
             )
     check_pooled(model, "text", source)
     return model
+
+
+def warn_if_on_plateau(path: str) -> bool:
+    """Warn when an hfssl mlm output never left its corpus's unigram plateau (its hfssl.json says so): such an encoder
+    gives nearly the same output for every caption, and an unlocked alignment from it can collapse to chance (loss at
+    ln(batch)). Returns whether it warned."""
+    record_path = os.path.join(path, RECORD_FILE)
+    if not os.path.isfile(record_path):
+        return False
+    with open(record_path, encoding="utf-8") as f:
+        metrics = json.load(f).get("metrics", {})
+    if metrics.get("left_unigram_plateau", True):
+        return False
+    logger.warning(
+        "Text tower %s never left the unigram plateau of its pretraining (eval MLM loss %.2f against %.2f): its outputs "
+        "barely depend on the caption, and the alignment may stay at chance. Pretrain it longer (mlm.py --time_budget), "
+        "or use a pretrained text encoder (the packaged MiniLM, a Hub BERT).",
+        path,
+        metrics.get("eval_mlm_loss", float("nan")),
+        metrics.get("unigram_loss", float("nan")),
+    )
+    return True
 
 
 def image_tower(

@@ -166,6 +166,12 @@ def _column(values: Any) -> Any:
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
+def at_chance(metrics: dict[str, Any]) -> bool:
+    """Whether held-out image-to-text recall@10 ended within 1.5x of its chance level (a collapsed or untrained model)."""
+    recall, chance = metrics.get("eval_image_to_text_recall@10"), metrics.get("eval_image_to_text_recall@10_chance")
+    return recall is not None and chance is not None and chance < 1 and recall <= 1.5 * chance
+
+
 def alignment_summary(metrics: dict[str, Any], output_dir: str, template: str) -> str:
     """The recipe's closing lines: each score after and before training, beside chance."""
     lines = ["hfssl clip: held-out scores (before training -> after; chance)"]
@@ -183,6 +189,12 @@ def alignment_summary(metrics: dict[str, Any], output_dir: str, template: str) -
                     f"  {key.replace('_', ' ')}: {metrics.get(f'start_{key}', float('nan')):.3f} -> {metrics[f'eval_{key}']:.3f} "
                     f"(chance {metrics[f'eval_{key}_chance']:.3f})"
                 )
+    if at_chance(metrics):
+        lines.append(
+            "  The alignment stayed at chance (image-to-text recall@10 within 1.5x of chance): the embeddings collapsed "
+            "or did not train. Try more steps (--time_budget), a lower --learning_rate, --lock_image with a pretrained "
+            "image tower, or a text tower that left its unigram plateau."
+        )
     hypothesis = template.replace("{label}", "{}")
     lines.append(
         f"Saved to {output_dir}: pipeline('zero-shot-image-classification', model=...) with hypothesis_template={hypothesis!r}"

@@ -97,6 +97,30 @@ def test_a_bert_saved_without_its_pooler_gets_a_fresh_one_that_the_stock_class_k
     assert torch.equal(before, after)
 
 
+def test_a_text_tower_left_on_its_unigram_plateau_is_named_with_the_fix(tmp_path, tokenizer, caplog):
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=len(tokenizer), **TINY_BERT)).save_pretrained(path)
+    for left, warned in ((True, False), (False, True)):
+        metrics = {"eval_mlm_loss": 6.97, "unigram_loss": 7.0, "left_unigram_plateau": left}
+        (path / "hfssl.json").write_text(json.dumps({"metrics": metrics}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hfssl.dual_encoder"):
+            text_tower(str(path), None, tokenizer)
+        assert ("never left the unigram plateau" in caplog.text) is warned
+    assert "6.97 against 7.00" in caplog.text and "mlm.py --time_budget" in caplog.text
+
+
+def test_a_summary_at_chance_says_so():
+    clip = load_recipe("clip")
+    chance = {"eval_image_to_text_recall@10": 0.012, "eval_image_to_text_recall@10_chance": 0.008}
+    learned = {**chance, "eval_image_to_text_recall@10": 0.064}
+    assert clip.at_chance(chance) and not clip.at_chance(learned)
+    assert "stayed at chance" in clip.alignment_summary(chance, "out", "a photo of a {label}.")
+    assert "stayed at chance" not in clip.alignment_summary(learned, "out", "a photo of a {label}.")
+
+
 def test_a_mae_checkpoint_is_used_whole_not_on_random_masks(tmp_path):
     from transformers import AutoModel, BeitModel, ViTMAEConfig, ViTMAEModel
 
