@@ -486,8 +486,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(d, k, t) for d in ("emoji", "fashion") if d in results for k, t in COLUMNS[d] if "R@10" in t or "zero" in k]
-    panels = panels[:4] if panels else []
+    wanted = ("seen_image_to_text_recall@10", "held_out_image_to_text_recall@10", "in_domain_accuracy", "zero_shot_accuracy")
+    panels = [(d, k, t) for d in ("emoji", "fashion") if d in results for k, t in COLUMNS[d] if k in wanted]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
@@ -501,7 +501,8 @@ def plot(results: dict, path: Path) -> None:
             capsize=3,
             color=["#999999", "#1f77b4", "#6baed6", "#ff7f0e", "#fdae6b"][: len(names)],
         )
-        chance = arms[names[0]]["chance"].get(key + "_chance", 1 / 3 if key == "zero_shot_accuracy" else None)
+        fixed = {"zero_shot_accuracy": 1 / 3, "in_domain_accuracy": 1 / 7}
+        chance = arms[names[0]]["chance"].get(key + "_chance", fixed.get(key))
         if chance:
             ax.axhline(chance, color="black", linestyle=":", linewidth=1, label="chance")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)

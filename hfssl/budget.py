@@ -1,8 +1,9 @@
 """A pretraining budget in wall-clock time: `--time_budget 10m` sizes the run's steps from its measured speed.
 
 Cramming (Geiping & Goldstein 2023) fixes the compute and derives the rest. Here the budget fixes the number of
-optimizer steps once, early: after a few steps to warm up, the speed of the next few is measured, and the steps
-that fit in the time left (evaluations included) become the run's length. The learning-rate schedule, its warmup
+optimizer steps once, early: after a few steps to warm up, the speed of the next few is measured, one evaluation is
+timed (a kNN probe or a retrieval scorer can cost far more than a step), and the steps that fit in the time left,
+the run's evaluations included, become the run's length. The learning-rate schedule, its warmup
 and decay, is then rebuilt for that length, so warmup and decay follow the budget, and from there on the run is
 an ordinary step-based run: deterministic, resumable, and identical across processes (the main process's figure
 is broadcast). The chosen step count is recorded (hfssl.json's `train_steps`), so `--max_steps N` reproduces the
@@ -79,9 +80,13 @@ class TimeBudget(TrainerCallback):
             now = time.perf_counter()
             timed = done > WARMUP_STEPS
             seconds_per_step = (now - self._warm) / (done - WARMUP_STEPS) if timed else (now - self._started) / max(done, 1)
-            left = self.seconds - (now - self._started)
-            evaluations = 1 + (0 if args.eval_strategy == "no" else 4)  # the budget's evaluations, roughly a step each
-            fits = step + max(0, math.floor(left / seconds_per_step) - evaluations)
+            per_evaluation, evaluations = seconds_per_step, 1
+            if args.eval_strategy != "no":  # one evaluation now, timed: the paced four and the final one cost as much
+                self.trainer.evaluate()
+                per_evaluation, evaluations = max(seconds_per_step, time.perf_counter() - now), 5
+                now = time.perf_counter()
+            left = self.seconds - (now - self._started) - evaluations * per_evaluation
+            fits = step + max(0, math.floor(left / seconds_per_step))
             self.total = broadcast_from_main(max(step, min(state.max_steps, fits)))
             logger.info(
                 "--time_budget %s: %.2f s per step, so %d steps (the learning-rate schedule spans them; --max_steps %d "

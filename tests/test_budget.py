@@ -40,19 +40,19 @@ class FakeClock:
 def test_the_budget_sets_the_steps_and_the_schedule_spans_them(tmp_path, monkeypatch):
     monkeypatch.setattr(hfssl.budget, "time", FakeClock())
     out = tmp_path / "o"
-    budget = 5.0
+    budget = 12.0
     result = load_recipe("mlm").main(
         TINY_MLM
-        + ["--time_budget", "5s", "--max_steps", "1000", "--warmup_steps", "0.5", "--logging_steps", "1"]
+        + ["--time_budget", "12s", "--max_steps", "1000", "--warmup_steps", "0.5", "--logging_steps", "1"]
         + ["--output_dir", str(out)]
     )
-    # Readings: train begin 1 s, after warm-up 2 s, after the timed steps 3 s: 0.1 s per step, 3 s left of 5 s,
-    # minus five evaluations' worth of steps.
+    # Readings: train begin 1 s, after warm-up 2 s, after the timed steps 3 s (0.1 s per step), then one evaluation
+    # timed from 3 s to 4 s (1 s), and 5 s: 8 s left of 12 s, minus five evaluations of 1 s.
     step = WARMUP_STEPS + TIMED_STEPS
-    expected = step + math.floor((budget - 2.0) / (1.0 / TIMED_STEPS)) - 5
+    expected = step + math.floor((budget - 4.0 - 5 * 1.0) / (1.0 / TIMED_STEPS))
     assert result.metrics["train_steps"] == expected
     record = json.loads((out / "hfssl.json").read_text())
-    assert record["metrics"]["train_steps"] == expected and record["options"]["training"]["time_budget"] == "5s"
+    assert record["metrics"]["train_steps"] == expected and record["options"]["training"]["time_budget"] == "12s"
     # samples per second count the steps trained, not the cap the run started with
     per_second = expected * 16 / record["metrics"]["train_runtime"]
     assert record["metrics"]["train_samples_per_second"] == pytest.approx(per_second, rel=1e-3)

@@ -45,6 +45,62 @@ def test_each_source_kind_loads_all_documents(tmp_path, kind):
     assert len(raw["validation"]) == 6
 
 
+def compress(path, compression: str) -> str:
+    """`path` written again as path + compression (.gz, .bz2, .xz, .zst), as corpora ship."""
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    data = open(path, "rb").read()
+    packed = {
+        ".gz": gzip.compress,
+        ".bz2": bz2.compress,
+        ".xz": lzma.compress,
+        ".zst": zstandard.ZstdCompressor().compress,
+    }[compression](data)
+    out = f"{path}{compression}"
+    open(out, "wb").write(packed)
+    return out
+
+
+@pytest.mark.parametrize("compression", [".gz", ".bz2", ".xz", ".zst"])
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_compressed_files_are_read_as_they_are(tmp_path, kind, compression, streaming):
+    if kind == "txt":
+        plain = tmp_path / "d.txt"
+        plain.write_text("\n".join(DOCS) + "\n")
+        plain = str(plain)
+    else:
+        plain = write_source(kind, tmp_path)
+    packed = compress(plain, compression)
+    args = TextDataArguments(train_file=packed, streaming=streaming, validation_split_percentage=10)
+    raw = load_text_datasets(args)
+    column = resolve_text_column(raw["train"], None if kind == "txt" else "body")
+    seen = [r[column] for r in raw["train"]] + [r[column] for r in raw["validation"]]
+    assert sorted(seen) == sorted(DOCS)
+
+
+def test_a_corrupt_compressed_file_fails_before_any_work_naming_it(tmp_path):
+    bad = tmp_path / "corpus.txt.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=r"--train_file: .*corpus.txt.gz cannot be decompressed as .gz"):
+        load_text_datasets(TextDataArguments(train_file=str(bad)))
+
+
+def test_a_directory_holds_compressed_text_files_too(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"part{i}.txt").write_text("\n".join(DOCS[i * 30 : (i + 1) * 30]) + "\n")
+    compress(folder / "part1.txt", ".gz")
+    (folder / "part1.txt").unlink()
+    raw = load_text_datasets(TextDataArguments(train_file=str(folder), validation_split_percentage=10))
+    assert sorted(list(raw["train"]["text"]) + list(raw["validation"]["text"])) == sorted(DOCS)
+
+
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "txt_dir"])
 @pytest.mark.slow
 def test_streaming_reads_the_same_text(tmp_path, kind, wordpiece):

@@ -8,10 +8,13 @@ validation split, and packing without padding waste.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import glob
+import gzip
 import json
 import logging
+import lzma
 import os
 import sys
 from pathlib import Path
@@ -38,12 +41,22 @@ __all__ = [
 
 _STRINGS = ("string", "large_string")
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# Compressed text files are read as they are: datasets extracts them (or decompresses them while streaming).
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _file_type(path: str) -> tuple[str, str | None]:
+    """(format suffix, compression suffix or None): corpus.jsonl.gz -> (".jsonl", ".gz")."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        return (suffixes[-2] if len(suffixes) > 1 else ""), suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), None
 
 
 def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
     """Expand a file, glob or directory into (builder name, sorted files); validate before any work."""
     if os.path.isdir(spec):
-        files = sorted(str(p) for p in Path(spec).rglob("*.txt"))
+        files = sorted(str(p) for p in Path(spec).rglob("*") if p.is_file() and _file_type(str(p))[0] == ".txt")
         if not files:
             raise ValueError(
                 f"--{option} {spec} is a directory with no .txt files. Point it at a directory of .txt files or at one file."
@@ -56,12 +69,14 @@ def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
         if not os.path.isfile(spec):
             raise ValueError(f"--{option} {spec} does not exist. Check the path.")
         files = [spec]
-    exts = {Path(f).suffix.lower() for f in files}
-    unknown = exts - set(_BUILDERS)
+    types = {f: _file_type(f) for f in files}
+    unknown = {ext + (comp or "") for ext, comp in types.values() if ext not in _BUILDERS or (comp and ext == ".parquet")}
     if unknown:
         raise ValueError(
-            f"--{option}: unsupported file type(s) {', '.join(sorted(unknown))}; use .txt, .json, .jsonl, .csv or .parquet."
+            f"--{option}: unsupported file type(s) {', '.join(sorted(unknown))}; use .txt, .json, .jsonl, .csv or .parquet, "
+            f"the text ones also compressed ({', '.join(_COMPRESSIONS)})."
         )
+    exts = {ext for ext, _ in types.values()}
     builders = {_BUILDERS[e] for e in exts}
     if len(builders) > 1:
         raise ValueError(f"--{option}: mixes file types ({', '.join(sorted(exts))}); give files of one type.")
@@ -72,14 +87,32 @@ def _resolve_files(spec: str, option: str) -> tuple[str, list[str]]:
     kept = [f for f in files if f not in empty]
     if builder != "parquet":
         for f in kept:
-            _check_text_file(f, option)
+            _check_text_file(f, option, types[f][1])
     return builder, kept
 
 
-def _check_text_file(path: str, option: str, probe: int = 1 << 16) -> None:
-    """A text file must be UTF-8 text: the first 64 KiB are checked here, the rest when `datasets` reads it."""
-    with open(path, "rb") as f:
-        head = f.read(probe)
+def _open_bytes(path: str, compression: str | None) -> Any:
+    """A binary file object of the file's (decompressed) content."""
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        import zstandard
+
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+def _check_text_file(path: str, option: str, compression: str | None = None, probe: int = 1 << 16) -> None:
+    """A text file must be UTF-8 text: the first 64 KiB (decompressed) are checked here, the rest when `datasets` reads it."""
+    try:
+        with _open_bytes(path, compression) as f:
+            head = f.read(probe)
+    except Exception as err:  # each decompressor has its own error type (gzip's OSError, LZMAError, ZstdError, ...)
+        raise ValueError(f"--{option}: {path} cannot be decompressed as {compression} ({err}). Check the file.") from None
     if b"\0" in head:
         raise ValueError(
             f"--{option}: {path} looks like a binary file (it holds NUL bytes), not text. "
