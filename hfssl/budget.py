@@ -82,7 +82,9 @@ class TimeBudget(TrainerCallback):
             seconds_per_step = (now - self._warm) / (done - WARMUP_STEPS) if timed else (now - self._started) / max(done, 1)
             per_evaluation, evaluations = seconds_per_step, 1
             if args.eval_strategy != "no":  # one evaluation now, timed: the paced four and the final one cost as much
+                flags = dict(vars(control))  # evaluate() clears the step's log / eval / save requests: keep them
                 self.trainer.evaluate()
+                vars(control).update(flags)
                 per_evaluation, evaluations = max(seconds_per_step, time.perf_counter() - now), 5
                 now = time.perf_counter()
             left = self.seconds - (now - self._started) - evaluations * per_evaluation
