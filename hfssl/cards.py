@@ -379,7 +379,13 @@ def _dual_encoder_card(out: _Output) -> ModelCard:
         _card_data(
             out,
             "zero-shot-image-classification",
-            [loss, "vision-text-dual-encoder", "contrastive", "zero-shot-image-classification"],
+            list(
+                dict.fromkeys(
+                    [loss, "vision-text-dual-encoder", "contrastive", "zero-shot-image-classification"]
+                    + _pretexts(record["lineage"])  # the alignment, then what each tower was pretrained with
+                    + [p for t in record["lineage"].get("towers", {}).values() for p in _pretexts(t.get("lineage") or {})]
+                )
+            ),
             "transformers",
             _eval_results(out, "zero-shot-image-classification", f"{loss.upper()} alignment; held-out pairs"),
         ),

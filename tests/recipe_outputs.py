@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from conftest import TINY_MLM, load_recipe, session_dir
 
-KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora", "minilm-mean-lora")
+KINDS = ("mlm", "mae", "text-full", "text-lora", "image-full", "image-lora", "minilm-mean-lora", "clip")
 # minilm-mean-lora: mean pooling on a BERT-family encoder, hfssl's custom-code classifier (trust_remote_code=True)
 
 _ROOT = Path(session_dir("hfssl-outputs-"))
@@ -167,11 +168,30 @@ def tiny_output(kind: str) -> Path:
             )
             .fit
         )
+    elif kind == "clip":  # both towers from scratch on the embedded digits
+        load_recipe("clip").main(["--max_steps", "20", "--eval_steps", "10", *_QUIET, "--output_dir", str(out)])
+        PREDICTIONS[kind] = _zero_shot_prediction(out)
     else:
         raise ValueError(f"unknown output kind {kind!r}; one of {KINDS}")
     if kind.startswith(("text-", "image-", "minilm-")):
         PREDICTIONS[kind] = _prediction(fit.model, out)
     return out
+
+
+def _zero_shot_prediction(out: Path) -> tuple[str, float]:
+    """The dual encoder's top class name and probability for the card's digit, from the model itself: the image
+    against each class name in the evaluated template (what the zero-shot pipeline must print)."""
+    from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
+
+    record = json.loads((out / "hfssl.json").read_text())
+    names, template = record["class_names"], record["zero_shot_template"]
+    image = Image.fromarray((load_digits().images[0] * 255 / 16).astype("uint8")).convert("RGB")
+    processor = VisionTextDualEncoderProcessor.from_pretrained(out)
+    inputs = processor(text=[template.replace("{label}", n) for n in names], images=image, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        probabilities = VisionTextDualEncoderModel.from_pretrained(out).eval()(**inputs).logits_per_image.softmax(-1)[0]
+    top = int(probabilities.argmax())
+    return names[top], float(probabilities[top])
 
 
 def _prediction(model: torch.nn.Module, out: Path) -> tuple[str, float]:
@@ -209,6 +229,15 @@ MODEL_INDEX = {
         "kNN accuracy (k=20)": "eval_knn_accuracy",
         "linear-probe accuracy": "eval_linear_probe_accuracy",
     },
+    "clip": {
+        "zero-shot accuracy (caption template)": "eval_zero_shot_accuracy",
+        "zero-shot accuracy (prompt ensemble)": "eval_zero_shot_ensemble_accuracy",
+        "image-to-text recall@1": "eval_image_to_text_recall@1",
+        "image-to-text recall@5": "eval_image_to_text_recall@5",
+        "text-to-image recall@1": "eval_text_to_image_recall@1",
+        "text-to-image recall@5": "eval_text_to_image_recall@5",
+        "contrastive loss": "eval_loss",
+    },
     "finetune": {
         "accuracy": "eval_accuracy",
         "macro F1": "eval_f1_macro",
@@ -222,6 +251,7 @@ EXPECTED_METADATA = {  # recipe -> (pipeline_tag, tags every such card has, besi
     "mim": ("image-feature-extraction", {"hfssl", "masked-image-modeling"}),
     "finetune_text": ("text-classification", {"hfssl", "transfer-learning"}),
     "finetune_image": ("image-classification", {"hfssl", "transfer-learning"}),
+    "clip": ("zero-shot-image-classification", {"hfssl"}),
 }
 _FILE_NAME = re.compile(r"`([\w./-]+?\.(?:json|png|safetensors|txt|md|bin))`|`([\w.-]+/)`")
 
