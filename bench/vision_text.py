@@ -475,8 +475,10 @@ def verdict(dataset: str, section: dict) -> str:
     b = arms[best]["metrics"][key]
     margin, noise = b["mean"] - base["mean"], 2 * max(b["std"], base["std"])
     word = "beats" if margin > noise else ("does not clearly beat" if margin > 0 else "does not beat")
+    title = dict(COLUMNS[dataset])[key]
     return (
-        f"{best} {word} from scratch on {key}: {b['mean']:.3f} vs {base['mean']:.3f} (margin {margin:+.3f}, 2 std {noise:.3f})."
+        f"Best other arm, {best}, {word} from scratch on {title}: {b['mean']:.3f} vs {base['mean']:.3f} "
+        f"(margin {margin:+.3f}, 2 std {noise:.3f})."
     )
 
 
@@ -523,10 +525,12 @@ def write_docs(results: dict) -> None:
         if dataset in results:
             section = results[dataset]
             parts.append(
-                f"**{titles[dataset]}** (mean ± std over seeds {section['seeds']}; {section['budget']} per arm, one CPU "
-                f"thread; {section['counts']})\n\n{table(dataset, section)}\n\n{verdict(dataset, section)}"
+                f"**{titles[dataset]}** (mean ± std over seeds {', '.join(map(str, section['seeds']))}; "
+                f"{section['budget']} per arm, one CPU thread; {section['counts']})\n\n{table(dataset, section)}\n\n"
+                f"{verdict(dataset, section)}"
             )
     plot(results, ROOT / "docs" / "vision_text.png")
+    parts.insert(0, f"Measured by `python bench/vision_text.py` on {results.get('machine')}.")
     start, end = "<!-- vision_text:start -->", "<!-- vision_text:end -->"
     page = ROOT / "docs" / "benchmarks.md"
     text = page.read_text()
@@ -569,7 +573,7 @@ def main() -> None:
             counts = (
                 json.loads((WORK / ("emoji-quick" if args.quick else "emoji") / "counts.json").read_text())
                 if dataset == "emoji"
-                else {"held_out_classes": FASHION_HELD_OUT}
+                else {"held-out classes": ", ".join(FASHION_HELD_OUT)}
             )
             results[dataset] = {
                 "seeds": seeds,
