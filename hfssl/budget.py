@@ -81,7 +81,8 @@ class TimeBudget(TrainerCallback):
             timed = done > WARMUP_STEPS
             seconds_per_step = (now - self._warm) / (done - WARMUP_STEPS) if timed else (now - self._started) / max(done, 1)
             per_evaluation, evaluations = seconds_per_step, 1
-            if args.eval_strategy != "no":  # one evaluation now, timed: the paced four and the final one cost as much
+            if args.eval_strategy != "no" and step < state.max_steps:  # one evaluation now, timed: the paced four and
+                # the final one cost as much (a run already at --max_steps is over: nothing left to size)
                 flags = dict(vars(control))  # evaluate() clears the step's log / eval / save requests: keep them
                 self.trainer.evaluate()
                 vars(control).update(flags)
