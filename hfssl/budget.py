@@ -7,7 +7,7 @@ the run's evaluations included, become the run's length. The learning-rate sched
 and decay, is then rebuilt for that length, so warmup and decay follow the budget, and from there on the run is
 an ordinary step-based run: deterministic, resumable, and identical across processes (the main process's figure
 is broadcast). The chosen step count is recorded (hfssl.json's `train_steps`), so `--max_steps N` reproduces the
-run without a budget. `--max_steps` stays an upper bound: the run stops at whichever comes first.
+run without a budget. A `--max_steps` the user gave stays an upper bound: the run stops at whichever comes first.
 
 Hand-written: the Trainer has a step or epoch budget, not a time budget whose schedule spans it.
 """
