@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -104,3 +105,24 @@ def test_a_time_budget_replaces_the_default_length_and_a_given_max_steps_caps_it
         *_, run_args = parse_args(module.OPTION_TYPES, argv, module.DEFAULTS, {}, None)
         start_run(run_args)
         assert run_args.max_steps == steps  # the budget's own steps, not the recipe's default length
+
+
+@pytest.mark.slow
+def test_a_budget_run_resumed_from_a_checkpoint_keeps_its_length_and_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(hfssl.budget, "time", FakeClock())
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    options = TINY_MLM + ["--time_budget", "12s", "--max_steps", "1000", "--logging_steps", "1", "--disable_tqdm", "true"]
+    steps = load_recipe("mlm").main(options + ["--output_dir", str(first)]).metrics["train_steps"]
+    checkpoints = sorted(first.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    middle = next(p for p in checkpoints if int(p.name.split("-")[1]) < steps)  # killed after this checkpoint
+    assert json.loads((middle / "hfssl_budget.json").read_text()) == {"total_steps": steps}
+    resumed.mkdir()
+    shutil.copytree(middle, resumed / middle.name)
+    result = load_recipe("mlm").main(options + ["--output_dir", str(resumed), "--resume_from_checkpoint", "true"])
+    assert result.metrics["train_steps"] == steps  # the length chosen before the interruption, not measured again
+
+    def rates(out):
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        return [e["learning_rate"] for e in history if "learning_rate" in e]
+
+    assert rates(resumed) == pytest.approx(rates(first), rel=1e-6)  # the schedule continues exactly
