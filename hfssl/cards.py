@@ -218,6 +218,7 @@ def _render(template: str, data: ModelCardData, out: _Output, **facts: Any) -> M
         seed=training.get("seed"),
         autocast="bf16" if training.get("bf16") else "fp16" if training.get("fp16") else None,
         hardware=record.get("hardware", "?"),
+        data_licenses=training.get("card_data_licenses"),
         wall_time=f"{record['metrics'].get('train_runtime', 0):.0f}",
         steps=f"{steps:,}" if steps is not None else str(training.get("max_steps")),
         learning_rate=training.get("learning_rate"),

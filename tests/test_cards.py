@@ -207,3 +207,18 @@ def test_docs_examples_render_from_the_templates_as_committed(tmp_path, kind):
     rendered = write_card(folder, f"your-name/hfssl-example-{kind}").read_text(encoding="utf-8")
     version = re.compile(r"^Produced with hfssl \S+, ", re.M)  # the one thing a re-render may change
     assert version.sub("Produced with hfssl VERSION, ", rendered) == version.sub("Produced with hfssl VERSION, ", committed)
+
+
+def test_the_training_data_licences_go_in_the_card(tmp_path, capsys):
+    out = tmp_path / "clip"
+    shutil.copytree(tiny_output("clip"), out)
+    assert "training data licences" not in (out / "README.md").read_text()
+    record = record_of(out)
+    record["options"]["training"].update(
+        card_license="cc-by-sa-4.0", card_data_licenses="OpenMoji: CC-BY-SA-4.0; Fluent Emoji: MIT"
+    )
+    (out / "hfssl.json").write_text(json.dumps(record))
+    hfssl_cli(["card", str(out)])
+    text = (out / "README.md").read_text()
+    assert "| training data licences | OpenMoji: CC-BY-SA-4.0; Fluent Emoji: MIT |" in text
+    assert ModelCard.load(out / "README.md").data.license == "cc-by-sa-4.0"
