@@ -52,6 +52,9 @@ DEFAULTS = dict(
     save_steps=200,
     save_total_limit=2,
     report_to="none",
+    # Every parameter takes part in every step, so DDP need not search the autograd graph for unused ones (the
+    # Trainer's default does, at every step, and warns that it found none).
+    ddp_find_unused_parameters=False,
     remove_unused_columns=False,
 )
 

@@ -37,6 +37,11 @@ DECODER = ",decoder_num_hidden_layers=1,decoder_hidden_size=64,decoder_num_atten
 COMMON = ["--bf16", "false", "--disable_tqdm", "true", "--seed", "1", "--report_to", "none"]
 
 
+# What torch's DDP warns at the first step when built with find_unused_parameters=True (the Trainer's default) and every
+# parameter was used: the search costs an extra pass over the autograd graph at every step.
+UNUSED_SEARCH = "find_unused_parameters=True was specified"
+
+
 def two_processes(recipe: str, args: list[str]) -> subprocess.CompletedProcess:
     """The recipe under `accelerate launch --config_file recipes/configs/accelerate/cpu_2proc.yaml`: 2 CPU processes, gloo."""
     with socket.socket() as s:  # a free port, so that concurrent launches on one machine do not collide
@@ -213,7 +218,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_
     args, batch, metric, tolerance = case(recipe, tmp_path, wordpiece)
     one, two = tmp_path / "one", tmp_path / "two"
     load_recipe(recipe).main(args + COMMON + ["--per_device_train_batch_size", str(batch), "--output_dir", str(one)])
-    two_processes(recipe, args + COMMON + ["--per_device_train_batch_size", str(batch // 2), "--output_dir", str(two)])
+    proc = two_processes(recipe, args + COMMON + ["--per_device_train_batch_size", str(batch // 2), "--output_dir", str(two)])
+    if recipe in ("mlm", "mim"):  # every parameter is used: DDP is built without the search for unused ones
+        assert UNUSED_SEARCH not in proc.stderr
 
     single, double = metrics_of(one), metrics_of(two)
     print(
@@ -228,3 +235,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_
     assert AutoConfig.from_pretrained(two).model_type == AutoConfig.from_pretrained(one).model_type
     model = AutoModel.from_pretrained(two)  # loadable
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_clip_trains_on_two_processes_without_searching_for_unused_parameters(tmp_path):
+    from transformers import VisionTextDualEncoderModel
+
+    out = tmp_path / "two"
+    proc = two_processes("clip", COMMON + ["--max_steps", "6", "--eval_steps", "3", "--output_dir", str(out)])
+    assert UNUSED_SEARCH not in proc.stderr
+    assert metrics_of(out)["train_steps"] == 6
+    VisionTextDualEncoderModel.from_pretrained(out)  # loadable
