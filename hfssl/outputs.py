@@ -24,6 +24,7 @@ __all__ = [
     "plot_loss_curve",
     "prepare_output_dir",
     "publish_staging",
+    "read_record",
     "resolve_resume",
     "save_output",
     "write_json",
@@ -199,11 +200,18 @@ def save_output(
     publish_staging(staging, out)
 
 
-def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
-    """The lineage recorded by an earlier hfssl run, when the starting model is one; with `repo_id` when it was pushed."""
+def read_record(model_name_or_path: str | None) -> dict[str, Any] | None:
+    """The hfssl.json of a local hfssl output, or None when the path is not one (a Hub id, another model)."""
     if model_name_or_path and os.path.isfile(os.path.join(model_name_or_path, RECORD_FILE)):
         with open(os.path.join(model_name_or_path, RECORD_FILE), encoding="utf-8") as f:
-            record = json.load(f)
-        pushed = (record.get("pushed_to") or {}).get("repo_id")
-        return {**record.get("lineage", {}), **({"repo_id": pushed} if pushed else {})}
+            return json.load(f)
     return None
+
+
+def parent_lineage(model_name_or_path: str | None) -> dict[str, Any] | None:
+    """The lineage recorded by an earlier hfssl run, when the starting model is one; with `repo_id` when it was pushed."""
+    record = read_record(model_name_or_path)
+    if record is None:
+        return None
+    pushed = (record.get("pushed_to") or {}).get("repo_id")
+    return {**record.get("lineage", {}), **({"repo_id": pushed} if pushed else {})}
