@@ -504,6 +504,13 @@ class ImageDataArguments(DataSourceArguments):
             "(default); pass true to skip such files instead (the summary and hfssl.json count them)."
         },
     )
+    image_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where images are cached once decoded and resized, C x H x W bytes each, for every later run "
+            "to reuse (default: $HFSSL_CACHE/images, else ~/.cache/hfssl/images). Give a fast local disk."
+        },
+    )
     crop_min_scale: float = field(
         default=0.6,
         metadata={"help": "Random resized crop: the smallest fraction of the image area a crop keeps (1 turns cropping off)."},

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     processor = image_processor(model_args.image_model_name_or_path, image.config, model_args.cache_dir)
     processor.do_convert_rgb = True  # what the Hub pipeline is given: any image, as RGB
     train, held_out = (
-        decode_images(source, processor, 3, data_args.skip_corrupt_images)
+        decode_images(source, processor, 3, data_args.skip_corrupt_images, data_args.image_cache_dir)
         for source in (pairs.images.train, pairs.images.validation)
     )
     train_pairs, eval_pairs = PairDataset(train, pairs.train_captions), PairDataset(held_out, pairs.validation_captions)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     collator = ImageTextCollator(tokenizer, mean, std, data_args.max_caption_length, data_args.crop_min_scale)
     held_labels = None if held_out.labels is None else held_out.labels.numpy()
     scorer = AlignmentScorer(
-        (held_out.pixels.float() / 255 - _column(mean)) / _column(std),
+        (held_out.read().float() / 255 - _column(mean)) / _column(std),
         eval_pairs.captions,
         held_labels,
         pairs.images.class_names,

@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     config, pooling = image_classifier_config(model_args, splits.class_names, classifier.pooling)
     processor = load_image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     # Classifiers read RGB, as pipeline() feeds them (grayscale encoders are adapted when loaded).
-    train, held_out = (decode_images(s, processor, 3, data_args.skip_corrupt_images) for s in (splits.train, splits.validation))
+    train, held_out = (
+        decode_images(s, processor, 3, data_args.skip_corrupt_images, data_args.image_cache_dir)
+        for s in (splits.train, splits.validation)
+    )
 
     def classifier(scratch: bool):  # noqa: ANN202
         return load_classifier(
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         label_names=splits.class_names,
         train_labels=train.labels.numpy(),
         eval_labels=held_out.labels.numpy(),
-        baseline=lambda: image_baseline(train.pixels, train.labels.numpy(), held_out.pixels, held_out.labels.numpy()),
+        baseline=lambda: image_baseline(train.read(), train.labels.numpy(), held_out.read(), held_out.labels.numpy()),
         scratch_learning_rate=chosen.scratch_learning_rate,
     )
     result = run_transfer(setup, transfer, run_args, resume)

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         config.num_channels = model_args.num_channels or data_channels(splits.train, data_args.skip_corrupt_images)
     processor = image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     train, held_out = (
-        decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images) for s in (splits.train, splits.validation)
+        decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images, data_args.image_cache_dir)
+        for s in (splits.train, splits.validation)
     )
     set_seed(run_args.seed)  # model initialisation, augmentation and masks all follow --seed
     model = build_masked_image_model(

@@ -381,8 +381,8 @@ def test_mixed_sizes_and_modes_are_converted_not_refused(tmp_path, capsys):
     assert data_channels(source, skip_corrupt=False) == 3
     processor = image_processor(None, transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3))
     decoded = decode_images(source, processor, 3, skip_corrupt=False)
-    assert decoded.pixels.shape == (len(paths), 3, 16, 16) and decoded.pixels.dtype == torch.uint8
-    gray = decode_images(source, processor, 1, skip_corrupt=False).pixels[:, 0].float()
+    assert decoded.shape == (len(paths), 3, 16, 16) and decoded.read().dtype == torch.uint8
+    gray = decode_images(source, processor, 1, skip_corrupt=False).read()[:, 0].float()
     for name in ("b/deep16.png", "b/float01.tiff"):  # the same gradient: dark left, bright right, not clipped
         row = gray[paths.index(files[name])].mean(0)
         assert row[0] < 30 and row[-1] > 225 and (row.diff() >= 0).all(), (name, row)

@@ -50,9 +50,9 @@ def test_image_folder_with_class_subfolders_gives_labels(tmp_path):
     assert (len(splits.train), len(splits.validation)) == (16, 4)
     assert sorted(np.bincount(splits.validation.labels)) == [2, 2]  # stratified hold-out
     train = decode_images(splits.train, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
-    assert train.pixels.shape == (16, 1, 16, 16) and train.pixels.dtype == torch.uint8
+    assert train.shape == (16, 1, 16, 16) and train.read().dtype == torch.uint8
     # the label follows the folder: "cat" images are dark, "dog" images bright
-    means = train.pixels.float().mean(dim=(1, 2, 3))
+    means = train.read().float().mean(dim=(1, 2, 3))
     assert (means[train.labels == 0] < 100).all() and (means[train.labels == 1] > 150).all()
 
 
@@ -63,7 +63,7 @@ def test_image_folder_without_class_folders_is_unlabeled(tmp_path):
     assert len(splits.train) + len(splits.validation) == 10
     assert data_channels(splits.train, skip_corrupt=False) == 3  # some images are RGB
     train = decode_images(splits.train, image_processor(None, Geometry(8, 3)), 3, skip_corrupt=False)
-    assert train.pixels.shape == (8, 3, 8, 8) and train.labels is None
+    assert train.shape == (8, 3, 8, 8) and train.labels is None
 
 
 def test_grayscale_folder_has_one_channel(tmp_path):
@@ -79,7 +79,7 @@ def test_hub_style_dataset_by_name(tmp_path):
     assert splits.class_names == ["a", "b"]
     assert (len(splits.train), len(splits.validation)) == (12, 4)
     held_out = decode_images(splits.validation, image_processor(None, Geometry(16, 1)), 1, skip_corrupt=False)
-    means = held_out.pixels.float().mean(dim=(1, 2, 3))
+    means = held_out.read().float().mean(dim=(1, 2, 3))
     assert (means[held_out.labels == 0] < 100).all() and (means[held_out.labels == 1] > 150).all()
 
 
@@ -95,7 +95,7 @@ def test_digits_are_the_default_with_a_stratified_hold_out():
         torch.tensor(images[first], dtype=torch.float32)[None, None], size=16, mode="bilinear"
     )
     assert held_out.labels[0] == labels[first]
-    assert torch.corrcoef(torch.stack([held_out.pixels[0].float().flatten(), upsampled.flatten()]))[0, 1] > 0.95
+    assert torch.corrcoef(torch.stack([held_out.read([0])[0].float().flatten(), upsampled.flatten()]))[0, 1] > 0.95
 
 
 @pytest.mark.parametrize("make", ["empty", "no_images", "missing"])

@@ -388,7 +388,7 @@ def test_embedding_outputs_from_the_hub_give_the_embeddings_hfssl_computed(hub, 
             )  # grayscale digits
             processor = AutoImageProcessor.from_pretrained(out, backend="pil")
             source = ImageSource(lambda i, images=images: images[i], str, np.arange(len(images)), None)
-            pixels = decode_images(source, processor, 3, False).pixels
+            pixels = decode_images(source, processor, 3, False).read()
             encoder = AutoModel.from_pretrained(out)  # what mim.py probed: the same weights, its pooled output
             expected[repo_id] = encoder_features(encoder, pixels, processor.image_mean, processor.image_std)
             jobs.append(

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BeitModel, TrainerControl, TrainerState, TrainingArguments, ViTConfig, ViTModel
 
-from hfssl.data.images import ImageTensorDataset
+from hfssl.data.images import DecodedImages
 from hfssl.metrics.probes import ProbeCallback, encoder_features, knn_accuracy, linear_probe_accuracy
 from hfssl.models import beit_config, vit_to_beit
 
@@ -71,8 +71,8 @@ def test_callback_adds_accuracies_to_the_evaluation_log_only():
         def forward(self, pixel_values: torch.Tensor) -> object:
             return type("Out", (), {"pooler_output": pixel_values.flatten(1)})  # (B, 16)
 
-    train = ImageTensorDataset(pixels[:100], torch.tensor(y[:100]))
-    held_out = ImageTensorDataset(pixels[100:], torch.tensor(y[100:]))
+    train = DecodedImages(pixels[:100], torch.tensor(y[:100]))
+    held_out = DecodedImages(pixels[100:], torch.tensor(y[100:]))
     callback = ProbeCallback.for_images(lambda model: model, train, held_out, [0.5], [0.5], k=5, samples=80)
     assert len(callback.train[0]) == 80
     state, args = TrainerState(), TrainingArguments(output_dir="unused", report_to="none")
@@ -90,5 +90,5 @@ def test_callback_adds_accuracies_to_the_evaluation_log_only():
 def test_no_probe_without_two_classes(labels):
     pixels = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
     y = None if labels is None else torch.zeros(10, dtype=torch.long)
-    data = ImageTensorDataset(pixels, y)
+    data = DecodedImages(pixels, y)
     assert ProbeCallback.for_images(lambda m: m, data, data, [0.5], [0.5]) is None

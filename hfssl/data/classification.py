@@ -19,7 +19,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from hfssl.args import ImageClassificationDataArguments, TextClassificationDataArguments
-from hfssl.data.images import ImageBatchCollator, ImageSource, ImageSplits, ImageTensorDataset, load_image_sources
+from hfssl.data.images import DecodedImages, ImageBatchCollator, ImageSource, ImageSplits, files_source, load_image_sources
 from hfssl.data.samples import DEFAULT_TEXT_LABELED_NAME, python_docs_labeled
 
 logger = logging.getLogger(__name__)
@@ -269,8 +269,6 @@ def _folder_source(root: str, option: str) -> tuple[ImageSource, list[str]]:
     """A folder with one subfolder per class as a labeled source, and its class names."""
     import os
 
-    from PIL import Image
-
     from hfssl.data.images import _scan_folder  # the folder rules of pretraining
 
     if not os.path.isdir(root):
@@ -278,7 +276,7 @@ def _folder_source(root: str, option: str) -> tuple[ImageSource, list[str]]:
     files, labels, names = _scan_folder(root)
     if labels is None:
         raise ValueError(f"--{option} {root} needs one subfolder per class (the folder names are the labels).")
-    return ImageSource(lambda i: Image.open(files[i]), lambda i: str(files[i]), np.arange(len(files)), labels), names
+    return files_source(files, labels), names
 
 
 def load_image_classification(args: ImageClassificationDataArguments, seed: int = 42) -> ImageSplits:
@@ -315,14 +313,18 @@ def load_image_classification(args: ImageClassificationDataArguments, seed: int 
 class LabeledImages(torch.utils.data.Dataset):
     """Decoded images with their labels: items are {"pixel_values": (C, H, W) uint8, "labels": int}."""
 
-    def __init__(self, images: ImageTensorDataset) -> None:
+    def __init__(self, images: DecodedImages) -> None:
         self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.images.pixels[i], "labels": self.images.labels[i]}
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        pixels = self.images.read(indices)
+        return [{"pixel_values": p, "labels": self.images.labels[i]} for p, i in zip(pixels, indices, strict=True)]
 
 
 @dataclass

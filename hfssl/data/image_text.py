@@ -92,7 +92,7 @@ def load_image_text(args: Any, seed: int = 42) -> ImageTextSplits:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Decoded images (hfssl.data.images.ImageTensorDataset) with their captions."""
+    """Decoded images (hfssl.data.images.DecodedImages) with their captions."""
 
     def __init__(self, images: Any, captions: list[str]) -> None:
         kept = images.kept if images.kept is not None else np.arange(len(images))
@@ -102,7 +102,11 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"pixel_values": self.images.pixels[i], "caption": self.captions[i]}
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        pixels = self.images.read(indices)
+        return [{"pixel_values": p, "caption": self.captions[i]} for p, i in zip(pixels, indices, strict=True)]
 
 
 @dataclass

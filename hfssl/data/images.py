@@ -13,10 +13,15 @@ hfssl name the file, and stop or skip it, before any training starts.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import math
 import os
+import shutil
+import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +42,8 @@ __all__ = [
     "ImageBatchCollator",
     "ImageSource",
     "ImageSplits",
-    "ImageTensorDataset",
+    "DecodedImages",
+    "ImageRows",
     "data_channels",
     "decode_images",
     "describe_image_source",
@@ -61,6 +67,9 @@ class ImageSource:
     name: Callable[[int], str]
     indices: np.ndarray
     labels: np.ndarray | None  # (len(indices),) class ids, or None for unlabeled data
+    # What names the images' content (files with their sizes and times, a dataset's fingerprint), with `indices`
+    # the key of their decoded cache; None when unknown (the images are then decoded into a private cache).
+    identity: str | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -80,29 +89,112 @@ class ImageSplits:
     description: str
 
 
-class ImageTensorDataset(torch.utils.data.Dataset):
-    """Decoded, resized images (N, C, H, W) uint8 and labels (N,) held in memory; items are views, not copies."""
+class DecodedImages(torch.utils.data.Dataset):
+    """Decoded, resized uint8 images (C, H, W) and their labels, read from an on-disk cache or held in a tensor.
+
+    The cache is one file of fixed-size records (see `decode_images`). Items are read with `os.pread` when asked
+    for, so the pixels live in the kernel's page cache, once for every process on the machine, and never in a
+    process's own memory: the memory of a run does not grow with the number of images. `__getitems__` reads a
+    whole batch at once (torch's DataLoader calls it when present).
+    """
 
     def __init__(
-        self, pixels: torch.Tensor, labels: torch.Tensor | None, skipped: list[str] | None = None, kept: np.ndarray | None = None
+        self,
+        pixels: torch.Tensor | _RecordFile,
+        labels: torch.Tensor | None,
+        skipped: list[str] | None = None,
+        kept: np.ndarray | None = None,
     ) -> None:
-        self.pixels, self.labels, self.skipped = pixels, labels, skipped or []
+        self.store, self.labels, self.skipped = pixels, labels, skipped or []
         self.kept = kept  # the source positions decoded (all but the skipped ones), for data that rides along, e.g. captions
+        # record of each item: the cache holds a slot for every source image, skipped ones included
+        self.records = np.arange(len(pixels)) if isinstance(pixels, torch.Tensor) or kept is None else kept
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.records)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixels[i]}
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.store.shape[1:])
 
     @property
     def num_channels(self) -> int:
-        return self.pixels.shape[1]
+        return self.store.shape[1]
 
-    def labeled_sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """At most `n` (images, labels) drawn without replacement, the same ones for the same seed."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return self.pixels[order], self.labels[order]
+    def read(self, positions: Sequence[int] | np.ndarray | slice | None = None) -> torch.Tensor:
+        """The uint8 images (n, C, H, W) at `positions` (all of them when None), in that order."""
+        chosen = self.records if positions is None else self.records[positions]
+        if isinstance(self.store, torch.Tensor):
+            return self.store[torch.as_tensor(chosen, dtype=torch.long)]
+        return self.store.read(chosen)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.read([i])[0]}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        return [{"pixel_values": image} for image in self.read(indices)]
+
+    def view(self, positions: np.ndarray | None = None) -> ImageRows:
+        """A lazy (N, C, H, W) view of the images at `positions`: slicing it reads those images."""
+        return ImageRows(self, np.arange(len(self)) if positions is None else np.asarray(positions))
+
+    def labeled_sample(self, n: int, seed: int = 0) -> tuple[ImageRows, torch.Tensor]:
+        """At most `n` (images, labels) drawn without replacement, the same ones for the same seed; the images
+        are a lazy view, read batch by batch by whoever uses them."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values.numpy()
+        return self.view(order), self.labels[order]
+
+
+@dataclass
+class ImageRows:
+    """Some images of a DecodedImages, read only when sliced: `rows[a:b]` is a uint8 tensor (b - a, C, H, W)."""
+
+    images: DecodedImages
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        return self.images.read(self.positions[key])
+
+
+class _RecordFile:
+    """Fixed-size uint8 records (N, C, H, W) in one file, read with os.pread.
+
+    Written here because none of the field's libraries reads such records without memory-mapping them: datasets'
+    Arrow tables and numpy's memmap both map the file, and every page a process touches then counts in its own
+    memory (RSS) until the kernel reclaims it. A pread copies only the batch asked for.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape = path, tuple(shape)
+        self.record = int(np.prod(self.shape[1:]))
+        self._fd, self._pid = -1, -1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers started by spawn open their own descriptor
+        return {**self.__dict__, "_fd": -1, "_pid": -1}
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():  # a fresh process (fork or spawn): pread needs no shared file position, but
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()  # one descriptor per process is cleanest
+        return self._fd
+
+    def read(self, records: np.ndarray) -> torch.Tensor:
+        fd = self._descriptor()
+        out = np.empty((len(records), *self.shape[1:]), dtype=np.uint8)
+        flat = out.reshape(len(records), self.record)
+        for k, r in enumerate(np.asarray(records, dtype=np.int64)):
+            if os.preadv(fd, [flat[k]], int(r) * self.record) != self.record:
+                raise OSError(f"The image cache {self.path} is shorter than its {self.shape[0]} images: delete it to rebuild.")
+        return torch.from_numpy(out)
+
+    def __del__(self) -> None:
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
 
 
 def describe_image_source(args: ImageDataArguments) -> str:
@@ -136,6 +228,13 @@ def _scan_folder(root: str) -> tuple[list[Path], np.ndarray | None, list[str] | 
         return files, None, None
     classes = sorted({q[0] for q in parts})
     return files, np.array([classes.index(q[0]) for q in parts], dtype=np.int64), classes
+
+
+def files_source(files: list[Path], labels: np.ndarray | None) -> ImageSource:
+    """The image files as a source; each file's path, size and modification time name its content."""
+    listing = "\n".join(f"{p.resolve()}\t{(st := p.stat()).st_size}\t{st.st_mtime_ns}" for p in files)
+    identity = "files " + hashlib.sha256(listing.encode()).hexdigest()
+    return ImageSource(lambda i: Image.open(files[i]), lambda i: str(files[i]), np.arange(len(files)), labels, identity)
 
 
 def _column(ds: Any, requested: str | None, option: str, defaults: Sequence[str], wanted: Callable[[Any], bool]) -> str | None:
@@ -199,7 +298,7 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
             labels = np.asarray(
                 values if isinstance(feature, datasets.ClassLabel) else [class_names.index(str(v)) for v in values]
             )
-        sources[key] = ImageSource(open_row, name_row, np.arange(len(ds)), labels)
+        sources[key] = ImageSource(open_row, name_row, np.arange(len(ds)), labels, f"dataset {ds._fingerprint}")
     return sources, class_names
 
 
@@ -209,12 +308,16 @@ def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
         sources, class_names = _hub_sources(args)
     elif args.train_dir:
         files, labels, class_names = _scan_folder(args.train_dir)
-        sources = {"train": ImageSource(lambda i: Image.open(files[i]), lambda i: str(files[i]), np.arange(len(files)), labels)}
+        sources = {"train": files_source(files, labels)}
     else:
         images, labels, class_names = digits_images()
         sources = {
             "train": ImageSource(
-                lambda i: Image.fromarray(images[i]), lambda i: f"{DEFAULT_IMAGE_NAME} #{i}", np.arange(len(images)), labels
+                lambda i: Image.fromarray(images[i]),
+                lambda i: f"{DEFAULT_IMAGE_NAME} #{i}",
+                np.arange(len(images)),
+                labels,
+                f"embedded {DEFAULT_IMAGE_NAME}",
             )
         }
     if "validation" not in sources:
@@ -284,32 +387,188 @@ def image_processor(model_name_or_path: str | None, config: Any, cache_dir: str 
     )
 
 
+CACHE_FORMAT = 1  # bump when the records' layout or the decoding changes, so old caches are not reused
+
+
+def image_cache_root(cache_dir: str | None = None) -> Path:
+    """Where decoded images are cached: `cache_dir`, else $HFSSL_CACHE/images, else ~/.cache/hfssl/images."""
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(os.environ.get("HFSSL_CACHE", Path.home() / ".cache" / "hfssl")) / "images"
+
+
+def _cache_key(source: ImageSource, processor: Any, mode: str) -> str | None:
+    if source.identity is None:
+        return None
+    digest = hashlib.sha256()
+    for part in (str(CACHE_FORMAT), source.identity, mode, processor.to_json_string()):
+        digest.update(part.encode() + b"\0")
+    digest.update(np.ascontiguousarray(source.indices, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _decode_chunk(
+    source: ImageSource, positions: range, processor: Any, mode: str, skip_corrupt: bool
+) -> tuple[np.ndarray | None, list[int]]:
+    """Decode the images at `positions`: a uint8 array with a slot per position (zeros where skipped) and the
+    skipped positions."""
+    images, kept, skipped = [], [], []
+    for pos in positions:
+        image = _open_or_report(source, pos, skip_corrupt)
+        if image is not None:
+            try:
+                with image:
+                    images.append(_as_8bit(image).convert(mode))  # loads the pixels: truncated files fail here
+                kept.append(pos - positions.start)
+                continue
+            except _BAD_IMAGE as err:
+                _report(source, pos, err, skip_corrupt)
+        skipped.append(pos)
+    if not images:
+        return None, skipped
+    out = np.asarray(processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"])
+    full = np.zeros((len(positions), *out.shape[1:]), dtype=np.uint8)
+    full[kept] = out.astype(np.uint8, copy=False)
+    return full, skipped
+
+
 def decode_images(
-    source: ImageSource, processor: Any, num_channels: int, skip_corrupt: bool, chunk: int = 256
-) -> ImageTensorDataset:
-    """Decode, convert to `num_channels` and resize every image once, through `processor` (no rescale/normalise)."""
+    source: ImageSource,
+    processor: Any,
+    num_channels: int,
+    skip_corrupt: bool,
+    cache_dir: str | None = None,
+    chunk: int = 64,
+) -> DecodedImages:
+    """Decode, convert to `num_channels` and resize every image once, through `processor` (no rescale/normalise),
+    into an on-disk cache that later runs with the same images and processor reuse.
+
+    Under a launch of W processes, each decodes its 1/W of the images into the one shared file, so no process
+    decodes everything and the cache is built once. Pillow decodes and resizes without holding the GIL, so each
+    process decodes on threads, one per core it has.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
     mode = "L" if num_channels == 1 else "RGB"
-    arrays, kept, skipped = [], [], []
-    for start in range(0, len(source), chunk):
-        images = []
-        for pos in range(start, min(start + chunk, len(source))):
-            image = _open_or_report(source, pos, skip_corrupt)
-            if image is not None:
-                try:
-                    with image:
-                        images.append(_as_8bit(image).convert(mode))  # loads the pixels: truncated files fail here
-                    kept.append(pos)
-                    continue
-                except _BAD_IMAGE as err:
-                    _report(source, pos, err, skip_corrupt)
-            skipped.append(source.name(source.indices[pos]))
-        if images:
-            out = processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
-            arrays.append(np.asarray(out).astype(np.uint8, copy=False))
-    if not kept:
-        raise ValueError(f"None of the {len(source)} images could be read (first: {skipped[0]}). Check the data.")
+    root = image_cache_root(cache_dir)
+    key = _cache_key(source, processor, mode)
+    reuse = key is not None
+    if key is None:  # a source that cannot name its content: a private cache, removed when the data is
+        key = f"tmp-{uuid.uuid4().hex}" if state.is_main_process else None
+        key = broadcast_object(key, state)
+    final, building = root / key, root / f"{key}.partial"
+    reused = (final / "meta.json").exists()
+    if not reused:
+        if len(source) == 0:
+            raise ValueError("No images to decode: the split is empty. Check --max_train_samples / --max_eval_samples.")
+        shape = _probe_shape(source, processor, mode, skip_corrupt)
+        if state.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            need = len(source) * int(np.prod(shape))
+            free = shutil.disk_usage(root).free
+            if need > free * 0.95:
+                raise ValueError(
+                    f"Decoding these {len(source):,} images needs {need / 2**30:.1f} GiB in the image cache {root}, "
+                    f"which has {free / 2**30:.1f} GiB free. Point --image_cache_dir at a larger disk, or lower --image_size."
+                )
+            shutil.rmtree(building, ignore_errors=True)  # a build that was interrupted
+            building.mkdir(parents=True)
+            with open(building / "pixels.u8", "wb") as f:
+                f.truncate(need)  # sparse until written
+        state.wait_for_everyone()
+        mine = np.array_split(np.arange(len(source)), state.num_processes)[state.process_index]
+        skipped = _decode_into(building / "pixels.u8", source, mine, processor, mode, skip_corrupt, shape, chunk)
+        # what each process decoded stays in the cache, a record of how it was built
+        shard = dict(process=state.process_index, first=int(mine[0]) if len(mine) else None, decoded=len(mine), skipped=skipped)
+        (building / f"shard.{state.process_index}.json").write_text(json.dumps(shard))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            parts = (json.loads((building / f"shard.{r}.json").read_text()) for r in range(state.num_processes))
+            skipped = sorted(p for part in parts for p in part["skipped"])
+            meta = dict(format=CACHE_FORMAT, shape=[len(source), *shape], skipped=skipped, images=len(source))
+            (building / "meta.json").write_text(json.dumps(meta))
+            if final.exists():  # a concurrent run built the same cache: keep one
+                shutil.rmtree(building)
+            else:
+                os.replace(building, final)
+            size = len(source) * np.prod(shape) / 1e6
+            logger.info("Decoded %d images into the image cache %s (%.1f MB)", len(source), final, size)
+        state.wait_for_everyone()
+    meta = json.loads((final / "meta.json").read_text())
+    skipped_positions = meta["skipped"]
+    if len(skipped_positions) == len(source):
+        first = source.name(source.indices[0])
+        raise ValueError(f"None of the {len(source)} images could be read (first: {first}). Check the data.")
+    for pos in skipped_positions if reused else ():
+        logger.warning("Skipping unreadable image %s (as recorded in the image cache)", source.name(source.indices[pos]))
+    kept = np.setdiff1d(np.arange(len(source)), skipped_positions)
     labels = None if source.labels is None else torch.from_numpy(source.labels[kept])
-    return ImageTensorDataset(torch.from_numpy(np.concatenate(arrays)), labels, skipped, np.asarray(kept))
+    names = [source.name(source.indices[p]) for p in skipped_positions]
+    images = DecodedImages(_RecordFile(final / "pixels.u8", tuple(meta["shape"])), labels, names, kept)
+    if not reuse and state.is_main_process:
+        weakref.finalize(images, shutil.rmtree, final, True)
+    return images
+
+
+def broadcast_object(value: Any, state: Any) -> Any:
+    """The main process's `value`, on every process."""
+    if state.num_processes == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _probe_shape(source: ImageSource, processor: Any, mode: str, skip_corrupt: bool) -> tuple[int, ...]:
+    """(C, H, W) the processor makes of these images: of the first readable one."""
+    for pos in range(len(source)):
+        array, _ = _decode_chunk(source, range(pos, pos + 1), processor, mode, skip_corrupt)  # a bad file stops here
+        if array is not None:
+            return tuple(array.shape[1:])
+    raise ValueError(f"None of the {len(source)} images could be read (first: {source.name(source.indices[0])}). Check the data.")
+
+
+def _decode_into(
+    path: Path,
+    source: ImageSource,
+    positions: np.ndarray,
+    processor: Any,
+    mode: str,
+    skip_corrupt: bool,
+    shape: tuple[int, ...],
+    chunk: int,
+) -> list[int]:
+    """Decode `positions` (a contiguous run) into their records of `path`, on threads; the skipped positions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(positions) == 0:
+        return []
+    record = int(np.prod(shape))
+    starts = range(int(positions[0]), int(positions[-1]) + 1, chunk)
+    ranges = [range(a, min(a + chunk, int(positions[-1]) + 1)) for a in starts]
+    skipped: list[int] = []
+    threads = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for span, (array, bad) in zip(
+                ranges, pool.map(lambda r: _decode_chunk(source, r, processor, mode, skip_corrupt), ranges), strict=True
+            ):
+                skipped.extend(bad)
+                if array is None:
+                    continue
+                if array.shape[1:] != shape:
+                    raise ValueError(
+                        f"Image {source.name(source.indices[span.start])} came out of the image processor as "
+                        f"{array.shape[1:]}, not {shape} like the first one: give the processor a fixed size."
+                    )
+                os.pwrite(fd, np.ascontiguousarray(array).data, span.start * record)
+    finally:
+        os.close(fd)
+    return skipped
 
 
 def _as_8bit(image: Image.Image) -> Image.Image:

@@ -35,13 +35,14 @@ KNN_TEMPERATURE = 0.07
 @torch.no_grad()
 def encoder_features(
     encoder: torch.nn.Module,
-    pixels: torch.Tensor,
+    pixels: torch.Tensor | Any,
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 256,
     bf16: bool = False,
 ) -> np.ndarray:
-    """uint8 images (N, C, H, W) -> (N, hidden) float32: the encoder's pooled output (its pooler must exist)."""
+    """uint8 images (N, C, H, W) -> (N, hidden) float32: the encoder's pooled output (its pooler must exist).
+    `pixels` is a tensor or anything whose slices are (a lazy hfssl.data.images.ImageRows)."""
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
@@ -131,10 +132,11 @@ class ProbeCallback(TrainerCallback):
         samples: int = 5000,
         seed: int = 0,
     ) -> ProbeCallback | None:
-        """Probes on up to `samples` training images and all held-out ones; None unless both have two or more classes."""
+        """Probes on up to `samples` training images and as many held-out ones (a seeded sample of each); None unless
+        both have two or more classes. Only their features are held in memory: the images are read batch by batch."""
         if train.labels is None or held_out.labels is None or len(train.labels.unique()) < 2 or len(held_out) < 2:
             return None
-        return cls(encoder_of, train.labeled_sample(samples, seed), (held_out.pixels, held_out.labels), mean, std, k)
+        return cls(encoder_of, train.labeled_sample(samples, seed), held_out.labeled_sample(samples, seed), mean, std, k)
 
     def score(self, model: Any, bf16: bool = False) -> dict[str, float]:
         """{'knn_accuracy', 'linear_probe_accuracy'} of `model`'s encoder now."""
