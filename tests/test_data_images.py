@@ -166,3 +166,112 @@ def test_sample_limits_draw_from_every_class_of_a_sorted_folder(tmp_path):
     assert (len(splits.train), len(splits.validation)) == (6, 2)
     assert set(splits.train.labels.tolist()) == {0, 1}  # the first 6 files would all be class "a"
     assert np.array_equal(load_image_sources(args).train.indices, splits.train.indices)  # the same for the same seed
+
+
+class Counting:
+    """An image source's `open` that counts the images it opened."""
+
+    def __init__(self, images: list[Image.Image]) -> None:
+        self.images, self.opened = images, 0
+
+    def __call__(self, i: int) -> Image.Image:
+        self.opened += 1
+        return self.images[i].copy()
+
+
+def counted_source(n: int, identity: str | None, side: int = 12, seed: int = 0):
+    from hfssl.data.images import ImageSource
+
+    rng = np.random.default_rng(seed)
+    opener = Counting([Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(n)])
+    labels = np.arange(n) % 3
+    return ImageSource(opener, lambda i: f"image #{i}", np.arange(n), labels, identity), opener
+
+
+def test_images_are_decoded_once_into_a_cache_that_later_runs_reuse(tmp_path):
+    cache = str(tmp_path / "cache")
+    processor = image_processor(None, Geometry(8, 3))
+    source, opener = counted_source(20, "test images v1")
+    first = decode_images(source, processor, 3, skip_corrupt=False, cache_dir=cache)
+    assert opener.opened >= 20 and first.shape == (20, 3, 8, 8)
+    opened = opener.opened
+    again = decode_images(source, processor, 3, skip_corrupt=False, cache_dir=cache)
+    assert opener.opened == opened  # nothing decoded: read from the cache
+    assert torch.equal(again.read(), first.read()) and torch.equal(again.labels, first.labels)
+    # the items are what the processor makes of each image (resized, not normalised)
+    direct = processor(images=[source.open(i) for i in range(20)], do_rescale=False, do_normalize=False, return_tensors="np")
+    assert torch.equal(first.read(), torch.from_numpy(np.asarray(direct["pixel_values"]).astype(np.uint8)))
+    assert torch.equal(first[5]["pixel_values"], first.read([5])[0])
+    # another size, another subset, or other content: another cache entry
+    decode_images(source, image_processor(None, Geometry(16, 3)), 3, skip_corrupt=False, cache_dir=cache)
+    decode_images(source.subset(np.arange(10)), processor, 3, skip_corrupt=False, cache_dir=cache)
+    decode_images(counted_source(20, "test images v2")[0], processor, 3, skip_corrupt=False, cache_dir=cache)
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 4
+
+
+def test_a_changed_image_file_is_decoded_again(tmp_path):
+    import os
+
+    from hfssl.data.images import files_source
+
+    paths = write_images(tmp_path / "data", None, n=4)
+    before = files_source(paths, None).identity
+    os.utime(paths[0], ns=(1, 1))
+    assert files_source(paths, None).identity != before
+
+
+def test_a_source_without_identity_gets_a_private_cache_removed_with_the_data(tmp_path):
+    import gc
+
+    source, _ = counted_source(6, None)
+    images = decode_images(source, image_processor(None, Geometry(8, 3)), 3, skip_corrupt=False, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.iterdir())) == 1 and len(images) == 6
+    del images
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_held_while_reading_does_not_grow_with_the_number_of_images(tmp_path):
+    """Iterating over every batch of 4x more images allocates no more at its peak: the pixels stay on disk (in the
+    kernel's page cache), and each batch is read when asked for."""
+    import pickle
+    import tracemalloc
+
+    processor = image_processor(None, Geometry(32, 3))
+    peaks = []
+    for n in (64, 256):
+        images = decode_images(counted_source(n, f"memory test {n}", side=32)[0], processor, 3, False, str(tmp_path))
+        loader = torch.utils.data.DataLoader(
+            images, batch_size=16, shuffle=True, collate_fn=ImageBatchCollator([0.5] * 3, [0.5] * 3)
+        )
+        tracemalloc.start()
+        seen = sum(len(batch["pixel_values"]) for batch in loader)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert seen == n
+        assert len(pickle.dumps(images)) < 100 + 40 * n  # what a DataLoader worker receives: indices, not pixels
+    assert peaks[1] < 1.15 * peaks[0], peaks
+
+
+def test_a_cache_larger_than_the_free_disk_fails_before_decoding(tmp_path, monkeypatch):
+    import shutil
+
+    source, opener = counted_source(10, "too big")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(ValueError, match="--image_cache_dir"):
+        decode_images(source, image_processor(None, Geometry(8, 3)), 3, skip_corrupt=False, cache_dir=str(tmp_path))
+    assert opener.opened <= 1  # the first image, for its decoded size
+
+
+def test_skipped_images_are_remembered_by_the_cache(tmp_path, caplog):
+    source, opener = counted_source(8, "with a bad one")
+    good = opener.images[3]
+    opener.images[3] = type("Broken", (), {"copy": lambda self: (_ for _ in ()).throw(OSError("broken data stream"))})()
+    processor = image_processor(None, Geometry(8, 3))
+    first = decode_images(source, processor, 3, skip_corrupt=True, cache_dir=str(tmp_path))
+    assert first.skipped == ["image #3"] and first.labels.tolist() == [0, 1, 2, 1, 2, 0, 1]
+    opener.images[3] = good  # the cache is keyed by the identity: the file is still taken as unreadable
+    with caplog.at_level("WARNING"):
+        again = decode_images(source, processor, 3, skip_corrupt=True, cache_dir=str(tmp_path))
+    assert again.skipped == ["image #3"] and "image #3" in caplog.text
+    assert torch.equal(again.read(), first.read())

@@ -217,10 +217,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_
 
     args, batch, metric, tolerance = case(recipe, tmp_path, wordpiece)
     one, two = tmp_path / "one", tmp_path / "two"
-    load_recipe(recipe).main(args + COMMON + ["--per_device_train_batch_size", str(batch), "--output_dir", str(one)])
-    proc = two_processes(recipe, args + COMMON + ["--per_device_train_batch_size", str(batch // 2), "--output_dir", str(two)])
+    images = recipe in ("mim", "finetune_image")
+    caches = {run: ["--image_cache_dir", str(tmp_path / f"{run}-cache")] if images else [] for run in ("one", "two")}
+    load_recipe(recipe).main(
+        args + COMMON + caches["one"] + ["--per_device_train_batch_size", str(batch), "--output_dir", str(one)]
+    )
+    proc = two_processes(
+        recipe, args + COMMON + caches["two"] + ["--per_device_train_batch_size", str(batch // 2), "--output_dir", str(two)]
+    )
     if recipe in ("mlm", "mim"):  # every parameter is used: DDP is built without the search for unused ones
         assert UNUSED_SEARCH not in proc.stderr
+    if images:  # each process decoded its half of each split into the one cache the two share
+        built = sorted((tmp_path / "two-cache").iterdir())
+        assert len(built) == 2 and not any(p.name.endswith(".partial") for p in built)  # train and held-out
+        for split in built:
+            shards = [json.loads((split / f"shard.{r}.json").read_text()) for r in (0, 1)]
+            total = json.loads((split / "meta.json").read_text())["images"]
+            assert [s["decoded"] for s in shards] == [total - total // 2, total // 2]
+            assert shards[1]["first"] == shards[0]["decoded"]
+        cached = {p.name: (p / "pixels.u8").read_bytes() for p in (tmp_path / "one-cache").iterdir()}
+        assert {p.name: (p / "pixels.u8").read_bytes() for p in built} == cached  # the same bytes as one process decoded
 
     single, double = metrics_of(one), metrics_of(two)
     print(

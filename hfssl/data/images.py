@@ -478,7 +478,11 @@ def decode_images(
                 f.truncate(need)  # sparse until written
         state.wait_for_everyone()
         mine = np.array_split(np.arange(len(source)), state.num_processes)[state.process_index]
-        skipped = _decode_into(building / "pixels.u8", source, mine, processor, mode, skip_corrupt, shape, chunk)
+        try:
+            skipped = _decode_into(building / "pixels.u8", source, mine, processor, mode, skip_corrupt, shape, chunk)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)  # a bad image stops every process: leave no half-built cache
+            raise
         # what each process decoded stays in the cache, a record of how it was built
         shard = dict(process=state.process_index, first=int(mine[0]) if len(mine) else None, decoded=len(mine), skipped=skipped)
         (building / f"shard.{state.process_index}.json").write_text(json.dumps(shard))
