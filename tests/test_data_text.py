@@ -160,3 +160,51 @@ def test_unknown_text_column_lists_the_columns(tmp_path):
     raw = load_text_datasets(TextDataArguments(train_file=write_source("csv", tmp_path)))
     with pytest.raises(ValueError, match="--text_column 'content'.*body, id"):
         resolve_text_column(raw["train"], "content")
+
+
+def packed_by_hand(tokenizer, texts: list, max_seq_length: int, batch_size: int = 1000) -> list[dict]:
+    """Packing written out plainly, one document and one block at a time: what tokenize_and_pack must give."""
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    blocks = []
+    for start in range(0, len(texts), batch_size):  # each map batch packs on its own; its ragged tail is dropped
+        stream = []
+        for text in texts[start : start + batch_size]:
+            if isinstance(text, str) and text.strip():
+                stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [sep]
+        body = max_seq_length - 1
+        for b in range(len(stream) // body):
+            ids = [cls] + stream[b * body : (b + 1) * body]
+            blocks.append({"input_ids": ids, "special_tokens_mask": [int(t in (cls, sep)) for t in ids]})
+    return blocks
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_packing_matches_the_plain_reference(corpus, wordpiece, streaming):
+    from datasets import Dataset, DatasetDict, IterableDatasetDict
+
+    # two map batches; blank and missing rows; a document longer than a block; text that spells the special tokens
+    texts = corpus[:1150] + ["", "   ", None, " ".join(corpus[:8]), "a literal [SEP] and [CLS] in the text"] + corpus[1150:1300]
+    raw = DatasetDict(train=Dataset.from_dict({"text": texts}))
+    if streaming:
+        raw = IterableDatasetDict(train=raw["train"].to_iterable_dataset())
+    blocks = tokenize_and_pack(raw, wordpiece, "text", max_seq_length=32)["train"]
+    assert list(blocks) == packed_by_hand(wordpiece, texts, 32)
+    if not streaming:
+        assert {name: str(f) for name, f in blocks.features.items()} == {
+            "input_ids": "List(Value('int32'))",
+            "special_tokens_mask": "List(Value('int8'))",
+        }
+
+
+def test_whole_word_numbers_grow_with_the_words_not_the_documents(corpus, wordpiece):
+    from datasets import Dataset, DatasetDict
+
+    texts = corpus[:300]  # one map batch of many documents
+    raw = DatasetDict(train=Dataset.from_dict({"text": texts}))
+    blocks = tokenize_and_pack(raw, wordpiece, "text", max_seq_length=64, whole_word_mask=True)["train"]
+    numbers = [start for block in blocks["offset_mapping"] for start, _ in block]
+    words = sum(1 + max(w for w in wordpiece(t, add_special_tokens=False).word_ids() if w is not None) for t in texts)
+    assert max(numbers) <= words  # numbered one after another (they fit the collator's int64 tensors)
+    for block in blocks:  # every token of a word carries its word's number; [CLS] and [SEP] carry 0
+        for token, (start, end), special in zip(block["input_ids"], block["offset_mapping"], block["special_tokens_mask"]):
+            assert start == end and (start == 0) == bool(special), token

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 from hfssl.args import TextDataArguments
@@ -330,27 +331,27 @@ def tokenize_and_pack(
 
     def tokenize_and_group(batch: dict[str, list]) -> dict[str, list]:
         texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
-        enc = tokenizer(texts, add_special_tokens=False, verbose=False)  # long documents are cut into blocks below
+        # Token ids only: packed blocks need no attention mask or token types (long documents are cut into blocks below).
+        enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False)
         stream: list[int] = []
-        words: list[tuple[int, int]] = []
-        word_base = 1
-        for i, ids in enumerate(enc["input_ids"]):
-            stream.extend(ids + [sep_id])
-            if whole_word_mask:
-                offsets = words_as_offsets(enc, i, word_base)
-                words.extend(offsets + [(0, 0)])
-                word_base += 2 + max((o[0] for o in offsets), default=0)
+        for ids in enc["input_ids"]:
+            stream += ids
+            stream.append(sep_id)
         body = max_seq_length - 1  # room for the leading [CLS]
         n_blocks = len(stream) // body  # the ragged tail of each map batch is dropped, as in run_mlm.py
-        out: dict[str, list] = {"input_ids": [], "special_tokens_mask": []}
+        blocks = np.empty((n_blocks, max_seq_length), dtype=np.int64)
+        blocks[:, 0] = cls_id
+        blocks[:, 1:] = np.asarray(stream[: n_blocks * body], dtype=np.int64).reshape(n_blocks, body)
+        special = (blocks == cls_id) | (blocks == sep_id)  # one array operation for every block of the batch
+        out: dict[str, list] = {"input_ids": blocks.tolist(), "special_tokens_mask": special.astype(np.int64).tolist()}
         if whole_word_mask:
-            out["offset_mapping"] = []
-        for b in range(n_blocks):
-            chunk = [cls_id] + stream[b * body : (b + 1) * body]
-            out["input_ids"].append(chunk)
-            out["special_tokens_mask"].append([int(t in (cls_id, sep_id)) for t in chunk])
-            if whole_word_mask:
-                out["offset_mapping"].append([(0, 0)] + words[b * body : (b + 1) * body])
+            words: list[tuple[int, int]] = []
+            word_base = 1
+            for i in range(len(texts)):
+                offsets = words_as_offsets(enc, i, word_base)
+                words.extend(offsets + [(0, 0)])
+                word_base = max(word_base, 1 + max(o[0] for o in offsets))  # the next document's words come after
+            out["offset_mapping"] = [[(0, 0)] + words[b * body : (b + 1) * body] for b in range(n_blocks)]
         return out
 
     fn = tokenize_lines if line_by_line else tokenize_and_group
