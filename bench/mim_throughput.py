@@ -1,27 +1,36 @@
 """Masked-autoencoder (MAE) pretraining throughput: the stock transformers recipe vs hfssl's default path.
 
-Both train the same `ViTMAEForPreTraining` (hfssl's tiny preset: 4 encoder layers x 192, a 2-layer
-decoder, 28x28 grayscale images in 4x4 patches, 75% masking) on the same real images
-(Fashion-MNIST training images, written once as PNG files) for the same number of steps:
+Both train the same `ViTMAEForPreTraining` on the same real images for the same number of steps, in two
+cases:
+
+- 28 px: hfssl's tiny preset (4 encoder layers x 192, a 2-layer decoder, 4x4 patches) on 28x28 grayscale
+  Fashion-MNIST training images, written once as PNG files;
+- 224 px: the ViT-small preset (12 layers x 384, 16x16 patches) on 224x224 RGB JPEGs (quality 90): random
+  crops of the two photographs scikit-learn ships (china.jpg, flower.jpg), resized to 224 px.
+
+The paths:
 
   (a) stock: what transformers' examples/pytorch/image-pretraining/run_mae.py does: a `datasets`
       image folder with per-sample transforms (decode, RandomResizedCrop(scale 0.2-1, bicubic),
       RandomHorizontalFlip, to tensor, normalise; written with PIL + numpy here because hfssl
       avoids torchvision), `Trainer`, default precision (fp32), no data-loader workers;
-  (b) hfssl: recipes/mim.py itself with its defaults (images decoded once into a uint8 tensor
-      dataset, crops and masks drawn per batch on tensors, bf16 autocast where supported, matmul
-      attention on CPU in encoder and decoder), given the stock path's augmentation (crops down
-      to 20% of the area, flips) so that both do the same work per image.
+  (b) hfssl: recipes/mim.py itself with its defaults (images decoded once into the on-disk image cache
+      and read per batch, crops and masks drawn per batch on tensors, bf16 autocast where supported,
+      matmul attention on CPU in encoder and decoder), given the stock path's augmentation (crops down
+      to 20% of the area, flips) so that both do the same work per image;
+  (c) at 28 px only, hfssl in RAM: the same recipe with every decoded image held in one in-memory tensor
+      (how hfssl held images before its on-disk cache): the cost of reading batches from the cache.
 
 Every run is a fresh process (hfssl's recipe tunes malloc process-wide; the stock path keeps the C
 library's defaults, as run_mae.py would). Both are timed by the same step callback; the rate
-excludes the first three steps (start-up). The two paths run in alternating rounds (stock, hfssl,
-stock, hfssl, ...) and the speedup is the median
-of the per-round ratios: on a shared virtual machine the rate of one path drifts by 20% or more
-between minutes, and a ratio of two runs taken back to back is steadier than either rate. It prints
-images/s of each path in each round and the ratios. The last line is `mae_speedup=X`.
+excludes the first three steps (start-up, and hfssl's one-time decoding into its cache, whose time
+is printed apart). The paths run in alternating rounds (stock, hfssl, ..., stock, hfssl, ...) and each
+ratio is the median of the per-round ratios: on a shared virtual machine the rate of one path drifts by
+20% or more between minutes, and a ratio of two runs taken back to back is steadier than either rate.
+It prints images/s of each path in each round and the ratios. The last line is
+`mae_speedup_28px=X mae_speedup_224px=Y cache_vs_ram_28px=Z`.
 
-    python bench/mim_throughput.py [--quick] [--steps N] [--rounds R] [--batch_size B] [--stock_keep_freed_memory]
+    python bench/mim_throughput.py [--quick] [--cases 28px,224px] [--rounds R] [--stock_keep_freed_memory]
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ import random
 import statistics
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,24 +62,65 @@ from hfssl.runtime import bf16_supported, hardware_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")  # Debian package dataset-fashion-mnist
-SIZE, PATCH = 28, 4
 MEAN, STD = 0.5, 0.5  # ViTImageProcessor's defaults, used by both paths
 
 
-def write_images(folder: Path, count: int) -> None:
+@dataclass(frozen=True)
+class Case:
+    """One image size: the preset, the images and how long each run trains."""
+
+    name: str
+    preset: str
+    size: int
+    patch: int
+    channels: int
+    batch: int
+    steps: int
+    quick_steps: int
+    images: int
+    quick_images: int
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+
+CASES = {
+    "28px": Case("28px", "tiny", 28, 4, 1, 128, 100, 30, 20_000, 4_000),
+    "224px": Case("224px", "small", 224, 16, 3, 32, 16, 10, 2_000, 600),
+}
+
+
+def write_fashion(folder: Path, count: int) -> None:
     """The first `count` Fashion-MNIST training images as PNG files (what a user's image folder holds)."""
     if not FASHION.exists():
         sys.exit(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
     with gzip.open(FASHION) as f:
-        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, SIZE, SIZE)
+        pixels = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     folder.mkdir(parents=True)
     for i, image in enumerate(pixels[:count]):
         Image.fromarray(image, mode="L").save(folder / f"{i:05d}.png")
 
 
-def stock_transform(image: Image.Image) -> torch.Tensor:
+def write_photo_crops(folder: Path, count: int, size: int = 224) -> None:
+    """`count` JPEGs (quality 90) of `size` px: random crops (a quarter to all of the short side) of scikit-learn's
+    two sample photographs, resized: real photographic content, as costly to decode as a user's photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = random.Random(0)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = rng.randint(min(photo.size) // 4, min(photo.size))
+        left, top = rng.randint(0, photo.width - side), rng.randint(0, photo.height - side)
+        crop = photo.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+        crop.save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def stock_transform(image: Image.Image, case: Case) -> torch.Tensor:
     """run_mae.py's per-sample pipeline with PIL: RandomResizedCrop(0.2-1, bicubic), flip, to tensor, normalise."""
-    image = image.convert("L")
+    image = image.convert(case.mode)
     width, height = image.size
     for _ in range(10):  # torchvision's RandomResizedCrop.get_params
         area = width * height * random.uniform(0.2, 1.0)
@@ -79,14 +131,15 @@ def stock_transform(image: Image.Image) -> torch.Tensor:
             break
     else:
         top, left, w, h = 0, 0, width, height
-    image = image.resize((SIZE, SIZE), Image.BICUBIC, box=(left, top, left + w, top + h))
+    image = image.resize((case.size, case.size), Image.BICUBIC, box=(left, top, left + w, top + h))
     if random.random() < 0.5:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy((array - MEAN) / STD)[None]
+    array = (array - MEAN) / STD
+    return torch.from_numpy(array[None] if case.channels == 1 else array.transpose(2, 0, 1).copy())
 
 
-def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memory: bool = False) -> float:
+def train_stock(case: Case, folder: Path, steps: int, out: str, keep_freed_memory: bool = False) -> float:
     from datasets import load_dataset
 
     if keep_freed_memory:  # the --stock_keep_freed_memory check: hfssl's malloc setting on the stock path
@@ -94,13 +147,13 @@ def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memor
 
         keep()
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
-    dataset = dataset.with_transform(lambda rows: {"pixel_values": [stock_transform(im) for im in rows["image"]]})
-    preset = VISION_PRESETS["tiny"] | dict(image_size=SIZE, patch_size=PATCH, num_channels=1)
+    dataset = dataset.with_transform(lambda rows: {"pixel_values": [stock_transform(im, case) for im in rows["image"]]})
+    preset = VISION_PRESETS[case.preset] | dict(image_size=case.size, patch_size=case.patch, num_channels=case.channels)
     set_seed(0)
     model = ViTMAEForPreTraining(ViTMAEConfig(**preset, mask_ratio=0.75))
     args = TrainingArguments(
         output_dir=out,
-        per_device_train_batch_size=batch,
+        per_device_train_batch_size=case.batch,
         max_steps=steps,
         learning_rate=1e-3,
         weight_decay=0.05,
@@ -114,67 +167,120 @@ def train_stock(folder: Path, steps: int, batch: int, out: str, keep_freed_memor
     timer = StepTimer()
     collate = lambda rows: {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}  # noqa: E731 (run_mae.py's)
     Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[timer]).train()
-    return timer.rate(batch)
+    return timer.rate(case.batch)
 
 
-def train_hfssl(folder: Path, steps: int, batch: int, out: str) -> float:
+def train_hfssl(case: Case, folder: Path, steps: int, out: str, cache: str, in_ram: bool = False) -> tuple[float, float]:
+    """(images/s over the timed steps, seconds spent decoding images before training)."""
     recipe = load_recipe("mim")
     timer = StepTimer()
-    original = recipe.MaskedImageTrainer
+    original_trainer, original_decode = recipe.MaskedImageTrainer, recipe.decode_images
+    decoding = []
 
-    class WithStepTimer(original):  # the recipe's own trainer, plus the shared step timer
+    class WithStepTimer(original_trainer):  # the recipe's own trainer, plus the shared step timer
         def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), timer]
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), timer]
             super().__init__(*args, **kwargs)
 
-    recipe.MaskedImageTrainer = WithStepTimer
+    def timed_decode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        from hfssl.data.images import DecodedImages
+
+        start = time.perf_counter()
+        images = original_decode(*args, **kwargs)
+        if in_ram:  # every image in one tensor, items indexed from it
+            images = DecodedImages(images.read(), images.labels, images.skipped, images.kept)
+        decoding.append(time.perf_counter() - start)
+        return images
+
+    recipe.MaskedImageTrainer, recipe.decode_images = WithStepTimer, timed_decode
     try:
-        _run_mim(recipe, folder, steps, batch, out)
+        _run_mim(recipe, case, folder, steps, out, cache)
     finally:
-        recipe.MaskedImageTrainer = original
-    return timer.rate(batch)
+        recipe.MaskedImageTrainer, recipe.decode_images = original_trainer, original_decode
+    return timer.rate(case.batch), sum(decoding)
 
 
-def _run_mim(recipe, folder: Path, steps: int, batch: int, out: str) -> None:  # noqa: ANN001
-    recipe.main(
-        [
-            "--train_dir",
-            str(folder),
-            "--image_size",
-            str(SIZE),
-            "--patch_size",
-            str(PATCH),
-            "--per_device_train_batch_size",
-            str(batch),
-            "--max_steps",
-            str(steps),
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--logging_steps",
-            "10000",
-            "--disable_tqdm",
-            "true",
-            "--seed",
-            "0",
-            "--crop_min_scale",
-            "0.2",
-            "--horizontal_flip",
-            "true",  # the stock path's augmentation, not hfssl's defaults
-            "--output_dir",
-            out,
-        ]
+def _run_mim(recipe, case: Case, folder: Path, steps: int, out: str, cache: str) -> None:  # noqa: ANN001
+    options = dict(
+        train_dir=folder,
+        model_preset=case.preset,
+        image_size=case.size,
+        patch_size=case.patch,
+        per_device_train_batch_size=case.batch,
+        max_steps=steps,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10_000,
+        disable_tqdm="true",
+        seed=0,
+        crop_min_scale=0.2,
+        horizontal_flip="true",  # the stock path's augmentation, not hfssl's defaults
+        image_cache_dir=cache,
+        output_dir=out,
     )
+    recipe.main([f"--{k}={v}" for k, v in options.items()])
+
+
+def run_case(case: Case, args: argparse.Namespace, work: Path) -> dict:
+    steps = args.steps or (case.quick_steps if args.quick else case.steps)
+    count = case.quick_images if args.quick else case.images
+    folder = work / case.name
+    (write_fashion if case.size == 28 else write_photo_crops)(folder, count)
+    print(
+        f"{case.name}: {case.preset} preset, {count:,} {'Fashion-MNIST PNGs' if case.size == 28 else 'photo-crop JPEGs'}, "
+        f"{steps} steps x {case.batch} images"
+        + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else ""),
+        flush=True,
+    )
+    arms = ("stock", "hfssl", "hfssl_in_ram") if case.size == 28 else ("stock", "hfssl")
+    rounds = []
+    for r in range(args.rounds):
+        # Each run in a fresh process: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
+        row = {}
+        for arm in arms:
+            out = str(work / f"{case.name}-{arm}{r}")
+            if arm == "stock":
+                row["stock_images_per_s"] = in_fresh_process(train_stock, case, folder, steps, out, args.stock_keep_freed_memory)
+            else:  # the first hfssl run decodes into the cache; the others reuse it
+                rate, decode = in_fresh_process(train_hfssl, case, folder, steps, out, str(work / "cache"), arm != "hfssl")
+                row[f"{arm}_images_per_s"], row[f"{arm}_decode_s"] = rate, decode
+        row["speedup"] = row["hfssl_images_per_s"] / row["stock_images_per_s"]
+        if "hfssl_in_ram_images_per_s" in row:
+            row["cache_vs_ram"] = row["hfssl_images_per_s"] / row["hfssl_in_ram_images_per_s"]
+        rounds.append(row)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{arm} {row[f'{arm}_images_per_s']:,.1f} images/s" for arm in arms)
+            + f"; hfssl/stock {row['speedup']:.2f}x"
+            + (f"; cache/in-RAM {row['cache_vs_ram']:.3f}" if "cache_vs_ram" in row else "")
+            + f"; decoding {row['hfssl_decode_s']:.1f} s",
+            flush=True,
+        )
+    result = dict(case=case.__dict__, steps=steps, images=count, rounds=rounds)
+    for key in ("speedup", "cache_vs_ram"):
+        if key in rounds[0]:
+            result[key] = statistics.median(r[key] for r in rounds)
+    for arm in arms:
+        result[f"{arm}_images_per_s"] = statistics.mean(r[f"{arm}_images_per_s"] for r in rounds)
+    result["first_decode_s"] = rounds[0]["hfssl_decode_s"]
+    print(
+        f"  {case.name} over {args.rounds} rounds: "
+        + ", ".join(f"{arm} {result[f'{arm}_images_per_s']:,.1f}" for arm in arms)
+        + f" images/s (means); median hfssl/stock {result['speedup']:.2f}x"
+        + f" (range {min(r['speedup'] for r in rounds):.2f}-{max(r['speedup'] for r in rounds):.2f})"
+        + (f"; median cache/in-RAM {result['cache_vs_ram']:.3f}" if "cache_vs_ram" in result else "")
+        + f"; decoding {count:,} images once into the cache took {result['first_decode_s']:.1f} s",
+        flush=True,
+    )
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and steps: about 2 minutes on 2 cores")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating stock/hfssl runs; the speedup is the median ratio")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer images and steps")
+    parser.add_argument("--cases", default="28px,224px", help="comma-separated: 28px, 224px")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: per case)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of the paths; ratios are medians")
     parser.add_argument("--json", type=str, default=None, help="also write the results here")
     parser.add_argument(
         "--stock_keep_freed_memory",
@@ -182,48 +288,15 @@ def main() -> None:
         help="give the stock path hfssl's malloc setting too: how much of the ratio is not the allocator",
     )
     args = parser.parse_args()
-    steps = args.steps or (30 if args.quick else 100)
-    count = args.images or (4_000 if args.quick else 20_000)
     work = Path(tempfile.mkdtemp(prefix="hfssl-mim-bench-"))
-    write_images(work / "images", count)
-    print(
-        f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}; {count:,} Fashion-MNIST images; "
-        f"{steps} steps x {args.batch_size} images"
-        + ("; the stock path also keeps freed memory" if args.stock_keep_freed_memory else "")
-    )
-    rounds = []
-    for r in range(args.rounds):
-        # Each run in a fresh process: hfssl's recipe tunes malloc process-wide, the stock path must not inherit it.
-        stock = in_fresh_process(
-            train_stock, work / "images", steps, args.batch_size, str(work / f"stock{r}"), args.stock_keep_freed_memory
-        )
-        hfssl = in_fresh_process(train_hfssl, work / "images", steps, args.batch_size, str(work / f"hfssl{r}"))
-        rounds.append(dict(stock_images_per_s=stock, hfssl_images_per_s=hfssl, speedup=hfssl / stock))
-        print(f"round {r + 1}: stock {stock:,.0f} images/s, hfssl {hfssl:,.0f} images/s, ratio {hfssl / stock:.2f}x", flush=True)
-    speedup = statistics.median(r["speedup"] for r in rounds)
-    stock, hfssl = (statistics.mean(r[f"{k}_images_per_s"] for r in rounds) for k in ("stock", "hfssl"))
-    print(
-        f"MAE tiny ViT over {args.rounds} rounds: stock {stock:,.0f} images/s, hfssl {hfssl:,.0f} images/s (means); "
-        f"median ratio {speedup:.2f}x (range {min(r['speedup'] for r in rounds):.2f}-{max(r['speedup'] for r in rounds):.2f})"
-    )
+    print(f"machine: {hardware_name()}; bf16 autocast in hfssl: {bf16_supported()}", flush=True)
+    results = {name: run_case(CASES[name], args, work) for name in args.cases.split(",")}
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": hardware_name(),
-                    "steps": steps,
-                    "batch_size": args.batch_size,
-                    "images": count,
-                    "stock_keep_freed_memory": args.stock_keep_freed_memory,
-                    "stock_images_per_s": stock,
-                    "hfssl_images_per_s": hfssl,
-                    "speedup": speedup,
-                    "rounds": rounds,
-                },
-                indent=2,
-            )
-        )
-    print(f"mae_speedup={speedup:.2f}")
+        summary = dict(machine=hardware_name(), stock_keep_freed_memory=args.stock_keep_freed_memory, cases=results)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    fields = [f"mae_speedup_{name}={r['speedup']:.2f}" for name, r in results.items()]
+    fields += [f"cache_vs_ram_{name}={r['cache_vs_ram']:.3f}" for name, r in results.items() if "cache_vs_ram" in r]
+    print(" ".join(fields))
 
 
 if __name__ == "__main__":

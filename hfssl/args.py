@@ -504,6 +504,14 @@ class ImageDataArguments(DataSourceArguments):
             "(default); pass true to skip such files instead (the summary and hfssl.json count them)."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "--dataset_name: stream the training images instead of downloading the dataset; each batch is "
+            "decoded when drawn (give --dataloader_num_workers to decode on more cores). The held-out images (the "
+            "first --max_eval_samples, default 1000) are decoded and cached once."
+        },
+    )
     image_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -524,6 +532,11 @@ class ImageDataArguments(DataSourceArguments):
         super().__post_init__()
         one_of(self, "dataset_name", "train_dir")
         _check_percentage(self)
+        if self.streaming and not self.dataset_name:
+            raise ValueError(
+                "--streaming reads a Hub dataset (--dataset_name) as it downloads; a local --train_dir is read from disk "
+                "and cached once anyway. Drop --streaming, or give --dataset_name."
+            )
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError(
                 f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}. Pass e.g. 0.6, or 1 to turn cropping off."
@@ -681,6 +694,8 @@ class ImageTextDataArguments(ImageDataArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.streaming:
+            raise ValueError("--streaming: only mim.py streams images (a few labeled or captioned ones are read whole). Drop it.")
         if "{label}" not in self.caption_template:
             raise ValueError(f"--caption_template must contain '{{label}}', got {self.caption_template!r}.")
         check_positive(self, "max_caption_length")
@@ -830,6 +845,8 @@ class ImageClassificationDataArguments(ImageDataArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.streaming:
+            raise ValueError("--streaming: only mim.py streams images (a few labeled or captioned ones are read whole). Drop it.")
         if self.validation_dir and not self.train_dir:
             raise ValueError("--validation_dir needs --train_dir.")
         _check_labeled_sampling(self)

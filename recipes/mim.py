@@ -23,7 +23,15 @@ from hfssl.args import (
     default_output_dir,
     parse_args,
 )
-from hfssl.data.images import ImageBatchCollator, data_channels, decode_images, image_processor, load_image_sources
+from hfssl.data.images import (
+    DecodingCollator,
+    ImageBatchCollator,
+    data_channels,
+    decode_images,
+    image_processor,
+    load_image_sources,
+    load_image_stream,
+)
 from hfssl.errors import OptionError
 from hfssl.metrics.probes import ProbeCallback
 from hfssl.models import build_masked_image_model, masked_image_config, pooled_encoder, use_fast_attention
@@ -66,14 +74,19 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
 
     # Everything that can be wrong with the options or the images fails here, before training.
     config = masked_image_config(model_args, masking)
-    splits = load_image_sources(data_args, seed=run_args.seed)
+    if data_args.streaming:  # training images decoded per batch; the held-out ones and the probes' sample cached
+        splits = load_image_stream(data_args, run_args.seed, probe_args.probe_samples)
+        sources = (splits.probe_train or splits.validation, splits.validation)
+    else:
+        splits = load_image_sources(data_args, seed=run_args.seed)
+        sources = (splits.train, splits.validation)
     if model_args.model_name_or_path is None:  # from scratch: grayscale or RGB as the data is, unless told
-        config.num_channels = model_args.num_channels or data_channels(splits.train, data_args.skip_corrupt_images)
+        config.num_channels = model_args.num_channels or data_channels(sources[0], data_args.skip_corrupt_images)
     processor = image_processor(model_args.model_name_or_path, config, model_args.cache_dir)
     train, held_out = (
         decode_images(s, processor, config.num_channels, data_args.skip_corrupt_images, data_args.image_cache_dir)
-        for s in (splits.train, splits.validation)
-    )
+        for s in sources
+    )  # streamed: `train` is the probes' sample (or, unlabeled, the held-out images again, from the cache)
     set_seed(run_args.seed)  # model initialisation, augmentation and masks all follow --seed
     model = build_masked_image_model(
         config, model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir
@@ -85,10 +98,14 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
     probe = ProbeCallback.for_images(
         pooled_encoder, train, held_out, mean, std, probe_args.knn_k, probe_args.probe_samples, run_args.seed
     )
+    if data_args.streaming:
+        collator = DecodingCollator(collator, processor, config.num_channels, data_args.skip_corrupt_images)
+        run_args.accelerator_config.dispatch_batches = False  # each process reads its own part of the stream
+        run_args.remove_unused_columns = False  # the encoded "image" column is the collator's input, not the model's
     trainer = MaskedImageTrainer(
         model=model,
         args=run_args,
-        train_dataset=train,
+        train_dataset=splits.train if data_args.streaming else train,
         eval_dataset=held_out,
         data_collator=collator,
         processing_class=processor,
@@ -104,7 +121,7 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         train_steps=trainer.state.global_step,
     )
 
-    skipped = len(train.skipped) + len(held_out.skipped)
+    skipped = len(held_out.skipped) + (len(train.skipped) if sources[0] is not sources[1] else 0)
     record = run_record(
         "mim",
         pretext_lineage(masking.method, splits.description, model_args.model_name_or_path),

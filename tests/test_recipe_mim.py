@@ -246,3 +246,45 @@ def test_bad_images_fail_before_training_naming_the_fix(recipe, tmp_path, proble
     with pytest.raises(ValueError, match=expected):
         recipe.main(["--train_dir", str(folder), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def digits_parquet_dataset(folder, train: int = 300, validation: int = 60):
+    """A local dataset directory (parquet shards with image and class-label features) of the embedded digits: what
+    `datasets.load_dataset(folder, streaming=True)` streams like a Hub dataset."""
+    import datasets
+
+    from hfssl.data.samples import digits_images
+
+    images, labels, names = digits_images()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    for split, rows in (("train", range(train)), ("validation", range(train, train + validation))):
+        ds = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(images[i]) for i in rows], "label": [int(labels[i]) for i in rows]}, features=features
+        )
+        for shard in range(2):
+            ds.shard(2, shard, contiguous=True).to_parquet(str(folder / "data" / f"{split}-{shard:05d}-of-00002.parquet"))
+    return folder
+
+
+@pytest.mark.slow
+def test_streamed_hub_images_train_with_cached_held_out_images_and_probes(recipe, tmp_path):
+    data = digits_parquet_dataset(tmp_path / "digits")
+    cache = tmp_path / "cache"
+    out = tmp_path / "out"
+    argv = ["--dataset_name", str(data), "--streaming", "true", "--image_cache_dir", str(cache)]
+    argv += ["--config_overrides", ENCODER + DECODER, "--max_steps", "6", "--eval_steps", "3", "--output_dir", str(out)]
+    argv += ["--per_device_train_batch_size", "32", "--probe_samples", "100", "--bf16", "false"]
+    recipe.main(argv)
+    record = json.loads((out / "hfssl.json").read_text())
+    metrics = record["metrics"]
+    assert metrics["train_steps"] == 6 and metrics["train_images"] == 6 * 32
+    assert np.isfinite(metrics["eval_loss"]) and "eval_knn_accuracy" in metrics and "start_knn_accuracy" in metrics
+    # cached: the 60 held-out images and the probes' 100 training images; the training stream is not
+    sizes = sorted(json.loads(p.read_text())["images"] for p in cache.glob("*/meta.json"))
+    assert sizes == [60, 100]
+    AutoModel.from_pretrained(out)
+
+
+def test_streaming_is_refused_for_a_local_folder_before_any_work(recipe, tmp_path):
+    with pytest.raises(ValueError, match="--streaming.*--dataset_name"):
+        recipe.main(["--train_dir", str(tmp_path), "--streaming", "true", "--output_dir", str(tmp_path / "out")])

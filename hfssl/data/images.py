@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "DecodingCollator",
     "ImageBatchCollator",
+    "ImageStream",
     "ImageSource",
     "ImageSplits",
     "DecodedImages",
@@ -49,6 +51,7 @@ __all__ = [
     "describe_image_source",
     "image_processor",
     "load_image_sources",
+    "load_image_stream",
     "normalize",
     "random_resized_crop",
 ]
@@ -300,6 +303,123 @@ def _hub_sources(args: ImageDataArguments) -> tuple[dict[str, ImageSource], list
             )
         sources[key] = ImageSource(open_row, name_row, np.arange(len(ds)), labels, f"dataset {ds._fingerprint}")
     return sources, class_names
+
+
+@dataclass
+class ImageStream:
+    """A streamed Hub image dataset: the training stream (encoded images, decoded per batch by a DecodingCollator),
+    the held-out images and a labeled sample of training images for the probes, both read once and cached."""
+
+    train: Any  # datasets.IterableDataset of {"image": {"bytes", "path"}}
+    validation: ImageSource
+    probe_train: ImageSource | None
+    class_names: list[str] | None
+    description: str
+
+
+def load_image_stream(args: ImageDataArguments, seed: int = 42, probe_samples: int = 0) -> ImageStream:
+    """--streaming: the Hub dataset read as it downloads. The held-out images are the first --max_eval_samples
+    (default 1000) of its validation or test split, else the first ones of its training stream, which training
+    then skips; the probes' training sample is the next `probe_samples` training images (labeled data only)."""
+    import datasets
+
+    from hfssl.data.text import load_hub_dataset
+
+    raw = load_hub_dataset(args.dataset_name, args.dataset_config_name, streaming=True)
+    source = describe_image_source(args)
+    if "train" not in raw:
+        raise ValueError(f"{source} has no 'train' split (found: {', '.join(raw)}).")
+    features = raw["train"].features
+    if features is None:  # not declared by the dataset: read from its first row
+        features = next(iter(raw["train"].take(1).decode(False)))
+        features = datasets.Features({k: datasets.Image() for k, v in features.items() if isinstance(v, dict) and "bytes" in v})
+    first = type("Columns", (), {"column_names": list(features), "features": features})()
+    image_col = _column(first, args.image_column, "image_column", ("image", "img"), lambda f: isinstance(f, datasets.Image))
+    if image_col is None or not isinstance(features.get(image_col), datasets.Image):
+        raise ValueError(
+            f"Cannot tell which column of {source} holds the images ({', '.join(features)}); pass --image_column naming "
+            "an image column."
+        )
+    is_label = lambda f: isinstance(f, datasets.ClassLabel)  # noqa: E731
+    label_col = _column(first, args.label_column, "label_column", ("label", "labels"), is_label)
+    feature = features.get(label_col) if label_col else None
+    class_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    label_col = label_col if class_names else None  # the probes need class labels they can name
+
+    def undecoded(ds: Any) -> Any:
+        keep = [image_col] + ([label_col] if label_col else [])
+        return ds.select_columns(keep).cast_column(image_col, datasets.Image(decode=False))
+
+    held_n = args.max_eval_samples or 1000
+    train = undecoded(raw["train"])
+    held_split = next((s for s in ("validation", "test") if s in raw), None)
+    held_rows = list((undecoded(raw[held_split]) if held_split else train).take(held_n))
+    if held_split is None:
+        train = train.skip(len(held_rows))
+    probe_rows = list(train.take(probe_samples)) if label_col and probe_samples else []
+
+    def rows_source(rows: list[dict], what: str) -> ImageSource:
+        def open_row(i: int) -> Image.Image:
+            cell = rows[int(i)][image_col]
+            return Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
+
+        def name_row(i: int) -> str:
+            return rows[int(i)][image_col].get("path") or f"{source} [{what}] row {i}"
+
+        labels = np.asarray([r[label_col] for r in rows]) if label_col else None
+        identity = (
+            f"stream {source} {what} first {len(rows)} "
+            + hashlib.sha256(
+                b"".join((r[image_col].get("bytes") or str(r[image_col].get("path")).encode()) for r in rows)
+            ).hexdigest()
+        )
+        return ImageSource(open_row, name_row, np.arange(len(rows)), labels, identity)
+
+    if not held_rows:
+        raise ValueError(f"{source}: the stream gave no images to hold out.")
+    if args.max_train_samples is not None:
+        train = train.take(args.max_train_samples)
+    train = train.shuffle(seed=seed, buffer_size=10_000).select_columns([image_col])
+    if image_col != "image":
+        train = train.rename_column(image_col, "image")
+    return ImageStream(
+        train,
+        rows_source(held_rows, held_split or "train, held out"),
+        rows_source(probe_rows, "train, probe sample") if probe_rows else None,
+        class_names,
+        source,
+    )
+
+
+@dataclass
+class DecodingCollator:
+    """Decodes and resizes a batch of encoded images ({"image": {"bytes", "path"}} items of a stream) through the
+    image processor, then hands the uint8 pixels to `images` (an ImageBatchCollator). It runs in the DataLoader's
+    workers when --dataloader_num_workers is given. An unreadable image stops the run naming it, or is dropped
+    from its batch with --skip_corrupt_images."""
+
+    images: ImageBatchCollator
+    processor: Any
+    num_channels: int
+    skip_corrupt: bool
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        cells = [item["image"] for item in items]
+        source = ImageSource(
+            lambda i: Image.open(io.BytesIO(cells[i]["bytes"]) if cells[i].get("bytes") else cells[i]["path"]),
+            lambda i: cells[i].get("path") or "a streamed image",
+            np.arange(len(cells)),
+            None,
+        )
+        mode = "L" if self.num_channels == 1 else "RGB"
+        pixels, skipped = _decode_chunk(source, range(len(cells)), self.processor, mode, self.skip_corrupt)
+        if pixels is None:
+            raise ValueError(f"None of the {len(cells)} images of a batch could be read: check the data.")
+        keep = np.setdiff1d(np.arange(len(cells)), skipped)
+        return self.images([{"pixel_values": torch.from_numpy(p)} for p in pixels[keep]])
+
+    def for_evaluation(self, seed: int) -> ImageBatchCollator:
+        return self.images.for_evaluation(seed)
 
 
 def load_image_sources(args: ImageDataArguments, seed: int = 42) -> ImageSplits:
@@ -558,18 +678,20 @@ def _decode_into(
     fd = os.open(path, os.O_WRONLY)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            for span, (array, bad) in zip(
-                ranges, pool.map(lambda r: _decode_chunk(source, r, processor, mode, skip_corrupt), ranges), strict=True
-            ):
-                skipped.extend(bad)
-                if array is None:
-                    continue
-                if array.shape[1:] != shape:
-                    raise ValueError(
-                        f"Image {source.name(source.indices[span.start])} came out of the image processor as "
-                        f"{array.shape[1:]}, not {shape} like the first one: give the processor a fixed size."
-                    )
-                os.pwrite(fd, np.ascontiguousarray(array).data, span.start * record)
+            window = 2 * threads  # chunks in flight: what decoding holds in memory does not grow with the images
+            for w in range(0, len(ranges), window):
+                spans = ranges[w : w + window]
+                decoded = pool.map(lambda r: _decode_chunk(source, r, processor, mode, skip_corrupt), spans)
+                for span, (array, bad) in zip(spans, decoded, strict=True):
+                    skipped.extend(bad)
+                    if array is None:
+                        continue
+                    if array.shape[1:] != shape:
+                        raise ValueError(
+                            f"Image {source.name(source.indices[span.start])} came out of the image processor as "
+                            f"{array.shape[1:]}, not {shape} like the first one: give the processor a fixed size."
+                        )
+                    os.pwrite(fd, np.ascontiguousarray(array).data, span.start * record)
     finally:
         os.close(fd)
     return skipped

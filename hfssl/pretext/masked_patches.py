@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from hfssl.data.images import ImageBatchCollator
 from hfssl.models import pooled_encoder, rgb_input, rgb_processor
 from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import LossOnlyEvaluation, TimedTrainer
@@ -221,7 +220,7 @@ class MaskedImageTrainer(MasterWeightsMixin, LossOnlyEvaluation, TimedTrainer):
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
         training_collator = self.data_collator
-        if isinstance(training_collator, ImageBatchCollator):
+        if hasattr(training_collator, "for_evaluation"):  # ImageBatchCollator, or the DecodingCollator around one
             self.data_collator = training_collator.for_evaluation(self.args.seed)
         try:
             return super().get_eval_dataloader(eval_dataset)
