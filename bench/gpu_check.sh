@@ -17,5 +17,5 @@ print("device:", torch.cuda.get_device_name(0), "bf16:", torch.cuda.is_bf16_supp
 PYEOF
 .venv-gpu/bin/python bench/mlm_throughput.py --batch_size 128 "$@" | grep -E "^(machine|hidden|speedup)"
 if [ -f bench/mim_throughput.py ]; then
-  .venv-gpu/bin/python bench/mim_throughput.py "$@" | tail -n 3
+  .venv-gpu/bin/python bench/mim_throughput.py --cases 28px,224px "$@" | grep -E "^(machine|  [0-9]+px over|mae_speedup)"
 fi
