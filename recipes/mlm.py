@@ -147,17 +147,18 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         logger.info("The masked-LM head is fresh: --head_learning_rate %g (set it to override)", FRESH_HEAD_LR)
     if model_args.head_learning_rate is not None:
         head_parameters(model)  # a model without a separate head fails here, before tokenizing
-    with run_args.main_process_first(desc="tokenizing"):
-        blocks = tokenize_and_pack(
-            raw,
-            tokenizer,
-            text_column,
-            max_seq_length,
-            data_args.line_by_line,
-            masking.whole_word_mask,
-            data_args.preprocessing_num_workers,
-            data_args.overwrite_cache,
-        )
+    blocks = tokenize_and_pack(  # each process tokenizes its share, once, and reads the others' from the cache
+        raw,
+        tokenizer,
+        text_column,
+        max_seq_length,
+        data_args.line_by_line,
+        masking.whole_word_mask,
+        data_args.preprocessing_num_workers,
+        data_args.overwrite_cache,
+        rank=run_args.process_index,
+        world_size=run_args.world_size,
+    )
 
     # The loss of a model that knows only token frequencies: where pretraining starts, and must leave.
     unigram = unigram_loss(blocks["train"], len(tokenizer), tokenizer.all_special_ids)

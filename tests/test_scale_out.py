@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -210,9 +211,19 @@ def metrics_of(out: Path) -> dict:
     return json.loads((out / "hfssl.json").read_text())["metrics"]
 
 
+def assert_each_process_tokenized_half(log: str) -> None:
+    """Each of the 2 processes tokenized its half of each split, and read the other half from the cache."""
+    told = re.findall(r"(\w+): rank (\d) of 2 tokenized ([\d,]+) of ([\d,]+) rows", log)
+    counts = {(split, int(rank)): (int(n.replace(",", "")), int(m.replace(",", ""))) for split, rank, n, m in told}
+    assert set(counts) == {(split, rank) for split in ("train", "validation") for rank in (0, 1)}, log[-3000:]
+    for split in ("train", "validation"):
+        (n0, total), (n1, _) = counts[(split, 0)], counts[(split, 1)]
+        assert n0 + n1 == total and abs(n0 - n1) <= 1, counts  # each row tokenized once, by one of the two processes
+
+
 @pytest.mark.parametrize("recipe", ["mlm", "mim", "finetune_text", "finetune_image"])
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_path, wordpiece):
+def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_path, wordpiece, monkeypatch):
     from transformers import AutoConfig, AutoModel
 
     args, batch, metric, tolerance = case(recipe, tmp_path, wordpiece)
@@ -222,11 +233,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(recipe, tmp_
     load_recipe(recipe).main(
         args + COMMON + caches["one"] + ["--per_device_train_batch_size", str(batch), "--output_dir", str(one)]
     )
+    if recipe == "mlm":  # a datasets cache of its own, so that each process's count of rows it tokenized is its work here
+        monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+        args = args + ["--log_level_replica", "info"]  # the other process's log too
     proc = two_processes(
         recipe, args + COMMON + caches["two"] + ["--per_device_train_batch_size", str(batch // 2), "--output_dir", str(two)]
     )
     if recipe in ("mlm", "mim"):  # every parameter is used: DDP is built without the search for unused ones
         assert UNUSED_SEARCH not in proc.stderr
+    if recipe == "mlm":
+        assert_each_process_tokenized_half(proc.stdout)
     if images:  # each process decoded its half of each split into the one cache the two share
         built = sorted((tmp_path / "two-cache").iterdir())
         assert len(built) == 2 and not any(p.name.endswith(".partial") for p in built)  # train and held-out
@@ -262,3 +278,108 @@ def test_clip_trains_on_two_processes_without_searching_for_unused_parameters(tm
     assert UNUSED_SEARCH not in proc.stderr
     assert metrics_of(out)["train_steps"] == 6
     VisionTextDualEncoderModel.from_pretrained(out)  # loadable
+
+
+# ---------------------------------------------------------------------------------- tokenizing under W processes
+
+
+class CountingTokenizer:
+    """The tokenizer, counting the texts it was asked to tokenize."""
+
+    def __init__(self, tokenizer) -> None:  # noqa: ANN001
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN204
+        self.texts += list(texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.tokenizer, name)
+
+
+def test_each_of_two_processes_tokenizes_its_half_and_reads_the_other_from_the_cache(tmp_path, monkeypatch, caplog, wordpiece):
+    import copy
+    import threading
+
+    from accelerate import PartialState
+    from datasets import load_dataset
+
+    from hfssl.data.text import tokenize_and_pack
+
+    docs = [f"Document {i} says how the parser reads option number {i % 7} and what it reports." for i in range(2000)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    raw = load_dataset("json", data_files={"train": str(tmp_path / "docs.jsonl")}, cache_dir=str(tmp_path / "cache"))
+    barrier = threading.Barrier(2)  # two threads play the two processes
+    monkeypatch.setattr(PartialState, "wait_for_everyone", lambda self: barrier.wait(timeout=60))
+    caplog.set_level("INFO", logger="hfssl")
+    results = {}
+
+    def rank(r: int) -> None:
+        results[r] = tokenize_and_pack(raw, copy.deepcopy(wordpiece), "text", 32, rank=r, world_size=2)["train"]
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    told = sorted(rec.getMessage() for rec in caplog.records if "tokenized" in rec.getMessage())
+    assert told == [f"train: rank {r} of 2 tokenized 1,000 of 2,000 rows; the rest came from the cache" for r in (0, 1)]
+    # shards of 1,000 rows start where one process's map batches start: the same examples as one process's map
+    alone = tokenize_and_pack(raw, wordpiece, "text", 32, overwrite_cache=True)["train"]
+    assert results[0]["input_ids"] == results[1]["input_ids"] == alone["input_ids"]
+
+
+def test_each_process_tokenizes_every_other_row_of_a_stream_and_reads_it_itself(tmp_path, wordpiece, corpus, monkeypatch):
+    from datasets import Dataset, IterableDatasetDict
+    from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+
+    from hfssl.args import MaskingArguments
+    from hfssl.data.text import is_split_by_process, tokenize_and_pack
+    from hfssl.pretext.masked_tokens import MaskedLMTrainer, build_masker
+
+    texts = corpus[:400]
+    stream = Dataset.from_dict({"text": texts}).to_iterable_dataset()
+    seen, parts = {}, {}
+    for r in (0, 1):
+        counting = CountingTokenizer(wordpiece)
+        parts[r] = tokenize_and_pack(
+            IterableDatasetDict(train=stream, validation=stream), counting, "text", 32, rank=r, world_size=2
+        )
+        blocks = list(parts[r]["train"])
+        seen[r] = counting.texts
+        assert is_split_by_process(parts[r]["train"]) and not is_split_by_process(parts[r]["validation"])
+    assert seen[0] == texts[0::2] and seen[1] == texts[1::2]  # each row tokenized once, by one process
+    assert len(list(parts[0]["validation"])) > len(blocks)  # the held-out stream stays whole
+
+    # The Trainer reads process 1's part as it is, even where accelerate counts 2 processes (it would otherwise
+    # iterate the stream on the main process only and hand out its batches).
+    model = BertForMaskedLM(
+        BertConfig(vocab_size=len(wordpiece), num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    )
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, report_to="none")
+    trainer = MaskedLMTrainer(
+        model=model, args=args, train_dataset=parts[1]["train"], masker=build_masker(wordpiece, MaskingArguments())
+    )
+    monkeypatch.setattr(trainer.accelerator.state, "num_processes", 2)
+    batches = list(trainer.get_train_dataloader())
+    assert torch.cat([b["input_ids"] for b in batches]).tolist() == [b["input_ids"] for b in blocks]
+
+
+@pytest.mark.slow
+def test_mim_streams_a_hub_image_dataset_on_two_processes(tmp_path):
+    """Each process reads its own parquet shard of the stream (accelerate shards a datasets.IterableDataset with as
+    many shards as processes) and decodes only its batches; the held-out images are cached once, by both."""
+    from test_recipe_mim import DECODER, ENCODER, digits_parquet_dataset
+    from transformers import AutoModel
+
+    data = digits_parquet_dataset(tmp_path / "digits")
+    out, cache = tmp_path / "two", tmp_path / "cache"
+    args = ["--dataset_name", str(data), "--streaming", "true", "--image_cache_dir", str(cache), "--probe_samples", "64"]
+    args += ["--config_overrides", ENCODER + DECODER, "--max_steps", "4", "--eval_steps", "2", "--output_dir", str(out)]
+    proc = two_processes("mim", COMMON + args + ["--per_device_train_batch_size", "16"])
+    assert UNUSED_SEARCH not in proc.stderr
+    metrics = metrics_of(out)
+    assert metrics["train_steps"] == 4 and metrics["train_images"] == 4 * 16 * 2
+    shards = [json.loads(p.read_text()) for p in sorted(cache.glob("*/shard.*.json"))]
+    assert sorted(s["decoded"] for s in shards) == [30, 30, 32, 32]  # 60 held-out and 64 probe images, half each
+    AutoModel.from_pretrained(out)

@@ -33,6 +33,7 @@ __all__ = [
     "describe_source",
     "estimate_tokens",
     "in_memory_dataset",
+    "is_split_by_process",
     "load_hub_dataset",
     "load_text_datasets",
     "read_error",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 _STRINGS = ("string", "large_string")
+_PART_OF_STREAM = "hfssl_part_of_stream"  # set on a process's part of a training stream (see is_split_by_process)
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # Compressed text files are read as they are: datasets extracts them (or decompresses them while streaming).
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
@@ -179,7 +181,14 @@ def _default_corpus_file(max_documents: int | None) -> str:
         with open(tmp, "w", encoding="utf-8") as f:
             for doc in python_docs_corpus(max_documents):
                 f.write(json.dumps({"text": doc}) + "\n")
-        os.replace(tmp, path)
+        try:  # a link never replaces the copy another process made first: every process reads one file, one cache
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return str(path)
 
 
@@ -302,6 +311,8 @@ def tokenize_and_pack(
     whole_word_mask: bool = False,
     num_proc: int | None = None,
     overwrite_cache: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DatasetDict | IterableDatasetDict:
     """Tokenize every split and cut it into examples of `max_seq_length` tokens.
 
@@ -311,6 +322,9 @@ def tokenize_and_pack(
     `word_ids()` (its pre-tokenizer's word boundaries), which DataCollatorForLanguageModeling
     reads to mask all pieces of a word together. Raw character offsets would merge words for
     SentencePiece/byte-level tokenizers, whose pieces carry their leading space.
+
+    Under `world_size` processes, process `rank` tokenizes only its share: of each split's rows (see
+    `_map_by_process`), or of the training stream (`_own_stream`).
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:  # e.g. RoBERTa-style: <s> ... </s>
@@ -357,14 +371,16 @@ def tokenize_and_pack(
     fn = tokenize_lines if line_by_line else tokenize_and_group
     kwargs: dict[str, Any] = dict(batched=True, remove_columns=columns)
     if streaming:
-        return type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+        streams = type(raw)({split: ds.map(fn, **kwargs) for split, ds in _own_stream(raw, rank, world_size).items()})
+        setattr(streams["train"], _PART_OF_STREAM, world_size > 1)
+        return streams
     kwargs.update(
         num_proc=num_proc,
         load_from_cache_file=not overwrite_cache,
         batch_size=1000,
         desc="Tokenizing" + ("" if line_by_line else f" and packing into {max_seq_length}-token blocks"),
     )
-    examples = type(raw)({split: ds.map(fn, **kwargs) for split, ds in raw.items()})
+    examples = type(raw)({split: _map_by_process(ds, fn, kwargs, split, rank, world_size) for split, ds in raw.items()})
     for split, ds in examples.items():
         if len(ds) == 0:
             unit = "non-empty line" if line_by_line else f"full block of --max_seq_length {max_seq_length} tokens"
@@ -373,3 +389,65 @@ def tokenize_and_pack(
                 f"({len(raw[split])} rows now){'' if line_by_line else ' or a smaller --max_seq_length'}."
             )
     return examples
+
+
+def _map_by_process(ds: Dataset, fn: Any, kwargs: dict[str, Any], split: str, rank: int, world_size: int) -> Dataset:
+    """`ds.map(fn, **kwargs)`, with the work split between `world_size` processes and the cache built once.
+
+    Process `rank` maps its contiguous 1/W of the rows, which `datasets` caches by fingerprint; after a barrier, every
+    process maps the W shards in order (the other processes' maps are cache hits, read memory-mapped) and concatenates
+    them. The examples are those of one process's map except at the W - 1 shard edges: a map batch (1,000 rows)
+    starts at each shard's first row, and each batch packs on its own, dropping its ragged tail.
+    """
+    if world_size == 1:
+        return ds.map(fn, **kwargs)
+    if not ds.cache_files:  # in memory: a map's result stays in the process that made it
+        logger.info("The %s data is in memory, with no cache to share: each process tokenizes all %d rows", split, len(ds))
+        return ds.map(fn, **kwargs)
+    from accelerate import PartialState
+
+    folder = os.path.dirname(ds.cache_files[0]["filename"])  # where datasets writes the maps' cache files
+    shards = [ds.shard(world_size, k, contiguous=True) for k in range(world_size)]
+    tokenized_here = 0
+
+    def mapped(k: int, load_from_cache_file: bool) -> Dataset:
+        nonlocal tokenized_here
+        present = set(os.listdir(folder))
+        out = shards[k].map(fn, **{**kwargs, "load_from_cache_file": load_from_cache_file})
+        if not {os.path.basename(f["filename"]) for f in out.cache_files} <= present:  # not read from the cache
+            tokenized_here += len(shards[k])
+            if k != rank:
+                logger.warning("Rank %d tokenized shard %d of the %s data itself: its cache was not found", rank, k, split)
+        return out
+
+    own = mapped(rank, kwargs["load_from_cache_file"])
+    PartialState().wait_for_everyone()  # every shard is in the cache
+    parts = [own if k == rank else mapped(k, True) for k in range(world_size)]
+    logger.info(
+        "%s: rank %d of %d tokenized %s of %s rows; the rest came from the cache",
+        split,
+        rank,
+        world_size,
+        f"{tokenized_here:,}",
+        f"{len(ds):,}",
+    )
+    return datasets.concatenate_datasets(parts)
+
+
+def _own_stream(raw: IterableDatasetDict, rank: int, world_size: int) -> IterableDatasetDict:
+    """Process `rank`'s part of the training stream, every W-th row, cut before the tokenizing map so that each process
+    reads every row but tokenizes only its own. (`split_dataset_by_node` cuts at iteration time, around the whole
+    pipeline: by rows, after the tokenizing map; by files, beneath the held-out split and `--max_train_samples`, which
+    count rows.) The held-out stream stays whole: the main process reads it and hands evaluation batches to the others."""
+    if world_size == 1:
+        return raw
+    first = ", ".join(str(rank + k * world_size) for k in range(3))
+    logger.info("Rank %d of %d tokenizes rows %s, ... of the training stream", rank, world_size, first)
+    train = raw["train"].filter(lambda _, i: i % world_size == rank, with_indices=True)
+    return IterableDatasetDict({**raw, "train": train})
+
+
+def is_split_by_process(ds: Any) -> bool:
+    """Whether `ds` is one process's part of a training stream (tokenize_and_pack with world_size > 1): the Trainer
+    must read it as it is, in its own process."""
+    return getattr(ds, _PART_OF_STREAM, False)

@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.data_loader import prepare_data_loader
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import DataCollatorForLanguageModeling, EvalPrediction, PreTrainedModel, TrainerCallback
 
 from hfssl.args import MaskingArguments
+from hfssl.data.text import is_split_by_process
 from hfssl.precision import MasterWeightsMixin, with_master_weights
 from hfssl.runs import TimedTrainer
 
@@ -252,6 +255,25 @@ class MaskedLMTrainer(MasterWeightsMixin, TimedTrainer):
                     )
             optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         return with_master_weights(self, optimizer, model)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Each process reads its own part of a training stream (tokenize_and_pack cut it before tokenizing).
+
+        accelerate's default for a stream is to read it on the main process alone and hand its batches to the
+        others (`dispatch_batches`), which would train on the main process's part only; without dispatching, it
+        would keep every W-th batch of each process's part. Map-style data keeps the Trainer's sampler."""
+        if not is_split_by_process(self.train_dataset):
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="training"),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
+        )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
