@@ -1,7 +1,7 @@
 """Text preparation speed and memory: hfssl's tokenize-and-pack against run_mlm.py's tokenize + group_texts.
 
 From the raw file to packed 128-token examples, on a real corpus: the WordNet 3.0 noun and verb glosses (95,882
-definitions, 7.1 MB as JSON lines; Debian `wordnet-base`, installed when missing, as bench/ssl_gain.py does), at 1x
+definitions, 8.4 MB as JSON lines; Debian `wordnet-base`, installed when missing, as bench/ssl_gain.py does), at 1x
 and at 4x (the same file concatenated 4 times). `--quick`: the first 24,000 glosses at 1x and 4x. Both paths use
 the same tokenizer (the packaged all-MiniLM-L6-v2's 30,522-token uncased BERT WordPiece) and the same number of
 processes (`--num_proc`, default: every core):
