@@ -30,6 +30,7 @@ from hfssl.options import given, option_values
 from hfssl.outputs import parent_lineage, prepare_output_dir, resolve_resume, save_output
 from hfssl.precision import fp32_weights
 from hfssl.runtime import hardware_name, keep_freed_memory, log_precision, setup_logging, use_all_cores
+from hfssl.sharding import gathered_state_dict, prepare_sharding
 
 __all__ = ["LossOnlyEvaluation", "TimedTrainer", "finish_run", "pretext_lineage", "run_record", "start_run"]
 
@@ -69,16 +70,21 @@ class TimedTrainer(Trainer):
         self.budget = TimeBudget(parse_duration(budget), self, pace) if budget else None  # --time_budget sizes the run
         if self.budget is not None:
             self.add_callback(self.budget)
+        prepare_sharding(self)
 
     _checkpointing = False  # during save_model: whether this save is a checkpoint (True) or the final model
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The Trainer's own save, which gathers the full state dict under FSDP and DeepSpeed ZeRO-3 on every process
         and hands it to `_save`; `_checkpointing` tells a recipe's `_save` whether to keep the whole training model
-        (a checkpoint, so that training can resume) or write the model a user loads."""
+        (a checkpoint, so that training can resume) or write the model a user loads. Under FSDP2 the final model is
+        gathered whole to the main process, even where checkpoints are sharded (hfssl.sharding)."""
         self._checkpointing = _internal_call
         try:
-            super().save_model(output_dir, _internal_call)
+            if self.is_fsdp_enabled and not _internal_call and (state_dict := gathered_state_dict(self.model)) is not None:
+                self._save(output_dir, state_dict=state_dict)  # the Trainer writes none under SHARDED_STATE_DICT
+            else:
+                super().save_model(output_dir, _internal_call)
         finally:
             self._checkpointing = False
 

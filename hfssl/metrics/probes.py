@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hfssl.data.images import normalize
+from hfssl.sharding import unsharded
 
 __all__ = ["ProbeCallback", "encoder_features", "knn_accuracy", "linear_probe_accuracy", "probe_scores"]
 
@@ -151,7 +152,10 @@ class ProbeCallback(TrainerCallback):
         model: Any = None,
         **kw: Any,
     ) -> None:
-        if logs is None or "eval_loss" not in logs or model is None or not state.is_world_process_zero:
+        if logs is None or "eval_loss" not in logs or model is None:
+            return
+        model = unsharded(model)  # under FSDP every process takes part in gathering the weights to the main one
+        if not state.is_world_process_zero:
             return
         scores = {f"eval_{name}": value for name, value in self.score(model, bf16=args.bf16).items()}
         logger.info("step %d: %s", state.global_step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
