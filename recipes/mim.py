@@ -38,6 +38,7 @@ from hfssl.models import build_masked_image_model, masked_image_config, pooled_e
 from hfssl.pretext.masked_patches import MaskedImageTrainer, mask_inputs, masked_image_summary, save_reconstruction_grid
 from hfssl.runs import finish_run, pretext_lineage, run_record, start_run
 from hfssl.runtime import bf16_supported, precision_defaults
+from hfssl.sharding import unsharded
 
 OPTION_TYPES = (ImageDataArguments, VisionModelArguments, PatchMaskingArguments, ProbeArguments, PretrainingRunArguments)
 DEFAULTS = dict(
@@ -133,13 +134,14 @@ def main(argv: list[str] | None = None, *, dataset: Any = None, **options: Any) 
         skipped_images=skipped,
     )
     shown = collator.for_evaluation(run_args.seed)([held_out[i] for i in range(min(8, len(held_out)))])
+    pictured = unsharded(trainer.model)  # the main process draws the picture; under FSDP every process gathers for it
     return finish_run(
         trainer,
         record,
         push,
         lambda: masked_image_summary(masking.method, metrics, skipped, run_args.output_dir),
         extra=lambda staging: save_reconstruction_grid(
-            trainer.model,
+            pictured,
             shown,
             mean,
             std,
