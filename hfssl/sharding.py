@@ -36,7 +36,8 @@ def shardable_units(model: nn.Module) -> list[str]:
     an outer unit they would be sharded twice, which torch refuses), or a parameter tied to one outside it.
     """
     names = dict.fromkeys(getattr(model, "_no_split_modules", None) or [])
-    alone = {id(m) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    embeddings = (getattr(model, f"get_{side}_embeddings", lambda: None)() for side in ("input", "output"))
+    alone = {id(m) for m in embeddings if m is not None}
     holders: dict[int, list[str]] = defaultdict(list)  # parameter -> every name it has (tied ones have several)
     for name, param in model.named_parameters(remove_duplicate=False):
         holders[id(param)].append(name)
@@ -70,6 +71,8 @@ def prepare_sharding(trainer: Any) -> None:
     plugin = trainer.accelerator.state.fsdp_plugin
     if plugin.auto_wrap_policy is not transformer_auto_wrap_policy or plugin.transformer_cls_names_to_wrap is not None:
         return  # another policy, or the user named the classes
+    if not getattr(trainer.model, "_no_split_modules", None):
+        return  # the model names no unit classes (a module of several models): nothing to fill in
     units = shardable_units(trainer.model)
     left_out = [kind for kind in getattr(trainer.model, "_no_split_modules", None) or [] if kind not in units]
     plugin.transformer_cls_names_to_wrap = units
