@@ -51,15 +51,10 @@ def child(argv: list[str]) -> None:
 
     recipe = load_recipe("mim")
     if in_ram:
-        from hfssl.data.images import DecodedImages
+        from mim_throughput import held_in_ram
 
         original = recipe.decode_images
-
-        def into_ram(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            images = original(*args, **kwargs)
-            return DecodedImages(images.read(), images.labels, images.skipped, images.kept)
-
-        recipe.decode_images = into_ram
+        recipe.decode_images = lambda *args, **kwargs: held_in_ram(original(*args, **kwargs))
     recipe.main(argv)
     rank = int(os.environ.get("RANK", "0"))
     print("PEAK " + json.dumps({"rank": rank, "peak_rss_mb": peak_rss_mb()}), flush=True)

@@ -170,6 +170,13 @@ def train_stock(case: Case, folder: Path, steps: int, out: str, keep_freed_memor
     return timer.rate(case.batch)
 
 
+def held_in_ram(images):  # noqa: ANN001, ANN201
+    """The decoded images moved from the on-disk cache into one in-memory tensor, items indexed from it."""
+    from hfssl.data.images import DecodedImages
+
+    return DecodedImages(images.read(), images.labels, images.skipped, images.kept)
+
+
 def train_hfssl(case: Case, folder: Path, steps: int, out: str, cache: str, in_ram: bool = False) -> tuple[float, float]:
     """(images/s over the timed steps, seconds spent decoding images before training)."""
     recipe = load_recipe("mim")
@@ -183,12 +190,10 @@ def train_hfssl(case: Case, folder: Path, steps: int, out: str, cache: str, in_r
             super().__init__(*args, **kwargs)
 
     def timed_decode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        from hfssl.data.images import DecodedImages
-
         start = time.perf_counter()
         images = original_decode(*args, **kwargs)
-        if in_ram:  # every image in one tensor, items indexed from it
-            images = DecodedImages(images.read(), images.labels, images.skipped, images.kept)
+        if in_ram:
+            images = held_in_ram(images)
         decoding.append(time.perf_counter() - start)
         return images
 

@@ -137,15 +137,11 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         return [{"pixel_values": image} for image in self.read(indices)]
 
-    def view(self, positions: np.ndarray | None = None) -> ImageRows:
-        """A lazy (N, C, H, W) view of the images at `positions`: slicing it reads those images."""
-        return ImageRows(self, np.arange(len(self)) if positions is None else np.asarray(positions))
-
     def labeled_sample(self, n: int, seed: int = 0) -> tuple[ImageRows, torch.Tensor]:
         """At most `n` (images, labels) drawn without replacement, the same ones for the same seed; the images
         are a lazy view, read batch by batch by whoever uses them."""
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values.numpy()
-        return self.view(order), self.labels[order]
+        return ImageRows(self, order), self.labels[order]
 
 
 @dataclass
@@ -573,10 +569,13 @@ def decode_images(
     mode = "L" if num_channels == 1 else "RGB"
     root = image_cache_root(cache_dir)
     key = _cache_key(source, processor, mode)
-    reuse = key is not None
-    if key is None:  # a source that cannot name its content: a private cache, removed when the data is
-        key = f"tmp-{uuid.uuid4().hex}" if state.is_main_process else None
-        key = broadcast_object(key, state)
+    keyed = key is not None
+    if not keyed:  # a source that cannot name its content: a private cache, removed when the data is
+        key = f"tmp-{uuid.uuid4().hex}"
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            key = broadcast_object_list([key])[0]  # the main process's name, on every process
     final, building = root / key, root / f"{key}.partial"
     reused = (final / "meta.json").exists()
     if not reused:
@@ -630,20 +629,9 @@ def decode_images(
     labels = None if source.labels is None else torch.from_numpy(source.labels[kept])
     names = [source.name(source.indices[p]) for p in skipped_positions]
     images = DecodedImages(_RecordFile(final / "pixels.u8", tuple(meta["shape"])), labels, names, kept)
-    if not reuse and state.is_main_process:
+    if not keyed and state.is_main_process:
         weakref.finalize(images, shutil.rmtree, final, True)
     return images
-
-
-def broadcast_object(value: Any, state: Any) -> Any:
-    """The main process's `value`, on every process."""
-    if state.num_processes == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _probe_shape(source: ImageSource, processor: Any, mode: str, skip_corrupt: bool) -> tuple[int, ...]:

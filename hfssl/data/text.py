@@ -364,7 +364,7 @@ def tokenize_and_pack(
             for i in range(len(texts)):
                 offsets = words_as_offsets(enc, i, word_base)
                 words.extend(offsets + [(0, 0)])
-                word_base = max(word_base, 1 + max(o[0] for o in offsets))  # the next document's words come after
+                word_base = max(word_base, 1 + max((o[0] for o in offsets), default=0))  # the next document's words come after
             out["offset_mapping"] = [[(0, 0)] + words[b * body : (b + 1) * body] for b in range(n_blocks)]
         return out
 
